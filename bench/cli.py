@@ -1,0 +1,173 @@
+"""The `trilemma` command. Each command parses options, builds a spec, and calls one library function.
+Heavy imports stay inside the commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark LLM serving engines; find the SLO knee; price the tokens.")
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit", is_eager=True)) -> None:
+    if version:
+        from bench import __version__
+
+        typer.echo(f"trilemma {__version__}")
+        raise typer.Exit()
+
+
+def fail(msg: str, code: int = 2) -> None:
+    """One line on stderr, no traceback."""
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            fail(f"--label '{it}': write KEY=VALUE, e.g. gpu=h100")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _user_errors(fn):
+    """Turn user-facing exceptions into one-line errors."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrap(*a, **kw):
+        from pydantic import ValidationError
+
+        from bench.config import SpecError, validation_message
+        from bench.runner import RunFailed
+
+        try:
+            return fn(*a, **kw)
+        except SpecError as e:
+            fail(str(e))
+        except ValidationError as e:
+            fail(validation_message(e))
+        except RunFailed as e:
+            fail(str(e), 1)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+    return wrap
+
+
+@app.command()
+@_user_errors
+def run(
+    url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of an OpenAI-compatible server"),
+    model: Optional[str] = typer.Option(None, help="Model name (default: the only one in /v1/models)"),
+    api: str = typer.Option("completions", help="completions | chat"),
+    api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", help="API key (or env TRILEMMA_API_KEY / OPENAI_API_KEY); never stored", show_default=False),
+    tokenizer: Optional[str] = typer.Option(None, help="Local HF tokenizer dir/tokenizer.json (default: the server's /tokenize)"),
+    isl: str = typer.Option("128", help="Input length: N, uniform:LO:HI, normal:MEAN:SD, lognormal:MEAN:SD, trace:NAME"),
+    osl: str = typer.Option("64", help="Output length (same forms)"),
+    prefix_tokens: int = typer.Option(0, help="Shared prefix length P (with --prefix-groups)"),
+    prefix_groups: int = typer.Option(0, help="Number G of distinct shared prefixes"),
+    dataset: Optional[str] = typer.Option(None, help="Trace or dataset (see README: azure-conv, azure-code, mooncake, sonnet, mt-bench, file:PATH)"),
+    qps: Optional[float] = typer.Option(None, help="Open loop: request rate (req/s)"),
+    concurrency: Optional[int] = typer.Option(None, help="Closed loop: concurrent requests"),
+    arrival: str = typer.Option("poisson", help="poisson | constant | gamma:CV"),
+    max_concurrency: Optional[int] = typer.Option(None, help="Cap in-flight requests in an open loop"),
+    duration: Optional[float] = typer.Option(None, help="Measured seconds (after warmup)"),
+    requests: Optional[int] = typer.Option(None, help="Measured requests (after warmup)"),
+    warmup: str = typer.Option("0", help="Warmup: seconds (10s) or requests (20r); kept in records, flagged"),
+    slo: Optional[str] = typer.Option(None, help="SLOs, e.g. ttft_p99=500ms,itl_p99=50ms, or a preset (mlperf-llama3.1-8b)"),
+    seed: int = typer.Option(0, help="Seed for lengths, prompts and arrivals"),
+    label: Optional[List[str]] = typer.Option(None, help="KEY=VALUE labels (repeatable), e.g. gpu=h100"),
+    out: Path = typer.Option(Path("results"), help="Results directory"),
+    name: Optional[str] = typer.Option(None, help="Run id (default: timestamp + workload + load)"),
+    ignore_eos: bool = typer.Option(True, help="Force the output length (ignore_eos; vLLM/SGLang extension)"),
+    continuous_usage: bool = typer.Option(True, help="Ask for usage on every chunk (vLLM/SGLang continuous_usage_stats)"),
+    timeout: float = typer.Option(600.0, help="Per-request timeout (s)"),
+    max_model_len: Optional[int] = typer.Option(None, help="Clip ISL+OSL to this (default: from the server)"),
+    speedup: float = typer.Option(1.0, help="Trace replay: time scaling (2 = same shape, twice the rate)"),
+    gpu_telemetry: str = typer.Option("auto", help="auto | off | nvml | dcgm:URL"),
+    gpus: str = typer.Option("all", help="GPUs to sample (NVML): all or 0,1"),
+    server_metrics: bool = typer.Option(True, help="Scrape the server's /metrics during the run"),
+    reset_prefix_cache: bool = typer.Option(False, help="Reset the server's prefix cache before the run"),
+) -> None:
+    """Measure one load point against a server and write results/<run-id>/."""
+    from bench.config import Arrival, LengthDist, RunSpec, parse_amount, parse_slos
+    from bench.report.console import print_summary
+    from bench.runner import env_api_key, execute_run
+
+    w, unit = parse_amount(warmup, "--warmup")
+    spec = RunSpec(
+        target=dict(url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage,
+                    request_timeout_s=timeout),
+        workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
+                      prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup),
+        load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
+                  duration_s=duration, requests=requests, warmup=w, warmup_unit=unit),
+        slos=parse_slos(slo), seed=seed, labels=_labels(label), reset_prefix_cache=reset_prefix_cache,
+        scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
+    )
+    doc = run_one(spec, out, name, env_api_key(spec, api_key), gpus)
+    print_summary(doc)
+    if doc["status"] == "failed":
+        raise typer.Exit(1)
+    if doc["status"] == "interrupted":
+        raise typer.Exit(130)
+
+
+def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = "all") -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.results import new_run_id
+    from bench.runner import execute_run
+    from bench.telemetry import RunTelemetry
+
+    run_dir = out / (name or new_run_id(spec))
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    tel = RunTelemetry(spec.target.url if spec.scrape_metrics else None, spec.gpu_telemetry, gpus, headers=headers) \
+        if (spec.scrape_metrics or spec.gpu_telemetry != "off") else None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
+                  TimeElapsedColumn(), transient=True, console=None, refresh_per_second=2, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(run_dir.name, total=None, failed=0)
+
+        def on_progress(p):
+            bar.update(task, completed=p.done, total=p.planned, failed=p.failed)
+
+        doc = execute_run(spec, run_dir, api_key, on_progress, tel)
+    typer.echo(f"results: {run_dir}", err=True)
+    return doc
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+
+@app.command()
+@_user_errors
+def sim(
+    profile: str = typer.Option("h100-llama3-8b", help="Profile name (bench/sim/profiles) or YAML path"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    model: Optional[str] = typer.Option(None, help="Served model name (default: the profile's)"),
+    deterministic: bool = typer.Option(False, help="Calibration mode: fixed seeded timing with ground-truth timestamps"),
+    seed: int = typer.Option(0),
+    slowdown: float = typer.Option(1.0, help="Multiply every engine step time (1.1 = a 10% slower engine)"),
+    error_rate: float = typer.Option(0.0, help="Fraction of requests answered with HTTP 500"),
+    cut_rate: float = typer.Option(0.0, help="Fraction of streams cut mid-response"),
+) -> None:
+    """Run the built-in SIMULATED server (continuous-batching engine model) — demo target and test server."""
+    from bench.sim.engine import load_profile
+    from bench.sim.server import serve
+
+    serve(load_profile(profile, slowdown), host, port, model=model, deterministic=deterministic, seed=seed,
+          error_rate=error_rate, cut_rate=cut_rate)

@@ -1,0 +1,274 @@
+"""③ OpenAI-compatible streaming client.
+
+Hot path (rule 3): read raw bytes and stamp each read with `perf_counter_ns()` on arrival — nothing
+else. SSE framing and JSON parsing happen after the response ends (`parse_sse`, `interpret_events`),
+so parsing cost never sits between a token's arrival and its timestamp.
+
+Token counts per chunk come from `usage.completion_tokens` deltas when the server streams usage with
+every chunk (vLLM/SGLang `stream_options.continuous_usage_stats`); a chunk that carries several tokens is
+then counted right. Otherwise each content chunk counts as one token and the record is flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from bench.records import RequestRecord
+
+perf_ns = time.perf_counter_ns
+
+
+# ------------------------------------------------------------------ SSE parsing (after the fact)
+def parse_sse(reads: list[tuple[int, bytes]]) -> tuple[list[tuple[int, str]], bytes]:
+    """Split timestamped raw reads into SSE `data` payloads.
+
+    Each event gets the arrival time of the read that completed it (its terminating blank line).
+    Comment lines (':' keep-alives) and non-data fields are skipped; multi-line data is joined with
+    '\\n'. Returns (events, leftover bytes of an unterminated final event)."""
+    events: list[tuple[int, str]] = []
+    buf = b""
+    for t, chunk in reads:
+        buf += chunk
+        if b"\n\n" not in buf and b"\r\n\r\n" not in buf:
+            continue
+        buf = buf.replace(b"\r\n", b"\n")
+        *blocks, buf = buf.split(b"\n\n")
+        for block in blocks:
+            data = [
+                ln[5:].lstrip(b" ") if ln.startswith(b"data:") else None
+                for ln in block.split(b"\n")
+                if ln and not ln.startswith(b":")
+            ]
+            data = [d for d in data if d is not None]
+            if data:
+                events.append((t, b"\n".join(data).decode("utf-8", "replace")))
+    return events, buf
+
+
+def interpret_events(events: list[tuple[int, str]], rec: RequestRecord) -> bool:
+    """Fill `rec` from parsed events; returns True if `[DONE]` was seen. Sets error fields on a
+    malformed event or a server error event."""
+    prev = 0
+    usage_total = None
+    text_parts: list[str] = []
+    done = False
+    client_counted = False
+    for t, data in events:
+        if data == "[DONE]":
+            done = True
+            continue
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            rec.error_kind, rec.error = "malformed", f"unparseable SSE event: {data[:120]!r}"
+            continue
+        if not isinstance(obj, dict):
+            rec.error_kind, rec.error = "malformed", f"SSE event is not an object: {data[:120]!r}"
+            continue
+        if "error" in obj or obj.get("object") == "error":
+            err = obj.get("error", obj)
+            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            rec.error_kind, rec.error = "server_error_event", str(msg)[:300]
+            continue
+        if not rec.response_id and obj.get("id"):
+            rec.response_id = str(obj["id"])
+        if "sim_recv_ns" in obj:
+            rec.server_recv_ns = int(obj["sim_recv_ns"])
+        usage = obj.get("usage")
+        ntok = None
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            ct = int(usage["completion_tokens"])
+            ntok, prev, usage_total = ct - prev, ct, ct
+            if usage.get("prompt_tokens") is not None:
+                rec.prompt_tokens = int(usage["prompt_tokens"])
+        choices = obj.get("choices") or []
+        if not choices:
+            continue
+        text = ""
+        for c in choices:
+            delta = c.get("delta") or {}
+            text += c.get("text") or delta.get("content") or delta.get("reasoning_content") or ""
+            if c.get("finish_reason"):
+                rec.finish_reason = str(c["finish_reason"])
+        if ntok is None:
+            ntok = 1 if text else 0
+            client_counted = client_counted or ntok > 0
+        if ntok > 0:
+            rec.chunk_ns.append(t)
+            rec.chunk_tokens.append(ntok)
+            if "sim_t_ns" in obj:
+                rec.server_chunk_ns.append(int(obj["sim_t_ns"]))
+        if text:
+            text_parts.append(text)
+    rec.output_text = "".join(text_parts)
+    if usage_total is not None:
+        rec.output_tokens = usage_total
+        rec.tokens_from_usage = not client_counted
+    else:
+        rec.output_tokens = sum(rec.chunk_tokens)
+        rec.tokens_from_usage = False
+    return done
+
+
+# ------------------------------------------------------------------ request
+@dataclass(slots=True)
+class Prepared:
+    """A request ready to send: endpoint path and pre-serialised JSON body (built off the hot path)."""
+
+    path: str
+    body: bytes
+
+
+def build_body(api: str, model: str, prompt, max_tokens: int, *, ignore_eos: bool, continuous_usage: bool,
+               extra: dict | None = None) -> Prepared:
+    stream_options = {"include_usage": True}
+    if continuous_usage:
+        stream_options["continuous_usage_stats"] = True
+    body: dict = {"model": model, "stream": True, "stream_options": stream_options, "max_tokens": max_tokens}
+    if ignore_eos:
+        body["ignore_eos"] = True
+        body["min_tokens"] = max_tokens
+    if api == "chat":
+        body["messages"] = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        path = "/v1/chat/completions"
+    else:
+        body["prompt"] = prompt
+        path = "/v1/completions"
+    if extra:
+        body.update(extra)
+    return Prepared(path, json.dumps(body, separators=(",", ":")).encode())
+
+
+def make_client(base_url: str, api_key: str | None, timeout_s: float, max_conn: int | None = None) -> httpx.AsyncClient:
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    limits = httpx.Limits(max_connections=max_conn, max_keepalive_connections=max_conn or 2000, keepalive_expiry=30)
+    timeout = httpx.Timeout(connect=10.0, read=timeout_s, write=30.0, pool=None)
+    return httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=timeout)
+
+
+async def send_streaming(client: httpx.AsyncClient, req: Prepared, rec: RequestRecord) -> None:
+    """Send one streaming request and fill `rec`. Never raises for request failures."""
+    reads: list[tuple[int, bytes]] = []
+    append = reads.append
+    rec.sent_ns = perf_ns()
+    try:
+        async with client.stream("POST", req.path, content=req.body) as resp:
+            rec.status = resp.status_code
+            if resp.status_code != 200:
+                body = await resp.aread()
+                rec.end_ns = perf_ns()
+                rec.error_kind = "http"
+                rec.error = f"HTTP {resp.status_code}: {_error_message(body)}"
+                return
+            async for chunk in resp.aiter_raw():
+                append((perf_ns(), chunk))
+        rec.end_ns = perf_ns()
+    except httpx.ConnectError as e:
+        rec.end_ns, rec.error_kind, rec.error = perf_ns(), "connect", f"cannot connect: {e}"[:300]
+        return
+    except httpx.TimeoutException as e:
+        rec.end_ns, rec.error_kind, rec.error = perf_ns(), "timeout", f"{type(e).__name__}"[:300]
+    except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+        rec.end_ns, rec.error_kind, rec.error = perf_ns(), "stream_cut", f"{type(e).__name__}: {e}"[:300]
+    except httpx.HTTPError as e:
+        rec.end_ns, rec.error_kind, rec.error = perf_ns(), "client", f"{type(e).__name__}: {e}"[:300]
+    finally:
+        if reads:
+            rec.first_byte_ns = reads[0][0]
+    events, rest = parse_sse(reads)
+    done = interpret_events(events, rec)
+    if not rec.error_kind and not done:
+        rec.error_kind = "stream_cut"
+        rec.error = "stream ended before [DONE]" + (f" ({len(rest)} bytes of a partial event)" if rest else "")
+    rec.ok = not rec.error_kind and rec.output_tokens > 0
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        obj = json.loads(body)
+        if isinstance(obj, dict):
+            err = obj.get("error", obj)
+            if isinstance(err, dict):
+                return str(err.get("message") or err.get("detail") or err)[:300]
+            return str(obj.get("message") or obj.get("detail") or err)[:300]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return body[:300].decode("utf-8", "replace").strip()
+
+
+# ------------------------------------------------------------------ target discovery
+class TargetError(Exception):
+    """The target cannot be used; the message is one line naming the fix."""
+
+
+async def discover(base_url: str, headers: dict) -> dict:
+    """GET /v1/models (required), /version and SGLang's /get_server_info (optional).
+
+    Returns {models, default_model, max_model_len, server_version, server_kind, simulated, server_info}."""
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as c:
+        try:
+            r = await c.get("/v1/models")
+        except httpx.ConnectError:
+            raise TargetError(f"cannot reach {base_url}: connection refused or host unknown; is the server running? check --url") from None
+        except httpx.TimeoutException:
+            raise TargetError(f"{base_url} did not answer within 10 s; check --url and that the server has finished starting") from None
+        except httpx.HTTPError as e:
+            raise TargetError(f"cannot talk to {base_url}: {type(e).__name__}: {e}; check --url") from None
+        if r.status_code in (401, 403):
+            raise TargetError(f"{base_url}/v1/models answered HTTP {r.status_code}: set the API key (--api-key or the env var in api_key_env)")
+        if r.status_code != 200:
+            raise TargetError(f"{base_url}/v1/models answered HTTP {r.status_code}; is this an OpenAI-compatible server? check --url")
+        try:
+            data = r.json().get("data", [])
+        except ValueError:
+            raise TargetError(f"{base_url}/v1/models did not return JSON; is this an OpenAI-compatible server? check --url") from None
+        models = [m.get("id") for m in data if isinstance(m, dict)]
+        out: dict = {"models": models, "default_model": models[0] if len(models) == 1 else None}
+        mx = next((m.get("max_model_len") for m in data if isinstance(m, dict) and m.get("max_model_len")), None)
+        out["max_model_len"] = mx
+        out["server_version"] = None
+        out["server_kind"] = "openai-compatible"
+        out["simulated"] = False
+        try:
+            v = await c.get("/version")
+            if v.status_code == 200:
+                vj = v.json()
+                out["server_version"] = vj.get("version")
+                if vj.get("simulated"):
+                    out["simulated"] = True
+                    out["server_kind"] = "trilemma-sim"
+                    out["sim"] = {k: vj[k] for k in ("profile", "deterministic") if k in vj}
+                else:
+                    out["server_kind"] = "vllm" if out["server_version"] else out["server_kind"]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass
+        try:
+            si = await c.get("/get_server_info")
+            if si.status_code == 200 and isinstance(si.json(), dict):
+                info = si.json()
+                out["server_kind"] = "sglang"
+                out["server_version"] = info.get("version", out["server_version"])
+                out["server_info"] = {k: info[k] for k in ("tp_size", "dp_size", "max_total_num_tokens", "chunked_prefill_size",
+                                                          "max_running_requests", "context_length", "disable_radix_cache") if k in info}
+        except (httpx.HTTPError, ValueError):
+            pass
+    return out
+
+
+async def reset_prefix_cache(base_url: str, headers: dict) -> str:
+    """vLLM POST /reset_prefix_cache, SGLang POST /flush_cache. Returns which one worked, or 'unsupported'."""
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as c:
+        for path in ("/reset_prefix_cache", "/flush_cache"):
+            try:
+                r = await c.post(path)
+                if r.status_code == 200:
+                    return path
+            except httpx.HTTPError:
+                pass
+    return "unsupported"

@@ -1,0 +1,309 @@
+"""Pydantic specs for runs and sweeps, and the small parsers behind CLI options.
+
+Every user error surfaces as `SpecError` with one line naming the field and the fix; the CLI prints
+that line and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+
+
+class SpecError(ValueError):
+    """A user-facing configuration error: one line, says what is wrong and how to fix it."""
+
+
+# ---------------------------------------------------------------- lengths
+class LengthDist(BaseModel):
+    """A token-length distribution: `128`, `uniform:LO:HI`, `normal:MEAN:SD`, `lognormal:MEAN:SD`,
+    or `trace:NAME` (joint ISL/OSL pairs sampled from a shipped trace; see workload.py)."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["fixed", "uniform", "normal", "lognormal", "trace"] = "fixed"
+
+    @model_serializer
+    def _ser(self) -> str:
+        return str(self)
+    a: float = 0.0
+    b: float = 0.0
+    trace: str = ""
+
+    @classmethod
+    def parse(cls, text: str | int | "LengthDist", what: str = "length") -> "LengthDist":
+        if isinstance(text, LengthDist):
+            return text
+        s = str(text).strip()
+        if re.fullmatch(r"\d+", s):
+            n = int(s)
+            if n < 1:
+                raise SpecError(f"{what} must be >= 1 token, got {s}")
+            return cls(kind="fixed", a=n)
+        parts = s.split(":")
+        kind = parts[0].lower()
+        if kind == "trace" and len(parts) == 2 and parts[1]:
+            return cls(kind="trace", trace=parts[1])
+        if kind in ("uniform", "normal", "lognormal") and len(parts) == 3:
+            try:
+                a, b = float(parts[1]), float(parts[2])
+            except ValueError:
+                raise SpecError(f"{what} '{s}': both parameters must be numbers") from None
+            if kind == "uniform" and not (1 <= a <= b):
+                raise SpecError(f"{what} '{s}': need 1 <= LO <= HI")
+            if kind != "uniform" and (a <= 0 or b < 0):
+                raise SpecError(f"{what} '{s}': need MEAN > 0 and SD >= 0")
+            return cls(kind=kind, a=a, b=b)
+        raise SpecError(
+            f"{what} '{s}' is not understood; use N, uniform:LO:HI, normal:MEAN:SD, lognormal:MEAN:SD or trace:NAME"
+        )
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return str(int(self.a))
+        if self.kind == "trace":
+            return f"trace:{self.trace}"
+        return f"{self.kind}:{self.a:g}:{self.b:g}"
+
+    @property
+    def mean(self) -> float:
+        if self.kind == "uniform":
+            return (self.a + self.b) / 2
+        return self.a
+
+
+# ---------------------------------------------------------------- SLOs
+_UNITS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1000.0}
+SLO_METRICS = ("ttft", "tpot", "itl", "e2e")
+
+# Named presets (MLPerf Inference LLM latency limits, mlperf.conf; TTFT/TPOT at p99).
+SLO_PRESETS = {
+    "mlperf-llama2-70b": "ttft_p99=2000ms,tpot_p99=200ms",
+    "mlperf-llama2-70b-interactive": "ttft_p99=450ms,tpot_p99=40ms",
+    "mlperf-llama3.1-8b": "ttft_p99=2000ms,tpot_p99=100ms",
+    "mlperf-llama3.1-8b-interactive": "ttft_p99=500ms,tpot_p99=30ms",
+    "mlperf-llama3.1-405b": "ttft_p99=6000ms,tpot_p99=175ms",
+}
+
+
+class SLO(BaseModel):
+    """A latency objective: `metric` at percentile `pct` must be <= `threshold_ms`."""
+
+    model_config = ConfigDict(frozen=True)
+    metric: Literal["ttft", "tpot", "itl", "e2e"]
+    pct: float = Field(gt=0, lt=100)
+    threshold_ms: float = Field(gt=0)
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}_p{self.pct:g}"
+
+    def __str__(self) -> str:
+        return f"{self.name}<={self.threshold_ms:g}ms"
+
+
+def parse_duration_ms(text: str | float | int, what: str) -> float:
+    """'500ms', '2s', '750us', or a bare number of milliseconds -> milliseconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s)?\s*", str(text))
+    if not m:
+        raise SpecError(f"{what}: '{text}' is not a duration; write e.g. 500ms or 2s")
+    return float(m.group(1)) * _UNITS[m.group(2) or "ms"]
+
+
+def parse_slo_item(key: str, value: str | float) -> SLO:
+    m = re.fullmatch(r"(ttft|tpot|itl|e2e)_p(\d+(?:\.\d+)?)", key.strip().lower())
+    if not m:
+        raise SpecError(f"SLO '{key}': name it METRIC_pPCT with METRIC one of {', '.join(SLO_METRICS)}, e.g. ttft_p99")
+    try:
+        return SLO(metric=m.group(1), pct=float(m.group(2)), threshold_ms=parse_duration_ms(value, f"SLO {key}"))
+    except ValidationError:
+        raise SpecError(f"SLO '{key}={value}': percentile must be in (0, 100) and threshold > 0") from None
+
+
+def parse_slos(text: str | dict | list | None) -> list[SLO]:
+    """Parse `ttft_p99=500ms,itl_p99=50ms`, a preset name, or a mapping {ttft_p99: 500ms}."""
+    if not text:
+        return []
+    if isinstance(text, list):
+        return [s if isinstance(s, SLO) else SLO(**s) for s in text]
+    if isinstance(text, dict):
+        return [parse_slo_item(k, v) for k, v in text.items()]
+    text = SLO_PRESETS.get(text.strip(), text)
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in item:
+            raise SpecError(f"SLO '{item}': write METRIC_pPCT=VALUE, e.g. ttft_p99=500ms (presets: {', '.join(SLO_PRESETS)})")
+        k, v = item.split("=", 1)
+        out.append(parse_slo_item(k, v))
+    return out
+
+
+# ---------------------------------------------------------------- arrivals
+class Arrival(BaseModel):
+    """Inter-arrival process: poisson (CV 1), gamma with a coefficient of variation, or constant."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["poisson", "gamma", "constant"] = "poisson"
+    cv: float = 1.0
+
+    @model_serializer
+    def _ser(self) -> str:
+        return str(self)
+
+    @classmethod
+    def parse(cls, text: str | "Arrival") -> "Arrival":
+        if isinstance(text, Arrival):
+            return text
+        s = str(text).strip().lower()
+        if s in ("poisson", "constant"):
+            return cls(kind=s, cv=1.0 if s == "poisson" else 0.0)
+        m = re.fullmatch(r"gamma:([0-9]*\.?[0-9]+)", s)
+        if m and float(m.group(1)) > 0:
+            return cls(kind="gamma", cv=float(m.group(1)))
+        raise SpecError(f"arrival '{text}' is not understood; use poisson, constant or gamma:CV (CV > 0)")
+
+    def __str__(self) -> str:
+        return f"gamma:{self.cv:g}" if self.kind == "gamma" else self.kind
+
+
+def parse_amount(text: str | float | None, what: str) -> tuple[float, str]:
+    """Warmup as seconds ('10s', '10') or a request count ('50r', '50req') -> (value, 's'|'r')."""
+    if text is None or text == "":
+        return 0.0, "s"
+    s = str(text).strip().lower()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(s|sec|r|req|requests)?", s)
+    if not m:
+        raise SpecError(f"{what} '{text}': write seconds (10s) or a request count (50r)")
+    unit = "r" if (m.group(2) or "s").startswith("r") else "s"
+    return float(m.group(1)), unit
+
+
+# ---------------------------------------------------------------- run spec
+class TargetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = "http://127.0.0.1:8000"
+    model: str | None = None
+    api: Literal["completions", "chat"] = "completions"
+    api_key_env: str = "OPENAI_API_KEY"
+    tokenizer: str | None = None  # local HF tokenizer dir/tokenizer.json; else the server's /tokenize
+    ignore_eos: bool = True
+    continuous_usage: bool = True
+    request_timeout_s: float = 600.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000")
+        return v.rstrip("/").removesuffix("/v1")
+
+
+class WorkloadSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    isl: LengthDist = LengthDist(kind="fixed", a=128)
+    osl: LengthDist = LengthDist(kind="fixed", a=64)
+    prefix_tokens: int = Field(0, ge=0)
+    prefix_groups: int = Field(0, ge=0)
+    dataset: str | None = None  # trace / dataset spec, see datasets.py
+    max_model_len: int | None = None
+    speedup: float = Field(1.0, gt=0)  # trace replay time scaling
+    window_s: tuple[float, float] | None = None  # trace replay: [start, end) seconds of the trace
+
+    @field_validator("isl", "osl", mode="before")
+    @classmethod
+    def _len(cls, v):
+        return LengthDist.parse(v)
+
+    @model_validator(mode="after")
+    def _prefix(self):
+        if (self.prefix_tokens > 0) != (self.prefix_groups > 0):
+            raise ValueError("prefix_tokens and prefix_groups go together (both > 0)")
+        return self
+
+    def label(self) -> str:
+        if self.dataset:
+            return self.dataset
+        s = f"isl{self.isl}_osl{self.osl}"
+        if self.prefix_tokens:
+            s += f"_prefix{self.prefix_tokens}x{self.prefix_groups}"
+        return s
+
+
+class LoadSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    qps: float | None = Field(None, gt=0)
+    concurrency: int | None = Field(None, ge=1)
+    arrival: Arrival = Arrival()
+    max_concurrency: int | None = Field(None, ge=1)
+    duration_s: float | None = Field(None, gt=0)
+    requests: int | None = Field(None, ge=1)
+    warmup: float = Field(0.0, ge=0)
+    warmup_unit: Literal["s", "r"] = "s"
+
+    @field_validator("arrival", mode="before")
+    @classmethod
+    def _arr(cls, v):
+        return Arrival.parse(v)
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if (self.qps is None) == (self.concurrency is None):
+            raise ValueError("give exactly one of --qps (open loop) or --concurrency (closed loop)")
+        if self.duration_s is None and self.requests is None:
+            raise ValueError("give --duration SECONDS or --requests N")
+        if self.concurrency is not None and self.max_concurrency is not None:
+            raise ValueError("--max-concurrency caps an open loop (--qps); a closed loop already has --concurrency")
+        return self
+
+    def label(self) -> str:
+        return f"qps{self.qps:g}" if self.qps is not None else f"conc{self.concurrency}"
+
+
+class RunSpec(BaseModel):
+    """Everything that defines one load point. Stored verbatim in run.json (minus secrets)."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: TargetSpec = TargetSpec()
+    workload: WorkloadSpec = WorkloadSpec()
+    load: LoadSpec
+    slos: list[SLO] = []
+    seed: int = 0
+    labels: dict[str, str] = {}
+    reset_prefix_cache: bool = False
+    scrape_metrics: bool = True
+    gpu_telemetry: str = "auto"  # auto | off | nvml | dcgm:URL
+
+
+def validation_message(e: ValidationError, prefix: str = "") -> str:
+    """Turn a pydantic error into one line naming the field path."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "spec"
+    return f"{where}: {msg}"
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{p}: no such file; give the path of a YAML spec (see sweeps/ for examples)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)

@@ -1,0 +1,161 @@
+"""④ RequestRecord: the facts of one request in integer nanoseconds, its Arrow schema, and the
+incremental writer that keeps a kill from losing more than the last second of results.
+
+Times are `time.perf_counter_ns()` (CLOCK_MONOTONIC on Linux, shared by all processes on a host);
+run.json holds one wall-clock anchor to convert them. Every metric is derived from these facts later.
+
+On-disk: while a run is live, records go to `requests.parts/part-NNNNN.parquet` (one small file per
+flush, written to a temp name and renamed, so a kill leaves only whole files). When the run ends the
+parts are compacted into `requests.parquet`. `read_records` reads either.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pyarrow as pa
+
+# Error kinds (fixed set; reports group by them)
+ERROR_KINDS = ("connect", "timeout", "http", "stream_cut", "malformed", "server_error_event", "cancelled", "client")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    index: int
+    intended_ns: int  # scheduled send time (closed loop: = sent_ns)
+    sent_ns: int = 0  # when the request was handed to the connection
+    first_byte_ns: int = 0  # first response body bytes
+    end_ns: int = 0  # last byte (or failure)
+    chunk_ns: list[int] = field(default_factory=list)  # arrival of each token-bearing SSE event
+    chunk_tokens: list[int] = field(default_factory=list)  # tokens in that event
+    warmup: bool = False
+    isl: int = 0  # requested prompt tokens
+    osl: int = 0  # requested output tokens (max_tokens)
+    prompt_tokens_local: int = -1  # counted by the harness' tokenizer (-1: not counted)
+    prompt_tokens: int = -1  # server usage.prompt_tokens (-1: not reported)
+    output_tokens: int = -1  # server usage.completion_tokens, else client count
+    tokens_from_usage: bool = True  # False: output/chunk token counts are client-side estimates
+    ok: bool = False
+    status: int = 0  # HTTP status (0: none)
+    error_kind: str = ""
+    error: str = ""
+    finish_reason: str = ""
+    response_id: str = ""
+    prefix_group: int = -1
+    source: str = ""  # trace row / dataset item / conversation:turn that produced this request
+    conversation: int = -1
+    turn: int = -1
+    server_recv_ns: int = 0  # simulator ground truth (0 elsewhere)
+    server_chunk_ns: list[int] = field(default_factory=list)
+    output_text: str = ""  # kept only when needed (multi-turn history)
+
+
+_INT_LIST = pa.list_(pa.int64())
+_TYPES = {int: pa.int64(), bool: pa.bool_(), str: pa.string(), "list[int]": _INT_LIST}
+
+
+def _arrow_type(f) -> pa.DataType:
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    return {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "list[int]": _INT_LIST}[t]
+
+
+SCHEMA = pa.schema([(f.name, _arrow_type(f)) for f in fields(RequestRecord)])
+RECORD_SCHEMA_VERSION = 1
+
+
+def records_to_table(recs: list[RequestRecord]) -> pa.Table:
+    cols = {f.name: [getattr(r, f.name) for r in recs] for f in fields(RequestRecord)}
+    return pa.Table.from_pydict(cols, schema=SCHEMA)
+
+
+def table_to_records(t: pa.Table) -> list[RequestRecord]:
+    names = {f.name for f in fields(RequestRecord)}
+    out = []
+    for row in t.to_pylist():
+        out.append(RequestRecord(**{k: v for k, v in row.items() if k in names}))
+    return out
+
+
+class IncrementalWriter:
+    """Append records; `flush()` writes a new part file atomically. Thread-safe."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        self.parts = self.dir / "requests.parts"
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self._pending: list[RequestRecord] = []
+        self._lock = threading.Lock()
+        self._n = len(list(self.parts.glob("part-*.parquet")))
+        self.written = 0
+
+    def add(self, rec: RequestRecord) -> None:
+        self._pending.append(rec)  # list.append is atomic under the GIL; flush swaps the list
+
+    def flush(self) -> int:
+        import pyarrow.parquet as pq
+
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return 0
+            self._n += 1
+            final = self.parts / f"part-{self._n:05d}.parquet"
+            tmp = final.with_suffix(".tmp")
+            pq.write_table(records_to_table(batch), tmp)
+            os.replace(tmp, final)
+            self.written += len(batch)
+            return len(batch)
+
+    def close(self) -> Path:
+        """Flush and compact parts into requests.parquet (sorted by index)."""
+        self.flush()
+        return compact(self.dir)
+
+
+def compact(run_dir: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    parts_dir = run_dir / "requests.parts"
+    out = run_dir / "requests.parquet"
+    tables = [pq.read_table(p) for p in sorted(parts_dir.glob("part-*.parquet"))] if parts_dir.exists() else []
+    if out.exists():
+        tables.insert(0, pq.read_table(out))
+    table = pa.concat_tables(tables, promote_options="default") if tables else records_to_table([])
+    if table.num_rows:
+        table = table.sort_by("index")
+    tmp = out.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    if parts_dir.exists():
+        for p in parts_dir.glob("*"):
+            p.unlink()
+        parts_dir.rmdir()
+    return out
+
+
+def read_table(run_dir: Path) -> pa.Table:
+    """All records of a run: requests.parquet plus any parts left by a killed run."""
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    tables = []
+    if (run_dir / "requests.parquet").exists():
+        tables.append(pq.read_table(run_dir / "requests.parquet"))
+    parts = run_dir / "requests.parts"
+    if parts.exists():
+        tables += [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
+    if not tables:
+        return records_to_table([])
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_records(run_dir: Path) -> list[RequestRecord]:
+    return table_to_records(read_table(run_dir))
+
+
+def record_dict(r: RequestRecord) -> dict:
+    return asdict(r)

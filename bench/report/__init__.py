@@ -1,0 +1,1 @@
+"""⑧ Reports: console tables, markdown, html and plots. They read result files only."""

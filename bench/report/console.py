@@ -1,0 +1,67 @@
+"""⑧ Console rendering of a point summary (rich)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _f(x, nd=1) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:,.{nd}f}"
+
+
+def print_summary(doc: dict, console: Console | None = None) -> None:
+    c = console or Console()
+    s = doc.get("summary") or {}
+    tgt = doc.get("target") or {}
+    sim = " [bold magenta](SIMULATED server)[/]" if tgt.get("simulated") else ""
+    c.print(f"[bold]{doc.get('run_id')}[/] — {tgt.get('model', '?')} @ {tgt.get('url', '?')} "
+            f"({tgt.get('server_kind', '?')} {tgt.get('server_version') or ''}){sim}  status: [bold]{doc.get('status')}[/]")
+    if doc.get("error"):
+        c.print(f"[red]{doc['error']}[/]")
+    if not s:
+        return
+    lat = s.get("latency_ms", {})
+    t = Table(title="latency (ms, from the scheduled send)", title_justify="left")
+    for col in ("metric", "n", "mean", "p50", "p90", "p95", "p99", "p99 95% CI"):
+        t.add_column(col, justify="right" if col != "metric" else "left")
+    names = {"ttft": "TTFT", "ttft_from_send": "TTFT (from send)", "tpot": "TPOT", "itl": "ITL", "e2e": "E2E", "send_lag": "send lag"}
+    for k, label in names.items():
+        d = lat.get(k)
+        if not d:
+            continue
+        lo, hi = (d.get("p99_ci") or [None, None])
+        t.add_row(label, str(d["n"]), _f(d["mean"], 2), _f(d["p50"], 2), _f(d["p90"], 2), _f(d["p95"], 2), _f(d["p99"], 2),
+                  f"[{_f(lo, 2)}, {_f(hi, 2)}]")
+    c.print(t)
+    c.print(f"window {_f(s.get('window_s'), 1)} s · requests {s['n_ok']}/{s['n_measured']} ok (+{s['n_warmup']} warmup) · "
+            f"{_f(s.get('request_throughput'), 2)} req/s · output {_f(s.get('output_tps'), 1)} tok/s · "
+            f"total {_f(s.get('total_tps'), 1)} tok/s · interactivity p50 {_f(s.get('interactivity_p50'), 1)} tok/s/user")
+    if s.get("offered_qps"):
+        c.print(f"offered {s['offered_qps']:g} req/s · achieved send rate {_f(s.get('achieved_send_qps'), 2)} req/s · "
+                f"mean in flight {_f(s.get('mean_in_flight'), 1)}")
+    if s.get("errors"):
+        c.print("[red]errors:[/] " + ", ".join(f"{k}={v}" for k, v in s["errors"].items()))
+    if s.get("slos"):
+        parts = [f"{v['slo']} {_f(v['value_ms'], 1)}/{v['threshold_ms']:g} ms {'[green]met[/]' if v['met'] else '[red]missed[/]'}"
+                 for v in s["slos"]]
+        c.print("SLOs: " + " · ".join(parts) + f" · goodput {_f(s.get('goodput_rps'), 2)} req/s "
+                f"(attainment {_f(100 * (s.get('attainment') or 0), 1)}%)")
+    e = s.get("energy")
+    if e:
+        c.print(f"energy ({e.get('source')}): {_f(e.get('energy_j'), 1)} J · avg {_f(e.get('avg_power_w'), 1)} W · "
+                f"{_f(e.get('j_per_output_token'), 3)} J/output token")
+    sv = s.get("server")
+    if sv:
+        c.print(f"server ({sv.get('engine')}): running mean {_f(sv.get('running_mean'))} · max waiting {_f(sv.get('waiting_max'), 0)} · "
+                f"KV max {_f(100 * (sv.get('kv_usage_max') or 0))}% · preemptions {_f(sv.get('preemptions'), 0)} · "
+                f"prefix hit {_f(100 * sv['prefix_cache_hit_rate']) + '%' if sv.get('prefix_cache_hit_rate') is not None else '—'}"
+                + (f" · client−server TTFT mean {_f(lat['ttft']['mean'] - sv['server_ttft_mean_ms'], 2)} ms" if sv.get("server_ttft_mean_ms") else ""))
+    for n in (doc.get("telemetry") or {}).get("notices", []):
+        c.print(f"[dim]note: {n}[/]")
+    for w in s.get("warnings", []):
+        c.print(f"[yellow]warning:[/] {w}")

@@ -1,0 +1,115 @@
+"""⑦ The versioned result layout on disk; load and list.
+
+A run directory (`results/<run-id>/`, or a sweep point `results/<sweep>/points/<hash>/`) holds:
+- `run.json`        the run document (below), rewritten atomically as the run progresses
+- `requests.parquet` one row per request (records.py), or `requests.parts/` while live / after a kill
+- `server_metrics.parquet`, `gpu.parquet`  telemetry timelines where captured
+
+run.json schema history (RUN_SCHEMA_VERSION):
+- 1: kind, run_id, status (running|complete|failed|interrupted), error, harness{version, git_sha},
+     spec (RunSpec, no secrets), target{url, model, api, server_version, server_kind, simulated, ...},
+     environment{...}, workload{tokenizer, ...}, anchor{wall_ns, perf_ns}, started_at/ended_at (unix s),
+     summary (metrics.summarize), telemetry{...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from bench import __version__
+
+RUN_SCHEMA_VERSION = 1
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def harness_info() -> dict:
+    return {"name": "trilemma", "version": __version__, "git_sha": _git_sha()}
+
+
+def new_run_id(spec) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{spec.workload.label()}-{spec.load.label()}".replace(":", "-").replace("/", "-")
+
+
+def new_run_doc(spec, run_id: str) -> dict:
+    from bench.telemetry.environment import collect_environment
+
+    return {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "kind": "run",
+        "run_id": run_id,
+        "status": "running",
+        "error": None,
+        "harness": harness_info(),
+        "spec": spec.model_dump(mode="json"),
+        "seed": spec.seed,
+        "labels": dict(spec.labels),
+        "host": socket.gethostname(),
+        "environment": collect_environment(),
+        "started_at": time.time(),
+    }
+
+
+def _clean(o):
+    """JSON cannot hold nan/inf: store them as null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def write_json(path: Path, doc: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(_clean(doc), indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_run_doc(run_dir: Path, doc: dict) -> None:
+    write_json(Path(run_dir) / "run.json", doc)
+
+
+def read_run_doc(run_dir: Path) -> dict:
+    p = Path(run_dir) / "run.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{run_dir}: no run.json here; give a directory written by `trilemma run` or `trilemma sweep`")
+    doc = json.loads(p.read_text())
+    if doc.get("schema_version", 0) > RUN_SCHEMA_VERSION:
+        raise ValueError(f"{p}: schema {doc['schema_version']} is newer than this trilemma understands; upgrade trilemma")
+    return doc
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, list]:
+    """(run.json document, list[RequestRecord]) of one run or sweep point."""
+    from bench.records import read_records
+
+    return read_run_doc(Path(run_dir)), read_records(Path(run_dir))
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Every run directory under the given paths (a run, a sweep, or a folder of them)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "run.json").is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(q.parent for q in p.rglob("run.json"))
+        else:
+            raise FileNotFoundError(f"{p}: not a results directory; give results/<run-id> or results/<sweep-name>")
+    return out

@@ -1,0 +1,313 @@
+"""③ Drive a schedule through the client: open loop (absolute schedule, optional concurrency cap),
+closed loop (N workers), warmup flagging, incremental saving, draining and clean interruption.
+
+`execute_run` is the one library call behind `trilemma run` (and each sweep point): it discovers the
+target, builds the workload, runs, and leaves `run.json` + `requests.parquet` whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from bench import client as cl
+from bench.config import RunSpec, SpecError
+from bench.records import IncrementalWriter, RequestRecord, read_records
+from bench.workload import PromptBuilder, WorkItem, Workload, make_tokenizer
+
+perf_ns = time.perf_counter_ns
+LEAD_NS = 100_000_000  # t0 is 100 ms after scheduling starts, so the first sends are not late
+
+
+class RunFailed(Exception):
+    """The run could not start or produced nothing; message is one line for the user."""
+
+
+async def sleep_until(t_ns: int, spin: bool) -> None:
+    """Sleep to an absolute perf_counter time. The event loop wakes up to ~1 ms late (epoll's ms
+    timeout), so when `spin` the last ~1.2 ms is spent yielding (sleep(0)) to land within ~50 µs."""
+    d = t_ns - perf_ns()
+    if d > 1_200_000 or not spin:
+        if d > 0:
+            await asyncio.sleep((d - (1_200_000 if spin else 0)) / 1e9)
+        if not spin:
+            return
+    while perf_ns() < t_ns:
+        await asyncio.sleep(0)
+
+
+@dataclass
+class Progress:
+    sent: int = 0
+    done: int = 0
+    failed: int = 0
+    planned: int | None = None
+    started_ns: int = 0
+    end_ns_planned: int = 0
+
+
+async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, prepare: Callable[[WorkItem], cl.Prepared],
+                writer: IncrementalWriter, progress: Progress, stop: asyncio.Event | None = None) -> None:
+    """Run the load point. Records go to `writer` as each request ends."""
+    from bench import schedule
+
+    load = spec.load
+    warm_s = load.warmup if load.warmup_unit == "s" else 0.0
+    warm_n = int(load.warmup) if load.warmup_unit == "r" else 0
+    dur_ns = int((load.duration_s + warm_s) * 1e9) if load.duration_s else None
+    n_req = (load.requests + warm_n) if load.requests else None
+    tasks: set[asyncio.Task] = set()
+    sem = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
+    t0 = perf_ns() + LEAD_NS
+    progress.started_ns = t0
+    if dur_ns:
+        progress.end_ns_planned = t0 + dur_ns
+
+    def is_warm(i: int, off_ns: int) -> bool:
+        return i < warm_n or off_ns < warm_s * 1e9
+
+    async def one(it: WorkItem, intended: int, prepared: cl.Prepared, warm: bool, history: list | None = None) -> None:
+        rec = RequestRecord(index=it.index, intended_ns=intended, warmup=warm, isl=it.isl, osl=it.osl,
+                            prefix_group=it.prefix_group, source=it.source, conversation=it.conversation, turn=it.turn)
+        rec.prompt_tokens_local = it.isl if wl.builder is not None else -1
+        progress.sent += 1
+        try:
+            if sem is not None:
+                async with sem:
+                    await cl.send_streaming(http, prepared, rec)
+            else:
+                await cl.send_streaming(http, prepared, rec)
+        except asyncio.CancelledError:
+            rec.end_ns = perf_ns()
+            rec.error_kind, rec.error, rec.ok = "cancelled", "run interrupted before the response ended", False
+            writer.add(rec)
+            raise
+        progress.done += 1
+        progress.failed += not rec.ok
+        answer = rec.output_text
+        if not it.followups:
+            rec.output_text = ""  # kept only where it becomes the next turn's history
+        writer.add(rec)
+        if it.followups and rec.ok:  # multi-turn: next turn right after this one, with the real answer
+            await next_turn(it, answer, warm)
+
+    async def next_turn(it: WorkItem, answer: str, warm: bool) -> None:
+        msgs = list(it.prompt) + [{"role": "assistant", "content": answer}]
+        nxt_text, nxt_isl, nxt_osl = it.followups[0]
+        msgs.append({"role": "user", "content": nxt_text})
+        nxt = WorkItem(index=it.index + 1, prompt=msgs, isl=nxt_isl, osl=nxt_osl, source=f"{it.source.rsplit(':turn', 1)[0]}:turn{it.turn + 1}",
+                       conversation=it.conversation, turn=it.turn + 1, followups=it.followups[1:])
+        if wl.builder is not None:
+            nxt.isl = wl.builder.tok.count_chat(msgs)
+        t = perf_ns()
+        await one(nxt, t, prepare(nxt), warm)
+
+    def spawn(coro) -> None:
+        t = asyncio.ensure_future(coro)
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    try:
+        if load.qps is not None or wl.size is not None and any(x.offset_ns is not None for x in items_hint[:1]):
+            # open loop: absolute schedule from the seed (or the trace's own offsets)
+            if items_hint and items_hint[0].offset_ns is not None:
+                offsets = [it.offset_ns for it in items_hint]
+            else:
+                offsets = schedule.open_loop_offsets_ns(load.arrival, load.qps, spec.seed, duration_s=dur_ns / 1e9 if dur_ns else None,
+                                                        count=n_req).tolist()
+            progress.planned = len(offsets)
+            spin = (load.qps or 0) <= 400
+            for i, off in enumerate(offsets):
+                if stop is not None and stop.is_set():
+                    break
+                it = items_hint[i] if i < len(items_hint) else wl.item(i)
+                prepared = prepare(it)
+                target = t0 + off
+                await sleep_until(target, spin)
+                spawn(one(it, target, prepared, is_warm(i, off)))
+        else:
+            progress.planned = n_req
+            counter = iter(range(10**12))
+
+            async def worker() -> None:
+                while True:
+                    if stop is not None and stop.is_set():
+                        return
+                    i = next(counter)
+                    if n_req is not None and i >= n_req:
+                        return
+                    now = perf_ns()
+                    if dur_ns is not None and now - t0 >= dur_ns:
+                        return
+                    it = items_hint[i] if i < len(items_hint) else wl.item(i)
+                    prepared = prepare(it)
+                    now = perf_ns()
+                    await one(it, now, prepared, is_warm(i, max(0, now - t0)))
+
+            await sleep_until(t0, False)
+            await asyncio.gather(*(worker() for _ in range(load.concurrency)))
+        if tasks:
+            await asyncio.gather(*list(tasks))
+    except asyncio.CancelledError:
+        for t in list(tasks):
+            t.cancel()
+        await asyncio.gather(*list(tasks), return_exceptions=True)
+        raise
+
+
+def _redact_url(url: str) -> str:
+    import re
+
+    return re.sub(r"//[^/@]+@", "//***@", url)
+
+
+async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progress: Callable[[Progress], None] | None = None,
+                    telemetry=None) -> dict:
+    """Discover the target, build the workload, drive it, save. Returns the run.json document."""
+    from bench import results
+    from bench.metrics import summarize
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = results.new_run_doc(spec, run_dir.name)
+    results.write_run_doc(run_dir, doc)
+    tgt = spec.target
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        info = await cl.discover(tgt.url, headers)
+    except cl.TargetError as e:
+        doc.update(status="failed", error=str(e))
+        results.write_run_doc(run_dir, doc)
+        raise RunFailed(str(e)) from None
+    model = tgt.model or info.get("default_model")
+    if not model:
+        msg = f"{tgt.url} serves {len(info.get('models', []))} models ({', '.join(info.get('models', [])[:5])}); pick one with --model"
+        doc.update(status="failed", error=msg)
+        results.write_run_doc(run_dir, doc)
+        raise RunFailed(msg)
+    if info.get("models") and model not in info["models"]:
+        msg = f"model '{model}' is not served at {tgt.url}; it serves: {', '.join(info['models'][:5])} (fix --model)"
+        doc.update(status="failed", error=msg)
+        results.write_run_doc(run_dir, doc)
+        raise RunFailed(msg)
+    doc["target"] = {"url": _redact_url(tgt.url), "model": model, "api": tgt.api, **{k: v for k, v in info.items() if k != "default_model"}}
+    if spec.reset_prefix_cache:
+        doc["target"]["prefix_cache_reset"] = await cl.reset_prefix_cache(tgt.url, headers)
+    # workload
+    tok, tok_kind = await asyncio.to_thread(make_tokenizer, tgt.tokenizer, tgt.url, model, headers)
+    wspec = spec.workload
+    if wspec.max_model_len is None:
+        mx = info.get("max_model_len") or getattr(tok, "max_model_len", None)
+        if mx:
+            wspec = wspec.model_copy(update={"max_model_len": int(mx)})
+    builder = await asyncio.to_thread(PromptBuilder, tok, tgt.api)
+    wl = Workload(wspec, builder, spec.seed, tgt.api)
+    n_pre = wl.size if wl.size is not None else (
+        spec.load.requests + (int(spec.load.warmup) if spec.load.warmup_unit == "r" else 0) if spec.load.requests else
+        int(math.ceil((spec.load.qps or 0) * ((spec.load.duration_s or 0) + (spec.load.warmup if spec.load.warmup_unit == "s" else 0)) * 1.2)) + 64)
+    if wl.size is not None and spec.load.requests:
+        n_pre = min(n_pre, spec.load.requests)
+    items = [wl.item(i) for i in range(n_pre)] if (spec.load.qps is not None or wl.size is not None) else [wl.item(i) for i in range(min(64, spec.load.requests or 64))]
+    fixes = await asyncio.to_thread(wl.verify, items)
+    doc["workload"] = {"tokenizer": tok_kind, "prompt_overhead_tokens": builder.overhead, "verified_fixes": fixes,
+                       "clipped_to_max_model_len": wl.clipped, "max_model_len": wspec.max_model_len,
+                       **(wl.source.describe() if wl.source else {})}
+
+    def prepare(it: WorkItem) -> cl.Prepared:
+        return cl.build_body(tgt.api, model, it.prompt, it.osl, ignore_eos=tgt.ignore_eos, continuous_usage=tgt.continuous_usage)
+
+    writer = IncrementalWriter(run_dir)
+    progress = Progress()
+    doc["anchor"] = {"wall_ns": time.time_ns(), "perf_ns": perf_ns()}
+    results.write_run_doc(run_dir, doc)
+    http = cl.make_client(tgt.url, api_key, tgt.request_timeout_s)
+    stop_flush = asyncio.Event()
+
+    async def flusher() -> None:
+        while not stop_flush.is_set():
+            try:
+                await asyncio.wait_for(stop_flush.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.to_thread(writer.flush)
+            if on_progress:
+                on_progress(progress)
+
+    ft = asyncio.ensure_future(flusher())
+    status, error = "complete", None
+    if telemetry is not None:
+        await telemetry.start()
+    doc["window_wall"] = {"start": time.time()}
+    try:
+        await drive(spec, wl, items, http, prepare, writer, progress)
+    except asyncio.CancelledError:
+        status, error = "interrupted", "interrupted (Ctrl-C or signal); results up to that moment are saved"
+    finally:
+        doc["window_wall"]["end"] = time.time()
+        if telemetry is not None:
+            doc["telemetry"] = await telemetry.stop(run_dir)
+        stop_flush.set()
+        await asyncio.gather(ft, return_exceptions=True)
+        await http.aclose()
+        await asyncio.to_thread(writer.close)
+        recs = read_records(run_dir)
+        if wl.clipped:
+            doc["workload"]["clipped_to_max_model_len"] = wl.clipped
+        summary = summarize(recs, spec.slos, offered_qps=spec.load.qps, mode="qps" if spec.load.qps else "concurrency",
+                            expect_exact_osl=tgt.ignore_eos)
+        if wl.clipped:
+            summary["warnings"].append(f"clipped: {wl.clipped} requests were shortened to fit max_model_len={wspec.max_model_len}; "
+                                       "serve a longer context or filter the trace")
+        if telemetry is not None and doc.get("telemetry"):
+            from bench.telemetry import attach_to_summary
+
+            attach_to_summary(summary, doc["telemetry"])
+        if recs and summary["n_ok"] == 0 and status == "complete":
+            status = "failed"
+            kinds = summary["errors"]
+            first = next((r.error for r in recs if r.error), "")
+            error = f"all {len(recs)} requests failed ({', '.join(f'{k}={v}' for k, v in kinds.items())}): {first}"
+        doc.update(status=status, error=error, summary=summary, ended_at=time.time())
+        results.write_run_doc(run_dir, doc)
+    return doc
+
+
+def execute_run(spec: RunSpec, run_dir: Path, api_key: str | None = None, on_progress=None, telemetry=None) -> dict:
+    """Synchronous wrapper with clean Ctrl-C: the first SIGINT stops sending and saves what was measured."""
+    import signal
+
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(run_async(spec, run_dir, api_key, on_progress, telemetry))
+
+    def _stop(*_):
+        main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, _stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        return loop.run_until_complete(main)
+    except asyncio.CancelledError:
+        from bench import results
+
+        return results.read_run_doc(run_dir)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        loop.close()
+
+
+def env_api_key(spec: RunSpec, explicit: str | None) -> str | None:
+    return explicit or os.environ.get(spec.target.api_key_env) or None
+
+
+__all__ = ["execute_run", "run_async", "RunFailed", "SpecError"]

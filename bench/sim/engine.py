@@ -1,0 +1,265 @@
+"""Continuous-batching engine model (vLLM-like), driven in real time.
+
+Every engine step serves the running decode batch plus a chunked-prefill budget of new prompt tokens
+(`max_num_batched_tokens`, shared with the decode tokens). Step time is a roofline:
+
+    t_step = t_overhead + max(t_mem, t_compute)
+    t_mem     = (W + C · b_kv) / (BW · η_mem)          W = params · dtype bytes (weights read once/step)
+                                                       C = total context tokens of the batch, b_kv = KV bytes/token
+    t_compute = 2 · params · (n_decode + n_prefill) / (F · η_flop)
+
+    b_kv = 2 · layers · kv_heads · head_dim · dtype bytes
+    KV capacity (tokens) = (HBM · util − W) / b_kv
+
+Admission is FIFO while running < max_num_seqs and the KV cache can hold the request's prompt plus its
+max_tokens (reserved up front, so there is no preemption); otherwise requests wait — the latency
+"hockey stick" past saturation. With prefix caching, 16-token prompt blocks already seen (LRU, bounded
+by free KV) skip prefill compute.
+
+Analytic capacity at saturation for ISL/OSL (all slots busy, B = min(max_num_seqs, KV cap/(ISL+OSL))):
+each request occupies the batch for OSL steps (prefill step emits token 1), so per step B/OSL requests
+prefill (B·ISL/OSL tokens) and the rest decode; mean context per request ≈ ISL + OSL/2;
+capacity = B / (OSL · t_step). Power: idle + (TDP − idle) · (0.5 + 0.5 · t_compute/max(t_mem, t_compute))
+while stepping, idle otherwise (a stand-in so telemetry code has a source; not a power model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+BLOCK = 16
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    gpu: str
+    model: str
+    params_b: float
+    dtype_bytes: float = 2
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    hbm_gbps: float
+    peak_tflops: float
+    mem_eff: float = 0.8
+    flop_eff: float = 0.5
+    step_overhead_ms: float = 3.0
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    gpu_mem_gib: float = 80
+    gpu_mem_util: float = 0.9
+    max_model_len: int = 8192
+    prefix_cache: bool = True
+    tdp_w: float = 700
+    idle_w: float = 90
+    slowdown: float = 1.0  # multiply every step time (e.g. 1.1 to plant a 10% regression)
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.params_b * 1e9 * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return int((self.gpu_mem_gib * 2**30 * self.gpu_mem_util - self.weight_bytes) / self.kv_bytes_per_token)
+
+    def step_parts(self, n_decode: int, ctx_tokens: float, n_prefill: int) -> tuple[float, float]:
+        bw = self.hbm_gbps * 1e9 * self.mem_eff
+        t_mem = (self.weight_bytes + ctx_tokens * self.kv_bytes_per_token) / bw
+        t_cmp = 2 * self.params_b * 1e9 * (n_decode + n_prefill) / (self.peak_tflops * 1e12 * self.flop_eff)
+        return t_mem, t_cmp
+
+    def step_time_s(self, n_decode: int, ctx_tokens: float, n_prefill: int) -> float:
+        t_mem, t_cmp = self.step_parts(n_decode, ctx_tokens, n_prefill)
+        return (self.step_overhead_ms / 1e3 + max(t_mem, t_cmp)) * self.slowdown
+
+    def power_w(self, n_decode: int, ctx_tokens: float, n_prefill: int) -> float:
+        t_mem, t_cmp = self.step_parts(n_decode, ctx_tokens, n_prefill)
+        return self.idle_w + (self.tdp_w - self.idle_w) * (0.5 + 0.5 * t_cmp / max(t_mem, t_cmp))
+
+    def batch_limit(self, isl: int, osl: int) -> int:
+        return max(1, min(self.max_num_seqs, self.kv_capacity_tokens // (isl + osl)))
+
+    def analytic_capacity(self, isl: int, osl: int) -> dict:
+        """Saturation throughput for fixed ISL/OSL (see module docstring)."""
+        b = self.batch_limit(isl, osl)
+        n_pre = b / osl * isl
+        n_dec = b - b / osl
+        ctx = b * (isl + osl / 2)
+        t = self.step_time_s(round(n_dec), ctx, round(n_pre))
+        qps = b / (osl * t)
+        return {"batch": b, "step_ms": t * 1e3, "qps": qps, "output_tps": qps * osl, "total_tps": qps * (isl + osl),
+                "tpot_ms": t * 1e3, "prefill_budget_ok": n_pre + n_dec <= self.max_num_batched_tokens}
+
+
+def load_profile(name_or_path: str, slowdown: float = 1.0) -> Profile:
+    p = Path(name_or_path)
+    if not p.is_file():
+        p = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not p.is_file():
+        names = ", ".join(sorted(q.stem for q in PROFILE_DIR.glob("*.yaml")))
+        raise ValueError(f"sim profile '{name_or_path}' not found; use one of: {names}, or a YAML file path")
+    prof = Profile(**yaml.safe_load(p.read_text()))
+    if slowdown != 1.0:
+        prof = prof.model_copy(update={"slowdown": prof.slowdown * slowdown})
+    return prof
+
+
+@dataclass(eq=False)
+class SimRequest:
+    prompt_tokens: int
+    max_tokens: int
+    blocks: list = field(default_factory=list)  # prefix block hashes
+    cached: int = 0  # prompt tokens served from the prefix cache
+    prefilled: int = 0
+    generated: int = 0
+    pending: int = 0  # tokens emitted but not yet written to the client
+    done: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: float = 0.0
+    first_token_t: float = 0.0
+
+
+class Engine:
+    """Runs the step loop on the event loop; requests are fed with `submit` and woken per step."""
+
+    def __init__(self, profile: Profile):
+        self.p = profile
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.kv_reserved = 0
+        self.prefix: OrderedDict[int, None] = OrderedDict()
+        self._wake = asyncio.Event()
+        self.power_w = profile.idle_w
+        self.energy_j = 0.0
+        self._energy_t = time.monotonic()
+        # counters for /metrics
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.steps = 0
+        self.observers: list = []  # callables(req, kind, value_s) for histograms
+
+    # -- energy (integrated at every power change)
+    def _set_power(self, w: float) -> None:
+        now = time.monotonic()
+        self.energy_j += self.power_w * (now - self._energy_t)
+        self._energy_t, self.power_w = now, w
+
+    def energy_now_j(self) -> float:
+        return self.energy_j + self.power_w * (time.monotonic() - self._energy_t)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_reserved / max(1, self.p.kv_capacity_tokens)
+
+    def submit(self, req: SimRequest) -> None:
+        req.arrived = time.monotonic()
+        if self.p.prefix_cache and req.blocks:
+            self.prefix_queries += req.prompt_tokens
+            hit = 0
+            for b in req.blocks:
+                if b in self.prefix:
+                    self.prefix.move_to_end(b)
+                    hit += BLOCK
+                else:
+                    break
+            req.cached = min(hit, req.prompt_tokens - 1)
+            self.prefix_hits += req.cached
+        self.waiting.append(req)
+        self._wake.set()
+
+    def _remember_blocks(self, req: SimRequest) -> None:
+        if not self.p.prefix_cache:
+            return
+        for b in req.blocks:
+            self.prefix[b] = None
+            self.prefix.move_to_end(b)
+        free_blocks = max(0, (self.p.kv_capacity_tokens - self.kv_reserved) // BLOCK)
+        while len(self.prefix) > free_blocks:
+            self.prefix.popitem(last=False)
+
+    def _plan_step(self) -> tuple[list, list, float, int]:
+        """Choose this step's decode set and prefill chunks; returns (decoders, prefills, ctx, n_prefill)."""
+        p = self.p
+        while self.waiting and len(self.running) < p.max_num_seqs:
+            r = self.waiting[0]
+            need = r.prompt_tokens + r.max_tokens
+            if self.kv_reserved + need > p.kv_capacity_tokens and self.running:
+                break
+            self.waiting.popleft()
+            self.kv_reserved += need
+            r.prefilled = r.cached
+            self.running.append(r)
+        decoders = [r for r in self.running if r.prefilled >= r.prompt_tokens]
+        budget = p.max_num_batched_tokens - len(decoders)
+        prefills = []
+        for r in self.running:
+            if r.prefilled < r.prompt_tokens and budget > 0:
+                take = min(budget, r.prompt_tokens - r.prefilled)
+                prefills.append((r, take))
+                budget -= take
+        ctx = sum(r.prefilled + r.generated for r in self.running)
+        return decoders, prefills, ctx, sum(t for _, t in prefills)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        t_next = loop.time()
+        while True:
+            if not self.running and not self.waiting:
+                self._set_power(self.p.idle_w)
+                self._wake.clear()
+                await self._wake.wait()
+                t_next = loop.time()
+            decoders, prefills, ctx, n_pre = self._plan_step()
+            dt = self.p.step_time_s(len(decoders), ctx, n_pre)
+            self._set_power(self.p.power_w(len(decoders), ctx, n_pre))
+            t_end = max(t_next, loop.time() - 0.005) + dt  # keep the virtual timeline unless >5 ms behind
+            delay = t_end - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t_next = t_end
+            self.steps += 1
+            now = time.monotonic()
+            finished = []
+            for r in decoders:
+                r.generated += 1
+                r.pending += 1
+                if r.generated >= r.max_tokens:
+                    finished.append(r)
+                r.event.set()
+            for r, take in prefills:
+                r.prefilled += take
+                self.prompt_tokens_total += take
+                if r.prefilled >= r.prompt_tokens:
+                    r.generated += 1
+                    r.pending += 1
+                    r.first_token_t = now
+                    for ob in self.observers:
+                        ob("ttft", now - r.arrived)
+                    if r.generated >= r.max_tokens:
+                        finished.append(r)
+                    r.event.set()
+            self.generation_tokens_total += len(decoders) + sum(1 for r, _ in prefills if r.prefilled >= r.prompt_tokens)
+            for r in finished:
+                r.done = True
+                self.running.remove(r)
+                self.kv_reserved -= r.prompt_tokens + r.max_tokens
+                self._remember_blocks(r)
+                for ob in self.observers:
+                    ob("e2e", now - r.arrived)
+                    if r.max_tokens > 1:
+                        ob("tpot", (now - r.first_token_t) / (r.max_tokens - 1))

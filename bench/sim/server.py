@@ -1,0 +1,331 @@
+"""HTTP face of the simulator: OpenAI-compatible `/v1/completions`, `/v1/chat/completions` (streaming
+and not), `/v1/models`, `/tokenize`, `/detokenize`, `/version`, `/health`, `/reset_prefix_cache`, and a
+Prometheus `/metrics` with vLLM's metric names plus a simulated GPU in the DCGM exporter's names.
+
+Tokens are whitespace-separated words (so `/tokenize` is exact and cheap); the chat template adds
+3 tokens per message plus 1 for the generation prompt. Streaming responses follow vLLM's wire format
+(chunk objects, `stream_options.include_usage` final usage chunk, `continuous_usage_stats` per-chunk
+usage, `data: [DONE]`).
+
+Deterministic mode (calibration): no engine; each response follows a fixed schedule seeded by the
+request's sequence number — TTFT 20–30 ms, chunk gaps 5–15 ms, one chunk in ~4 carrying 2–3 tokens — and
+every chunk carries the server's own send timestamp (`sim_t_ns`, `perf_counter_ns`, CLOCK_MONOTONIC,
+comparable across processes on one host) plus `sim_recv_ns` in the first: the ground truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+import zlib
+
+from aiohttp import web
+
+from bench import __version__
+from bench.sim.engine import BLOCK, Engine, Profile, SimRequest
+
+WORDS = ("the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "at", "by", "this", "had",
+         "not", "are", "but", "from", "or", "have", "an", "they", "which", "one", "you", "were")
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+
+
+class Hist:
+    def __init__(self, buckets):
+        self.b = buckets
+        self.counts = [0] * len(buckets)
+        self.sum = 0.0
+        self.n = 0
+
+    def observe(self, v: float) -> None:
+        self.sum += v
+        self.n += 1
+        for i, le in enumerate(self.b):
+            if v <= le:
+                self.counts[i] += 1
+                break
+
+    def family(self, name: str, doc: str, labels: dict):
+        from prometheus_client.core import HistogramMetricFamily
+
+        cum, acc = [], 0
+        for le, c in zip(self.b, self.counts):
+            acc += c
+            cum.append((str(le), acc))
+        cum.append(("+Inf", self.n))
+        f = HistogramMetricFamily(name, doc, labels=list(labels))
+        f.add_metric(list(labels.values()), cum, self.sum)
+        return f
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def chat_tokens(messages: list) -> int:
+    return sum(3 + count_words(str(m.get("content") or "")) for m in messages) + 1
+
+
+def chat_text(messages: list) -> str:
+    return " ".join(str(m.get("content") or "") for m in messages)
+
+
+def error(status: int, message: str, kind: str = "BadRequestError") -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": status}}, status=status)
+
+
+class SimServer:
+    def __init__(self, profile: Profile, *, model: str | None = None, deterministic: bool = False, seed: int = 0,
+                 error_rate: float = 0.0, cut_rate: float = 0.0):
+        self.p = profile
+        self.model = model or profile.model
+        self.deterministic = deterministic
+        self.seed = seed
+        self.error_rate, self.cut_rate = error_rate, cut_rate
+        self.rng = random.Random(seed)
+        self.engine = Engine(profile)
+        self.hist = {"ttft": Hist(TTFT_BUCKETS), "tpot": Hist(TPOT_BUCKETS), "e2e": Hist(TTFT_BUCKETS)}
+        self.engine.observers.append(lambda kind, v: self.hist[kind].observe(v))
+        self.seq = 0
+        self.preemptions = 0
+
+    # ------------------------------------------------------------------ app
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/health", lambda r: web.Response(text=""))
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/reset_prefix_cache", self.reset_prefix)
+        app.on_startup.append(self._start)
+        return app
+
+    async def _start(self, app) -> None:
+        if not self.deterministic:
+            app["engine_task"] = asyncio.ensure_future(self.engine.run())
+
+    async def models(self, request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "trilemma-sim",
+                                                              "root": self.model, "max_model_len": self.p.max_model_len}]})
+
+    async def version(self, request) -> web.Response:
+        return web.json_response({"version": f"trilemma-sim {__version__}", "simulated": True, "profile": self.p.name,
+                                  "gpu": self.p.gpu, "deterministic": self.deterministic})
+
+    async def reset_prefix(self, request) -> web.Response:
+        self.engine.prefix.clear()
+        return web.Response(text="")
+
+    async def tokenize(self, request) -> web.Response:
+        body = await request.json()
+        if body.get("messages") is not None:
+            n = chat_tokens(body["messages"])
+        else:
+            n = count_words(str(body.get("prompt", "")))
+        return web.json_response({"count": n, "max_model_len": self.p.max_model_len, "tokens": list(range(n))})
+
+    async def metrics(self, request) -> web.Response:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        e, lab = self.engine, {"model_name": self.model}
+        fams = []
+
+        def g(name, doc, v, labels=lab):
+            f = GaugeMetricFamily(name, doc, labels=list(labels))
+            f.add_metric(list(labels.values()), v)
+            fams.append(f)
+
+        def c(name, doc, v):
+            f = CounterMetricFamily(name, doc, labels=list(lab))
+            f.add_metric(list(lab.values()), v)
+            fams.append(f)
+
+        g("vllm:num_requests_running", "Running requests (simulated)", len(e.running))
+        g("vllm:num_requests_waiting", "Waiting requests (simulated)", len(e.waiting))
+        g("vllm:kv_cache_usage_perc", "KV-cache usage, 0-1 (simulated)", e.kv_usage)
+        c("vllm:num_preemptions", "Preemptions (simulated)", self.preemptions)
+        c("vllm:prompt_tokens", "Prefilled prompt tokens (simulated)", e.prompt_tokens_total)
+        c("vllm:generation_tokens", "Generated tokens (simulated)", e.generation_tokens_total)
+        c("vllm:prefix_cache_queries", "Prefix-cache queried tokens (simulated)", e.prefix_queries)
+        c("vllm:prefix_cache_hits", "Prefix-cache hit tokens (simulated)", e.prefix_hits)
+        fams.append(self.hist["ttft"].family("vllm:time_to_first_token_seconds", "TTFT (simulated)", lab))
+        fams.append(self.hist["tpot"].family("vllm:inter_token_latency_seconds", "ITL (simulated)", lab))
+        fams.append(self.hist["e2e"].family("vllm:e2e_request_latency_seconds", "E2E (simulated)", lab))
+        gl = {"gpu": "0", "UUID": f"GPU-sim-{self.p.name}", "modelName": f"{self.p.gpu} (simulated)"}
+        g("DCGM_FI_DEV_POWER_USAGE", "Power draw (W), simulated", e.power_w, gl)
+        g("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Energy since start (mJ), simulated", e.energy_now_j() * 1000.0, gl)
+
+        class _C:
+            def collect(self_inner):
+                return fams
+
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(_C())
+        return web.Response(body=generate_latest(reg), content_type="text/plain", charset="utf-8")
+
+    # ------------------------------------------------------------------ generation
+    async def completions(self, request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def chat(self, request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request, chat: bool) -> web.StreamResponse:
+        recv_ns = time.perf_counter_ns()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "request body is not valid JSON")
+        if body.get("model") not in (None, self.model):
+            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        if chat:
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                return error(400, "messages must be a non-empty list")
+            n_prompt, text = chat_tokens(msgs), chat_text(msgs)
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+                n_prompt, text = len(prompt), " ".join(map(str, prompt))
+            elif isinstance(prompt, str):
+                n_prompt, text = count_words(prompt), prompt
+            else:
+                return error(400, "prompt must be a string or a list of token ids")
+        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+        if n_prompt + max_tokens > self.p.max_model_len:
+            return error(400, f"This model's maximum context length is {self.p.max_model_len} tokens. However, you requested "
+                              f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion).")
+        if self.error_rate and self.rng.random() < self.error_rate:
+            return error(500, "simulated internal server error", "InternalServerError")
+        self.seq += 1
+        seq = self.seq
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        stream = bool(body.get("stream"))
+        so = body.get("stream_options") or {}
+        include_usage, continuous = bool(so.get("include_usage")), bool(so.get("continuous_usage_stats"))
+        created = int(time.time())
+
+        def chunk(text: str, n_gen: int, finish: str | None, first: bool, extra: dict | None = None) -> dict:
+            if chat:
+                delta = {"content": text}
+                if first:
+                    delta = {"role": "assistant", "content": text}
+                ch = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model, "choices": [ch]}
+            else:
+                ch = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
+                obj = {"id": rid, "object": "text_completion", "created": created, "model": self.model, "choices": [ch]}
+            if continuous and include_usage:
+                obj["usage"] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen, "completion_tokens": n_gen}
+            if extra:
+                obj.update(extra)
+            return obj
+
+        def words(start: int, n: int) -> str:
+            return "".join(" " + WORDS[(start + i) % len(WORDS)] for i in range(n))
+
+        if not stream:
+            if self.deterministic:
+                await asyncio.sleep(0.02)
+            else:
+                req = self._submit(n_prompt, max_tokens, text)
+                while not req.done:
+                    req.event.clear()
+                    await req.event.wait()
+            out = words(0, max_tokens)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "length"} if chat
+                      else {"index": 0, "text": out, "finish_reason": "length", "logprobs": None})
+            return web.json_response({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                                      "model": self.model, "choices": [choice],
+                                      "usage": {"prompt_tokens": n_prompt, "completion_tokens": max_tokens,
+                                                "total_tokens": n_prompt + max_tokens}})
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        cut_at = self.rng.randint(1, max(1, max_tokens - 1)) if self.cut_rate and self.rng.random() < self.cut_rate else None
+        n_gen = 0
+        if self.deterministic:
+            rng = random.Random(zlib.crc32(f"{self.seed}:{seq}".encode()))
+            t = recv_ns + int((0.020 + 0.010 * rng.random()) * 1e9)
+            first = True
+            while n_gen < max_tokens:
+                k = 1 if rng.random() < 0.75 else rng.choice((2, 3))
+                k = min(k, max_tokens - n_gen)
+                d = t - time.perf_counter_ns()
+                if d > 0:
+                    await asyncio.sleep(d / 1e9)
+                n_gen += k
+                finish = "length" if n_gen >= max_tokens else None
+                extra = {"sim_t_ns": time.perf_counter_ns()}
+                if first:
+                    extra["sim_recv_ns"] = recv_ns
+                await resp.write(sse(chunk(words(n_gen - k, k), n_gen, finish, first, extra)))
+                first = False
+                t += int((0.005 + 0.010 * rng.random()) * 1e9)
+        else:
+            req = self._submit(n_prompt, max_tokens, text)
+            first = True
+            try:
+                while True:
+                    await req.event.wait()
+                    req.event.clear()
+                    k, req.pending = req.pending, 0
+                    if k:
+                        n_gen += k
+                        finish = "length" if req.done and n_gen >= req.max_tokens else None
+                        await resp.write(sse(chunk(words(n_gen - k, k), n_gen, finish, first)))
+                        first = False
+                        if cut_at is not None and n_gen >= cut_at:
+                            request.transport.close()  # simulated dropped connection
+                            return resp
+                    if req.done and req.pending == 0:
+                        break
+            except (ConnectionResetError, asyncio.CancelledError):
+                self._abort(req)
+                raise
+        if include_usage:
+            await resp.write(sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+                                  "model": self.model, "choices": [],
+                                  "usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen, "completion_tokens": n_gen}}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _submit(self, n_prompt: int, max_tokens: int, text: str) -> SimRequest:
+        blocks = []
+        if self.p.prefix_cache:
+            ws = text.split()
+            h = 0
+            for i in range(0, len(ws) - BLOCK + 1, BLOCK):
+                h = zlib.crc32(" ".join(ws[i:i + BLOCK]).encode(), h)
+                blocks.append(h)
+        req = SimRequest(prompt_tokens=max(1, n_prompt), max_tokens=max(1, max_tokens), blocks=blocks)
+        self.engine.submit(req)
+        return req
+
+    def _abort(self, req: SimRequest) -> None:
+        e = self.engine
+        if req in e.waiting:
+            e.waiting.remove(req)
+        elif req in e.running:
+            e.running.remove(req)
+            e.kv_reserved -= req.prompt_tokens + req.max_tokens
+
+
+def serve(profile: Profile, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
+    """Run the simulated server until interrupted."""
+    srv = SimServer(profile, **kw)
+    mode = "deterministic calibration mode" if kw.get("deterministic") else f"profile {profile.name} ({profile.gpu})"
+    print(f"trilemma sim: SIMULATED OpenAI-compatible server, {mode}, model '{srv.model}', http://{host}:{port}", flush=True)
+    web.run_app(srv.app(), host=host, port=port, print=None, access_log=None, handle_signals=True)

@@ -1,0 +1,299 @@
+"""① Workload spec -> WorkItems: ISL/OSL sampling, prompts with the exact token count, shared prefixes,
+trace replay and text datasets.
+
+Exact prompt lengths: we find "pieces" — words that the served tokenizer turns into exactly one token
+when preceded by a space, and whose concatenation is additive (byte-level BPE and SentencePiece do not
+merge across a space). A prompt of N tokens is then `N − overhead` pieces, where the overhead is what
+the server adds (BOS, chat template). Counts come from the server's `/tokenize` (vLLM, SGLang) or a
+local `tokenizer.json`; built prompts are re-counted (a sample, or all with `verify="all"`) and fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.config import LengthDist, SpecError, WorkloadSpec
+
+DATA = Path(__file__).parent / "data"
+
+
+@dataclass(slots=True)
+class WorkItem:
+    index: int
+    prompt: str | list  # text (completions) or chat messages
+    isl: int
+    osl: int
+    prefix_group: int = -1
+    source: str = ""
+    offset_ns: int | None = None  # trace replay: intended offset from t0
+    conversation: int = -1
+    turn: int = -1
+    followups: list = field(default_factory=list)  # later user turns of a multi-turn conversation
+
+
+# ------------------------------------------------------------------ tokenizers
+class Tokenizer:
+    """Counts tokens as the server will. `count(text)` includes special tokens the server adds for a
+    completions prompt; `count_chat(messages)` includes the chat template."""
+
+    max_model_len: int | None = None
+
+    def count(self, text: str) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def count_chat(self, messages: list) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ServerTokenizer(Tokenizer):
+    """Uses the server's /tokenize endpoint (vLLM, SGLang)."""
+
+    def __init__(self, base_url: str, model: str, headers: dict | None = None):
+        self.http = httpx.Client(base_url=base_url, headers=headers or {}, timeout=30)
+        self.model = model
+
+    def _post(self, payload: dict) -> int:
+        r = self.http.post("/tokenize", json={"model": self.model, **payload})
+        if r.status_code != 200:
+            raise SpecError(f"/tokenize answered HTTP {r.status_code}: {r.text[:200]}; pass --tokenizer PATH to count locally")
+        obj = r.json()
+        if self.max_model_len is None and obj.get("max_model_len"):
+            self.max_model_len = int(obj["max_model_len"])
+        return int(obj["count"]) if "count" in obj else len(obj["tokens"])
+
+    def count(self, text: str) -> int:
+        return self._post({"prompt": text})
+
+    def count_chat(self, messages: list) -> int:
+        return self._post({"messages": messages, "add_generation_prompt": True})
+
+    @staticmethod
+    def available(base_url: str, model: str, headers: dict | None = None) -> bool:
+        try:
+            r = httpx.post(base_url + "/tokenize", json={"model": model, "prompt": "hello"}, headers=headers or {}, timeout=10)
+            return r.status_code == 200 and ("count" in r.json() or "tokens" in r.json())
+        except (httpx.HTTPError, ValueError):
+            return False
+
+
+class LocalTokenizer(Tokenizer):
+    """A local Hugging Face tokenizer (`tokenizer.json`, or a model dir holding it). Chat counting needs
+    the template in tokenizer_config.json; rendering it uses jinja2."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer as HFTok
+
+        p = Path(path)
+        tj = p / "tokenizer.json" if p.is_dir() else p
+        if not tj.is_file():
+            raise SpecError(f"--tokenizer {path}: no tokenizer.json there; give a model dir or a tokenizer.json path")
+        self.tok = HFTok.from_file(str(tj))
+        cfg = tj.parent / "tokenizer_config.json"
+        self.config = json.loads(cfg.read_text()) if cfg.is_file() else {}
+        self.bos = self.config.get("bos_token") if isinstance(self.config.get("bos_token"), str) else None
+
+    def count(self, text: str) -> int:
+        return len(self.tok.encode(text, add_special_tokens=True).ids)
+
+    def count_chat(self, messages: list) -> int:
+        import jinja2
+
+        tpl = self.config.get("chat_template")
+        if not tpl:
+            raise SpecError("--tokenizer has no chat_template; use --api completions or the server's /tokenize")
+        text = jinja2.Environment().from_string(tpl).render(messages=messages, add_generation_prompt=True, bos_token=self.bos or "")
+        return len(self.tok.encode(text, add_special_tokens=False).ids)
+
+
+class WordTokenizer(Tokenizer):
+    """Fallback when no tokenizer is available: one token per space-separated word (approximate; the
+    run warns through the token-count mismatch check)."""
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def count_chat(self, messages: list) -> int:
+        return sum(len(str(m.get("content", "")).split()) for m in messages)
+
+
+# ------------------------------------------------------------------ exact-length prompts
+def _candidate_words() -> list[str]:
+    words = re.findall(r"[a-z]+", (DATA / "sonnet.txt").read_text().lower())
+    seen: dict[str, None] = {}
+    for w in sorted(words, key=lambda w: (len(w), w)):
+        if 2 <= len(w) <= 6:
+            seen.setdefault(w, None)
+    return list(seen)[:400]
+
+
+class PromptBuilder:
+    """Builds prompts of exact token counts for one tokenizer and API."""
+
+    def __init__(self, tok: Tokenizer, api: str = "completions"):
+        self.tok, self.api = tok, api
+        counts = {w: tok.count(" " + w) for w in _candidate_words()}
+        base1 = min(counts.values())
+        self.pieces = np.array([" " + w for w, c in counts.items() if c == base1])
+        if len(self.pieces) < 16:
+            raise SpecError("could not find single-token words for this tokenizer; pass --tokenizer for the served model")
+        self.overhead = (self.count(self.pieces[0]) - 1)
+        probe = "".join(self.pieces[:32])
+        if self.count(probe) != self.overhead + 32:
+            # not additive (unusual tokenizer): keep going but the verify step will fix each prompt
+            pass
+
+    def count(self, text: str) -> int:
+        if self.api == "chat":
+            return self.tok.count_chat([{"role": "user", "content": text}])
+        return self.tok.count(text)
+
+    def text(self, rng: np.random.Generator, n_tokens: int, prefix: str = "", prefix_tokens: int = 0) -> str:
+        k = max(1, n_tokens - self.overhead - prefix_tokens)
+        return prefix + "".join(rng.choice(self.pieces, k))
+
+    def fix(self, text: str, target: int, rng: np.random.Generator) -> tuple[str, int]:
+        """Re-count and add/remove pieces until the count hits `target` (few iterations)."""
+        n = self.count(text)
+        for _ in range(6):
+            if n == target:
+                break
+            if n < target:
+                text += "".join(rng.choice(self.pieces, target - n))
+            else:
+                cut = 0
+                for _ in range(n - target):
+                    cut = text.rfind(" ", 0, len(text) - 1 if cut == 0 else cut)
+                text = text[:max(cut, 1)]
+            n = self.count(text)
+        return text, n
+
+
+# ------------------------------------------------------------------ length sampling
+def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n lengths >= 1 from a distribution. lognormal takes the mean and SD of the lengths."""
+    if dist.kind == "fixed":
+        return np.full(n, int(dist.a), dtype=np.int64)
+    if dist.kind == "uniform":
+        return rng.integers(int(dist.a), int(dist.b) + 1, n)
+    if dist.kind == "normal":
+        x = rng.normal(dist.a, dist.b, n)
+    elif dist.kind == "lognormal":
+        m, s = dist.a, dist.b
+        sigma2 = np.log1p((s / m) ** 2)
+        x = rng.lognormal(np.log(m) - sigma2 / 2, np.sqrt(sigma2), n)
+    else:
+        raise SpecError(f"{dist} is a joint trace distribution; use it as --isl trace:NAME (OSL comes with it)")
+    return np.maximum(1, np.rint(x)).astype(np.int64)
+
+
+def clip_lengths(isl: np.ndarray, osl: np.ndarray, max_len: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Clip so ISL + OSL <= max_model_len (OSL first kept, ISL cut). Returns the count clipped."""
+    if not max_len:
+        return isl, osl, 0
+    osl = np.minimum(osl, max_len - 1)
+    room = max_len - osl
+    clipped = int((isl > room).sum())
+    return np.minimum(isl, room), osl, clipped
+
+
+# ------------------------------------------------------------------ synthetic workload
+class Workload:
+    """Deterministic item generator: item(i) depends only on (seed, i)."""
+
+    def __init__(self, spec: WorkloadSpec, builder: PromptBuilder | None, seed: int, api: str = "completions"):
+        from bench import datasets
+
+        self.spec, self.builder, self.seed, self.api = spec, builder, seed, api
+        self.clipped = 0
+        self.source = None
+        if spec.dataset or spec.isl.kind == "trace":
+            self.source = datasets.open_source(spec.dataset or f"trace:{spec.isl.trace}", spec, seed)
+        self.prefixes: list[tuple[str, int]] = []
+        if spec.prefix_groups and builder is not None:
+            rng = np.random.default_rng([seed, 7])
+            for g in range(spec.prefix_groups):
+                k = spec.prefix_tokens
+                self.prefixes.append(("".join(rng.choice(builder.pieces, k)), k))
+
+    @property
+    def size(self) -> int | None:
+        """Number of items for finite sources (traces/datasets), None for synthetic."""
+        return self.source.size if self.source else None
+
+    def lengths(self, i: int, rng: np.random.Generator) -> tuple[int, int]:
+        if self.source is not None and self.source.has_lengths:
+            return self.source.lengths(i, rng)
+        isl = int(sample_lengths(self.spec.isl, 1, rng)[0])
+        osl = int(sample_lengths(self.spec.osl, 1, rng)[0])
+        return isl, osl
+
+    def item(self, i: int) -> WorkItem:
+        rng = np.random.default_rng([self.seed, i])
+        if self.source is not None and self.source.makes_items:
+            it = self.source.item(i, rng, self)
+        else:
+            isl, osl = self.lengths(i, rng)
+            isl, osl = self._clip(isl, osl)
+            group = -1
+            prefix, ptok = "", 0
+            if self.prefixes:
+                group = int(rng.integers(0, len(self.prefixes)))
+                prefix, ptok = self.prefixes[group]
+                ptok = min(ptok, max(0, isl - 1 - (self.builder.overhead if self.builder else 0)))
+            text = self.builder.text(rng, isl, prefix, ptok) if self.builder else " ".join(["hello"] * isl)
+            it = WorkItem(i, text, isl, osl, prefix_group=group, source=self.source.name(i) if self.source else "synthetic")
+            if self.source is not None:
+                it.offset_ns = self.source.offset_ns(i)
+        if self.api == "chat" and isinstance(it.prompt, str):
+            it.prompt = [{"role": "user", "content": it.prompt}]
+        return it
+
+    def _clip(self, isl: int, osl: int) -> tuple[int, int]:
+        mx = self.spec.max_model_len
+        if mx and isl + osl > mx:
+            self.clipped += 1
+            osl = min(osl, mx - 1)
+            isl = min(isl, mx - osl)
+        return isl, osl
+
+    def verify(self, items: list[WorkItem], sample: int = 32) -> int:
+        """Re-count a sample of prompts (all if one is off) and fix them in place; returns fixes made."""
+        if self.builder is None or isinstance(self.builder.tok, WordTokenizer):
+            return 0
+        fixes = 0
+        pool = [it for it in items if isinstance(it.prompt, str) or it.turn <= 0]
+        step = max(1, len(pool) // sample)
+        todo = pool[::step]
+        checked: set[int] = set()
+        while todo:
+            it = todo.pop()
+            if it.index in checked or not isinstance(it.prompt, (str, list)):
+                continue
+            checked.add(it.index)
+            text = it.prompt if isinstance(it.prompt, str) else it.prompt[-1]["content"]
+            n = self.builder.count(text)
+            if n != it.isl:
+                fixes += 1
+                text, _ = self.builder.fix(text, it.isl, np.random.default_rng([self.seed, it.index, 1]))
+                if isinstance(it.prompt, str):
+                    it.prompt = text
+                else:
+                    it.prompt[-1]["content"] = text
+                if len(checked) < len(pool):  # one was off: check everything
+                    todo = [p for p in pool if p.index not in checked]
+        return fixes
+
+
+def make_tokenizer(tokenizer_path: str | None, base_url: str, model: str, headers: dict | None) -> tuple[Tokenizer, str]:
+    """Local tokenizer if given, else the server's /tokenize, else the approximate word counter."""
+    if tokenizer_path:
+        return LocalTokenizer(tokenizer_path), f"local:{tokenizer_path}"
+    if ServerTokenizer.available(base_url, model, headers):
+        return ServerTokenizer(base_url, model, headers), "server:/tokenize"
+    return WordTokenizer(), "approximate:words"
