@@ -116,7 +116,7 @@ def run(
     doc = run_one(spec, out, name, env_api_key(spec, api_key), gpus)
     print_summary(doc)
     if doc["status"] == "failed":
-        raise typer.Exit(1)
+        fail(doc.get("error") or "the run failed; see run.json", 1)
     if doc["status"] == "interrupted":
         raise typer.Exit(130)
 

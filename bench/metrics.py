@@ -172,7 +172,8 @@ def slo_verdict(m: list[RequestRecord], slo: SLO) -> dict:
     n_fail = sum(1 for r in m if not r.ok)
     if slo.metric != "itl":
         vals = vals + [math.inf] * n_fail
-    v = stats.percentile(vals, slo.pct) if vals else math.nan
+    v = stats.percentile([min(x, 1e30) for x in vals], slo.pct) if vals else math.nan
+    v = math.inf if v >= 1e29 else v
     within = sum(1 for x in vals if x <= slo.threshold_ms)
     return {
         "slo": slo.name,

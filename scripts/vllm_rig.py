@@ -64,16 +64,17 @@ def server_cmd(py: Path, model: Path, port: int) -> list[str]:
 def start_server(port: int | None = None, log: Path | None = None, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
     v, m = setup()
     port = port or free_port()
-    logf = open(log or (CACHE / f"vllm-{port}.log"), "w")
-    p = subprocess.Popen(server_cmd(v / "bin" / "python", m, port), stdout=logf, stderr=subprocess.STDOUT, env=server_env(),
-                         start_new_session=True)
+    log = log or (CACHE / f"vllm-{port}.log")
+    with open(log, "w") as logf:  # the child keeps its own descriptor
+        p = subprocess.Popen(server_cmd(v / "bin" / "python", m, port), stdout=logf, stderr=subprocess.STDOUT, env=server_env(),
+                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     import urllib.request
 
     t0 = time.time()
     while time.time() - t0 < timeout_s:
         if p.poll() is not None:
-            raise RuntimeError(f"vLLM exited with {p.returncode}; see {logf.name}")
+            raise RuntimeError(f"vLLM exited with {p.returncode}; see {log}")
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as r:
                 if r.status == 200:
@@ -81,7 +82,7 @@ def start_server(port: int | None = None, log: Path | None = None, timeout_s: fl
         except OSError:
             time.sleep(1)
     p.terminate()
-    raise RuntimeError(f"vLLM did not become healthy in {timeout_s:.0f} s; see {logf.name}")
+    raise RuntimeError(f"vLLM did not become healthy in {timeout_s:.0f} s; see {log}")
 
 
 def stop_server(p: subprocess.Popen) -> None:

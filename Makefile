@@ -1,0 +1,38 @@
+# trilemma — the two commands a new user runs: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup rig browser test unit demo bench-client clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# vLLM CPU venv + tiny local Llama, cached outside the clone (~3 min the first time)
+rig:
+	$(PY) scripts/vllm_rig.py setup
+
+# headless Chromium for the report screenshot test (Debian package)
+browser:
+	@bash scripts/setup_browser.sh
+
+test: setup rig browser
+	$(BIN)/python -m pytest -q tests
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+# client calibration figures (TTFT/ITL bias vs the simulator's ground truth)
+bench-client: setup
+	$(BIN)/trilemma calibrate
+
+clean:
+	rm -rf $(VENV) results/* reports/*

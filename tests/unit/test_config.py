@@ -1,0 +1,44 @@
+"""User errors are one clear line, naming the field."""
+
+import pytest
+from pydantic import ValidationError
+
+from bench.config import LengthDist, RunSpec, SpecError, parse_slos, validation_message
+
+
+@pytest.mark.parametrize("text,kind", [("128", "fixed"), ("uniform:10:20", "uniform"), ("normal:100:10", "normal"),
+                                       ("lognormal:100:50", "lognormal"), ("trace:azure-conv", "trace")])
+def test_length_forms(text, kind):
+    d = LengthDist.parse(text)
+    assert d.kind == kind and str(d) == text
+
+
+@pytest.mark.parametrize("bad", ["0", "abc", "uniform:5", "uniform:9:2", "normal:-1:2"])
+def test_bad_lengths(bad):
+    with pytest.raises(SpecError):
+        LengthDist.parse(bad)
+
+
+def test_slo_parsing_and_presets():
+    s = parse_slos("ttft_p99=500ms,itl_p99=0.05s")
+    assert [(x.metric, x.pct, x.threshold_ms) for x in s] == [("ttft", 99, 500), ("itl", 99, 50)]
+    assert parse_slos("mlperf-llama3.1-8b-interactive")[1].threshold_ms == 30
+    with pytest.raises(SpecError, match="METRIC_pPCT"):
+        parse_slos("latency=5ms")
+    with pytest.raises(SpecError, match="not a duration"):
+        parse_slos("ttft_p99=fast")
+
+
+def test_run_spec_errors_name_the_field():
+    with pytest.raises(ValidationError) as e:
+        RunSpec(load=dict(qps=1, concurrency=2, duration_s=1))
+    assert "exactly one of --qps" in validation_message(e.value)
+    with pytest.raises(ValidationError) as e:
+        RunSpec(target=dict(url="localhost:8000"), load=dict(qps=1, duration_s=1))
+    assert validation_message(e.value).startswith("target.url:")
+
+
+def test_spec_round_trips_through_json():
+    s = RunSpec(workload=dict(isl="uniform:10:20"), load=dict(qps=2, arrival="gamma:2", requests=5))
+    again = RunSpec(**s.model_dump(mode="json"))
+    assert again == s
