@@ -144,13 +144,6 @@ def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = 
     return doc
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
-
 
 @app.command()
 @_user_errors
@@ -171,3 +164,52 @@ def sim(
 
     serve(load_profile(profile, slowdown), host, port, model=model, deterministic=deterministic, seed=seed,
           error_rate=error_rate, cut_rate=cut_rate)
+
+
+@app.command()
+@_user_errors
+def calibrate(
+    rates: str = typer.Option("25,50,100,200,400", help="Comma-separated request rates to test"),
+    isl: int = typer.Option(64), osl: int = typer.Option(32),
+    duration: float = typer.Option(10.0, help="Seconds per rate"),
+    repeats: int = typer.Option(1, help="Repeat the whole ladder; medians are printed"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Measure this client's timing bias against the simulator's ground truth; print the safe rate range."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.sim.calibrate import calibrate as run_cal
+    from bench.sim.calibrate import median_rows, safe_rate
+
+    try:
+        rs = [float(x) for x in rates.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--rates '{rates}': give numbers like 25,50,100")
+    con = Console(width=max(150, Console().width))
+    runs = []
+    for k in range(repeats):
+        runs.append(run_cal(rs, isl, osl, duration, seed + 1000 * k,
+                            on_row=lambda r: con.print(f"[dim]{r['offered_qps']:g} req/s: TTFT bias p50 {r['ttft_bias_p50']:.3f} ms[/]")))
+    rows = median_rows(runs)
+    t = Table(title=f"client calibration vs simulator ground truth (ISL {isl}, OSL {osl}, Poisson, {duration:g} s/rate, "
+                    f"median of {repeats})", title_justify="left")
+    for c in ("offered/s", "achieved/s", "TTFT bias p50", "p99", "ITL bias p50", "p99", "send lag p50", "p99", "client CPU",
+              "multi-tok chunks", "exact"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(f"{r['offered_qps']:g}", f"{r['achieved_qps']:.1f}", f"{r['ttft_bias_p50']:.3f} ms", f"{r['ttft_bias_p99']:.3f}",
+                  f"{r['itl_bias_p50']:.3f} ms", f"{r['itl_bias_p99']:.3f}", f"{r['send_lag_p50']:.3f} ms", f"{r['send_lag_p99']:.3f}",
+                  f"{r['client_cpu_pct']:.0f}%", f"{r['multi_token_chunks']:.0f}", "yes" if r["tokens_exact"] else "NO")
+    con.print(t)
+    safe = safe_rate(rows)
+    con.print(f"safe operating range of this client: up to [bold]{safe:g} req/s[/] (TTFT bias p50 < 1 ms)" if safe
+              else "[red]even the lowest rate shows > 1 ms bias: this client machine is too loaded for latency measurements[/]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

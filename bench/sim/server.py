@@ -182,11 +182,14 @@ class SimServer:
         return await self._generate(request, chat=True)
 
     async def _generate(self, request, chat: bool) -> web.StreamResponse:
-        recv_ns = time.perf_counter_ns()
+        proto = id(request.protocol)
+        recv_ns = _RX.pop(proto, None) or time.perf_counter_ns()
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return error(400, "request body is not valid JSON")
+        finally:
+            _RX.pop(proto, None)  # body read: later bytes belong to the next request
         if body.get("model") not in (None, self.model):
             return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if chat:
@@ -323,9 +326,37 @@ class SimServer:
             e.kv_reserved -= req.prompt_tokens + req.max_tokens
 
 
+_RX: dict[int, int] = {}  # connection -> perf_counter_ns of the first bytes of its pending request
+
+
+def _stamp_arrivals() -> None:
+    """Ground truth for calibration: stamp the first bytes of each request as they reach this process
+    (aiohttp's protocol `data_received`), not when the handler is dispatched ~0.5 ms later. Applied
+    only inside the simulator's own process (serve())."""
+    from aiohttp import web_protocol
+
+    orig = web_protocol.RequestHandler.data_received
+    if getattr(orig, "_trilemma", False):
+        return
+
+    def data_received(self, data: bytes) -> None:
+        _RX.setdefault(id(self), time.perf_counter_ns())
+        orig(self, data)
+
+    data_received._trilemma = True
+    web_protocol.RequestHandler.data_received = data_received
+
+
 def serve(profile: Profile, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
     """Run the simulated server until interrupted."""
+    _stamp_arrivals()
     srv = SimServer(profile, **kw)
     mode = "deterministic calibration mode" if kw.get("deterministic") else f"profile {profile.name} ({profile.gpu})"
     print(f"trilemma sim: SIMULATED OpenAI-compatible server, {mode}, model '{srv.model}', http://{host}:{port}", flush=True)
-    web.run_app(srv.app(), host=host, port=port, print=None, access_log=None, handle_signals=True)
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    web.run_app(srv.app(), host=host, port=port, print=None, access_log=None, handle_signals=True, loop=loop)

@@ -1,0 +1,133 @@
+"""`trilemma calibrate`: how far can this client machine be trusted?
+
+Runs the harness against the simulator in deterministic mode (its own process, so it does not share
+the client's event loop) at increasing rates, and compares what the client measured with the server's
+ground truth carried in every chunk:
+
+    TTFT bias = (first chunk arrival − actual send) − (server first-chunk send − server request receipt)
+    ITL bias  = client gap between consecutive chunks − server gap between their sends
+
+TTFT bias is the harness' own overhead on both legs (request out, first chunk in); send lag (actual −
+intended send) is reported beside it. The simulator and the client are pinned to different cores
+while calibrating (where there are two or more). The safe operating range is the highest rate whose TTFT bias p50
+stays under 1 ms with token counts exact (p99 is printed beside it: on a shared or virtual machine it is
+dominated by the OS's own scheduling noise).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import stats
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sim(*args: str) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "bench.cli", "sim", "--port", str(port), *args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return p, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    p.kill()
+    raise RuntimeError("the simulator did not start")
+
+
+def bias_figures(recs) -> dict:
+    """Per-rate figures from records that carry the simulator's ground truth."""
+    ok = [r for r in recs if r.ok and r.server_recv_ns and len(r.server_chunk_ns) == len(r.chunk_ns) and not r.warmup]
+    ttft_b = [((r.chunk_ns[0] - r.sent_ns) - (r.server_chunk_ns[0] - r.server_recv_ns)) / 1e6 for r in ok]
+    itl_b = [((c2 - c1) - (s2 - s1)) / 1e6 for r in ok
+             for c1, c2, s1, s2 in zip(r.chunk_ns, r.chunk_ns[1:], r.server_chunk_ns, r.server_chunk_ns[1:])]
+    lag = [(r.sent_ns - r.intended_ns) / 1e6 for r in recs if r.sent_ns and not r.warmup]
+    multi = sum(1 for r in ok for k in r.chunk_tokens if k > 1)
+    exact = all(r.output_tokens == r.osl and sum(r.chunk_tokens) == r.osl for r in ok)
+    return {"n": len(ok), "ttft_bias_p50": stats.percentile(ttft_b, 50), "ttft_bias_p99": stats.percentile(ttft_b, 99),
+            "itl_bias_p50": stats.percentile(itl_b, 50), "itl_bias_p99": stats.percentile(itl_b, 99),
+            "send_lag_p50": stats.percentile(lag, 50), "send_lag_p99": stats.percentile(lag, 99),
+            "multi_token_chunks": multi, "tokens_exact": exact}
+
+
+def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, duration_s: float = 10.0, seed: int = 0,
+              url: str | None = None, on_row=None) -> dict:
+    from bench.config import RunSpec
+    from bench.records import read_records
+    from bench.runner import execute_run
+
+    proc = None
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if url is None:
+        proc, url = start_sim("--deterministic", "--seed", str(seed))
+        if len(cpus) >= 2:  # server and client on separate cores: fewer migrations, steadier tails
+            os.sched_setaffinity(proc.pid, {cpus[-1]})
+            os.sched_setaffinity(0, set(cpus[:-1]))
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, rate in enumerate(rates):
+                spec = RunSpec(target=dict(url=url), workload=dict(isl=isl, osl=osl),
+                               load=dict(qps=rate, duration_s=duration_s, warmup=1.0), seed=seed + i,
+                               scrape_metrics=False, gpu_telemetry="off")
+                ru0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                doc = execute_run(spec, Path(tmp) / f"r{i}")
+                ru1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                recs = read_records(Path(tmp) / f"r{i}")
+                row = {"offered_qps": rate, **bias_figures(recs),
+                       "achieved_qps": doc["summary"]["achieved_send_qps"],
+                       "client_cpu_pct": 100 * ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / (w1 - w0),
+                       "failed": doc["summary"]["n_failed"]}
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        if len(cpus) >= 2:
+            os.sched_setaffinity(0, set(cpus))
+    return {"rows": rows, "safe_qps": safe_rate(rows), "isl": isl, "osl": osl, "duration_s": duration_s}
+
+
+def safe_rate(rows: list[dict]) -> float | None:
+    """Highest rate, contiguous from the lowest, whose TTFT bias p50 < 1 ms with exact token counts."""
+    top = None
+    for r in rows:
+        if r["ttft_bias_p50"] < 1.0 and r["tokens_exact"] and not r.get("failed"):
+            top = r["offered_qps"]
+        else:
+            break
+    return top
+
+
+def median_rows(runs: list[dict]) -> list[dict]:
+    """Median of each figure across repeated calibrations (same rates)."""
+    out = []
+    for group in zip(*(r["rows"] for r in runs)):
+        row = {"offered_qps": group[0]["offered_qps"]}
+        for k in group[0]:
+            if k != "offered_qps" and isinstance(group[0][k], (int, float)) and not isinstance(group[0][k], bool):
+                row[k] = float(np.median([g[k] for g in group]))
+        row["tokens_exact"] = all(g["tokens_exact"] for g in group)
+        out.append(row)
+    return out
