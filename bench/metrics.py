@@ -67,12 +67,30 @@ def interactivity(tpot: float) -> float:
     return 1000.0 / tpot if tpot and tpot > 0 else math.nan
 
 
-def measurement_window_ns(recs: list[RequestRecord]) -> tuple[int, int]:
-    """Window = [earliest intended send, latest end] over measured (non-warmup) requests."""
+def measurement_window_ns(recs: list[RequestRecord]) -> tuple[int, int, str]:
+    """The steady-state window: [first, last] intended send of measured (non-warmup) requests, when that
+    spans >= 1 s ("send"); else [first intended send, last end] ("full", includes the drain).
+
+    Throughput counts what *happens* inside the window — tokens by chunk arrival time, requests by
+    completion time, from any request — so neither ramp-up nor the drain after the last send dilutes it
+    (a closed loop's drain, with the batch emptying, would read ~15-20% low)."""
     m = [r for r in recs if not r.warmup]
     if not m:
-        return 0, 0
-    return min(r.intended_ns for r in m), max(max(r.end_ns, r.sent_ns) for r in m)
+        return 0, 0, "none"
+    t0, t1 = min(r.intended_ns for r in m), max(r.intended_ns for r in m)
+    if t1 - t0 >= 1_000_000_000:
+        return t0, t1, "send"
+    return t0, max(max(r.end_ns, r.sent_ns) for r in m), "full"
+
+
+def window_throughput(recs: list[RequestRecord], t0: int, t1: int) -> dict:
+    """Requests completed, output tokens arrived, and prompt tokens of requests whose first token
+    arrived, inside [t0, t1) — successful requests only. Rates are these counts / (t1 − t0)."""
+    ok = [r for r in recs if r.ok]
+    done = sum(1 for r in ok if t0 <= r.end_ns < t1)
+    out_tok = sum(k for r in ok for t, k in zip(r.chunk_ns, r.chunk_tokens) if t0 <= t < t1)
+    in_tok = sum((r.prompt_tokens if r.prompt_tokens >= 0 else r.isl) for r in ok if r.chunk_ns and t0 <= r.chunk_ns[0] < t1)
+    return {"requests": done, "output_tokens": out_tok, "input_tokens": in_tok}
 
 
 def request_meets(r: RequestRecord, slos: list[SLO]) -> bool:
@@ -124,10 +142,12 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     slos = slos or []
     m = [r for r in recs if not r.warmup and r.error_kind != "cancelled"]
     ok = [r for r in m if r.ok]
-    t0, t1 = measurement_window_ns(m)
+    t0, t1, kind = measurement_window_ns(recs)
     window_s = (t1 - t0) / 1e9 if t1 > t0 else math.nan
     out_tok = sum(r.output_tokens for r in ok)
-    in_tok = sum(max(r.prompt_tokens, 0) if r.prompt_tokens >= 0 else r.isl for r in ok)
+    in_tok = sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)
+    w = window_throughput(recs, t0, t1) if kind == "send" else {"requests": len(ok), "output_tokens": out_tok, "input_tokens": in_tok}
+    full_s = (max(r.end_ns for r in m) - t0) / 1e9 if m else math.nan
     s: dict = {
         "n_total": len(recs),
         "n_warmup": len(recs) - len(m),
@@ -136,12 +156,16 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         "n_failed": len(m) - len(ok),
         "errors": dict(Counter(r.error_kind or "empty" for r in m if not r.ok)),
         "window_s": window_s,
+        "window_kind": kind,
         "offered_qps": offered_qps,
         "mode": mode,
-        "request_throughput": len(ok) / window_s if window_s > 0 else math.nan,
-        "output_tps": out_tok / window_s if window_s > 0 else math.nan,
-        "input_tps": in_tok / window_s if window_s > 0 else math.nan,
-        "total_tps": (in_tok + out_tok) / window_s if window_s > 0 else math.nan,
+        "request_throughput": w["requests"] / window_s if window_s > 0 else math.nan,
+        "output_tps": w["output_tokens"] / window_s if window_s > 0 else math.nan,
+        "input_tps": w["input_tokens"] / window_s if window_s > 0 else math.nan,
+        "total_tps": (w["input_tokens"] + w["output_tokens"]) / window_s if window_s > 0 else math.nan,
+        # vLLM bench serve's definition (all measured requests / first send → last end), for comparison
+        "output_tps_incl_drain": out_tok / full_s if full_s > 0 else math.nan,
+        "duration_incl_drain_s": full_s,
         "output_tokens": out_tok,
         "input_tokens": in_tok,
     }
@@ -152,9 +176,9 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     s["latency_ms"] = lat
     s["interactivity_p50"] = interactivity(lat["tpot"]["p50"])
     # Little's law: mean in-flight = total time in system / window
-    s["mean_in_flight"] = sum(e2e_ms(r) for r in ok) / 1e3 / window_s if window_s > 0 else math.nan
+    s["mean_in_flight"] = sum(e2e_ms(r) for r in ok) / 1e3 / full_s if full_s > 0 else math.nan
     good = [r for r in m if request_meets(r, slos)] if slos else ok
-    s["goodput_rps"] = len(good) / window_s if window_s > 0 else math.nan
+    s["goodput_rps"] = len(good) / full_s if full_s > 0 else math.nan
     s["attainment"] = len(good) / len(m) if m else math.nan
     s["attainment_ci"] = list(stats.clopper_pearson(len(good), len(m)))
     s["slos"] = [slo_verdict(m, slo) for slo in slos]

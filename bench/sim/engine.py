@@ -19,7 +19,9 @@ by free KV) skip prefill compute.
 Analytic capacity at saturation for ISL/OSL (all slots busy, B = min(max_num_seqs, KV cap/(ISL+OSL))):
 each request occupies the batch for OSL steps (prefill step emits token 1), so per step B/OSL requests
 prefill (B·ISL/OSL tokens) and the rest decode; mean context per request ≈ ISL + OSL/2;
-capacity = B / (OSL · t_step). Power: idle + (TDP − idle) · (0.5 + 0.5 · t_compute/max(t_mem, t_compute))
+capacity = B / (OSL · t_step). This assumes staggered arrivals (Poisson load past saturation); a closed
+loop that starts B requests at once runs in lockstep waves whose prefill-only steps are not hidden
+under the decode memory time, and reads lower. Power: idle + (TDP − idle) · (0.5 + 0.5 · t_compute/max(t_mem, t_compute))
 while stepping, idle otherwise (a stand-in so telemetry code has a source; not a power model).
 """
 

@@ -90,3 +90,16 @@ def test_saturation_signal_from_rising_ttft():
     assert sat["saturated"] and "TTFT rose" in sat["reason"]
     flat = [rec(i, intended=i * 100 * MS) for i in range(40)]
     assert not metrics.saturation(flat, "qps")["saturated"]
+
+
+def test_steady_state_window_excludes_drain():
+    # one request every 100 ms for 3 s; each lasts 1 s and streams 4 tokens at 250 ms spacing
+    recs = [rec(i, intended=i * 100 * MS, chunks=(250, 500, 750, 1000), toks=(1, 1, 1, 1), end=1000) for i in range(31)]
+    s = metrics.summarize(recs, [])
+    assert s["window_kind"] == "send" and s["window_s"] == pytest.approx(3.0)
+    # requests ending in [0, 3 s): those sent at 0..1.9 s -> 20; steady rate would be 10/s with ramp-up
+    assert s["request_throughput"] == pytest.approx(20 / 3.0)
+    # tokens arriving in [0, 3 s): every request's chunks before 3 s
+    expected = sum(1 for i in range(31) for c in (250, 500, 750, 1000) if i * 100 + c < 3000)
+    assert s["output_tps"] == pytest.approx(expected / 3.0)
+    assert s["output_tps_incl_drain"] == pytest.approx(31 * 4 / 4.0)
