@@ -126,12 +126,10 @@ def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = 
 
     from bench.results import new_run_id
     from bench.runner import execute_run
-    from bench.telemetry import RunTelemetry
+    from bench.telemetry import telemetry_for
 
     run_dir = out / (name or new_run_id(spec))
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    tel = RunTelemetry(spec.target.url if spec.scrape_metrics else None, spec.gpu_telemetry, gpus, headers=headers) \
-        if (spec.scrape_metrics or spec.gpu_telemetry != "off") else None
+    tel = telemetry_for(spec, gpus, api_key)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
                   TimeElapsedColumn(), transient=True, console=None, refresh_per_second=2, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task(run_dir.name, total=None, failed=0)
@@ -205,6 +203,101 @@ def calibrate(
     safe = safe_rate(rows)
     con.print(f"safe operating range of this client: up to [bold]{safe:g} req/s[/] (TTFT bias p50 < 1 ms)" if safe
               else "[red]even the lowest rate shows > 1 ms bias: this client machine is too loaded for latency measurements[/]")
+
+
+
+@app.command()
+@_user_errors
+def sweep(
+    spec_file: Path = typer.Argument(..., help="Sweep spec (YAML), e.g. sweeps/demo.yaml"),
+    out: Path = typer.Option(Path("results"), help="Results root; the sweep writes <out>/<name>/"),
+    api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", help="API key (never stored)", show_default=False),
+    url: Optional[str] = typer.Option(None, help="Override the spec's target URL"),
+) -> None:
+    """Run a sweep (grid or load: auto knee search); finished points are saved and skipped on rerun."""
+    import os
+
+    from rich.console import Console
+
+    from bench.config import load_sweep_spec
+    from bench.sweep import SweepRunner
+
+    spec = load_sweep_spec(spec_file)
+    if url:
+        spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": url, "sim": None})})
+    key = api_key or os.environ.get(spec.target.api_key_env)
+    con = Console(stderr=True)
+    t0 = __import__("time").time()
+    counter = {"n": 0}
+
+    def event(kind, key=None, role=None, summary=None, verdict=None, why=None):
+        el = __import__("time").time() - t0
+        if kind == "start":
+            counter["n"] += 1
+            con.print(f"[dim]{el:6.0f}s[/] point {counter['n']}: {key['cell'].get('name') or ''} {key['mode']}={key['value']:g} ({role}) ...")
+        elif kind == "skip":
+            con.print(f"[dim]{el:6.0f}s   already measured: {key['mode']}={key['value']:g} ({role}) — skipped[/]")
+        elif kind == "note":
+            con.print(f"[dim]{el:6.0f}s   {why}[/]")
+        elif kind == "verdict":
+            col = "green" if verdict == "PASS" else "red"
+            con.print(f"[dim]{el:6.0f}s[/]   [{col}]{verdict}[/] {key['mode']}={key['value']:.3g}: {why}")
+    res = SweepRunner(spec, out, key, event).run()
+    con.print(f"sweep {spec.name}: {res['status']} — {res['measured']} points measured, {res['skipped']} reused from disk — {res['dir']}")
+    if res["status"] == "interrupted":
+        con.print("stopped; run the same command again to resume (finished points are kept)")
+        raise typer.Exit(130)
+    knee_cmd([res["dir"]], plots=True)
+
+
+def knee_cmd(results: list[Path], plots: bool = True) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.knee import fmt, knee_table, load_points, write_knee
+
+    df = load_points(results)
+    knees = knee_table(df)
+    out_dir = (results[0] if len(results) == 1 else Path("results")) / "knee"
+    files = write_knee(df, knees, out_dir)
+    con = Console(width=max(160, Console().width))
+    sim = " — SIMULATED server" if df["simulated"].any() else ""
+    t = Table(title=f"SLO knee per cell{sim}", title_justify="left")
+    for c in ("sweep", "cell", "knee", "bracket", "binding SLO", "req/s", "conc.", "out tok/s", "total tok/s", "tok/s/user",
+              "TTFT p99", "ITL p99", "attainment (95% CI)"):
+        t.add_column(c)
+    for r in knees.itertuples():
+        unit = "req/s" if r.mode == "qps" else "conc"
+        if not r.feasible:
+            t.add_row(r.sweep, r.cell, "[red]none[/]", "", "", "", "", "", "", "", "", "", r.note)
+            continue
+        br = f"[{fmt(r.knee, 2)}, {fmt(r.bracket_hi, 2) if r.bracket_hi is not None and r.bracket_hi == r.bracket_hi else '>'}]"
+        t.add_row(r.sweep, r.cell, f"{fmt(r.knee, 2)} {unit}", br, str(r.binding_slo), fmt(r.knee_qps, 2), fmt(r.knee_concurrency, 1),
+                  fmt(r.output_tps), fmt(r.total_tps), fmt(r.interactivity), fmt(r.ttft_p99), fmt(r.itl_p99),
+                  f"{fmt(100 * r.attainment)}% [{fmt(100 * r.attainment_lo)}, {fmt(100 * r.attainment_hi)}]")
+    con.print(t)
+    for r in knees.itertuples():
+        if r.feasible and r.note:
+            con.print(f"[yellow]note:[/] {r.sweep} / {r.cell}: {r.note}")
+    if plots:
+        from bench.report.plots import plot_all
+
+        slo_lines = {}
+        for lst in df["_slos"]:
+            for s in lst:
+                slo_lines[s.name] = s.threshold_ms
+        files += plot_all(df, knees, out_dir, slo_lines)
+    con.print(f"[dim]written: {', '.join(str(f) for f in files)}[/]")
+
+
+@app.command()
+@_user_errors
+def knee(
+    results: List[Path] = typer.Argument(..., help="Sweep or run result directories"),
+    plots: bool = typer.Option(True, help="Write PNG/SVG knee plots"),
+) -> None:
+    """Per workload cell: the highest load meeting the SLOs, its bracket, and the throughput there."""
+    knee_cmd(results, plots)
 
 
 def main() -> None:

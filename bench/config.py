@@ -307,3 +307,147 @@ def load_yaml(path: str | Path) -> dict:
 
 def finite(x: float) -> bool:
     return x is not None and math.isfinite(x)
+
+
+# ---------------------------------------------------------------- sweep spec
+class SimTarget(BaseModel):
+    """Start the built-in simulator for the sweep (demo, tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+    profile: str = "h100-llama3-8b"
+    slowdown: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class SweepTarget(TargetSpec):
+    sim: SimTarget | None = None
+
+
+class CellSpec(BaseModel):
+    """One workload cell: ISL/OSL (fixed or distributions), or a dataset/trace."""
+
+    model_config = ConfigDict(extra="forbid")
+    isl: LengthDist = LengthDist(kind="fixed", a=128)
+    osl: LengthDist = LengthDist(kind="fixed", a=64)
+    dataset: str | None = None
+    prefix_tokens: int = Field(0, ge=0)
+    prefix_groups: int = Field(0, ge=0)
+    name: str | None = None
+
+    @field_validator("isl", "osl", mode="before")
+    @classmethod
+    def _len(cls, v):
+        return LengthDist.parse(v)
+
+    def label(self) -> str:
+        return self.name or WorkloadSpec(isl=self.isl, osl=self.osl, dataset=self.dataset, prefix_tokens=self.prefix_tokens,
+                                          prefix_groups=self.prefix_groups).label()
+
+
+class AutoSearch(BaseModel):
+    """Adaptive knee search settings (METHODS.md §3)."""
+
+    model_config = ConfigDict(extra="forbid")
+    precision: float = Field(0.05, gt=0, lt=1)  # stop when hi/lo − 1 <= precision
+    max_probes: int = Field(14, ge=3)
+    confirm: bool = True
+    extend_inconclusive: bool = True  # re-measure a point whose p99 CI straddles the SLO with a 2x window
+
+
+class SweepLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    qps: list[float] | None = None
+    concurrency: list[int] | None = None
+    auto: AutoSearch | None = None
+    arrival: Arrival = Arrival()
+    max_concurrency: int | None = Field(None, ge=1)
+
+    @field_validator("arrival", mode="before")
+    @classmethod
+    def _arr(cls, v):
+        return Arrival.parse(v)
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = sum(x is not None for x in (self.qps, self.concurrency, self.auto))
+        if given != 1:
+            raise ValueError("give exactly one of qps: [..], concurrency: [..] or auto")
+        if self.qps is not None and (not self.qps or min(self.qps) <= 0):
+            raise ValueError("qps: give a non-empty list of positive rates")
+        if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
+            raise ValueError("concurrency: give a non-empty list of integers >= 1")
+        return self
+
+
+class Attainment(BaseModel):
+    """How a probe passes: `percentile` — each SLO's percentile is within its threshold; `fraction` —
+    at least `target` of requests meet every SLO (DistServe-style goodput attainment)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rule: Literal["percentile", "fraction"] = "percentile"
+    target: float = Field(0.99, gt=0, le=1)
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    target: SweepTarget = SweepTarget()
+    cells: list[CellSpec]
+    load: SweepLoad
+    slos: list[SLO] = []
+    attainment: Attainment = Attainment()
+    duration_s: float | None = Field(None, gt=0)
+    requests: int | None = Field(None, ge=1)
+    warmup: str | float = "0"
+    repeats: int = Field(1, ge=1)
+    seed: int = 0
+    labels: dict[str, str] = {}
+    reset_prefix_cache: bool = False
+    gpu_telemetry: str = "auto"
+    gpus: str = "all"
+    max_model_len: int | None = None
+
+    @field_validator("load", mode="before")
+    @classmethod
+    def _auto(cls, v):
+        if v == "auto":
+            return {"auto": {}}
+        if isinstance(v, dict) and v.get("auto") in (True, "auto"):
+            return {**v, "auto": {}}
+        return v
+
+    @field_validator("slos", mode="before")
+    @classmethod
+    def _slos(cls, v):
+        return parse_slos(v) if isinstance(v, (str, dict)) else v
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v):
+        return {str(k): str(x) for k, x in (v or {}).items()}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names the results folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.cells:
+            raise ValueError("give at least one workload cell")
+        if self.duration_s is None and self.requests is None:
+            raise ValueError("give duration_s or requests per point")
+        if self.load.auto is not None and not self.slos:
+            raise ValueError("load: auto searches for the SLO knee; give slos (e.g. ttft_p99: 500ms)")
+        parse_amount(self.warmup, "warmup")
+        return self
+
+
+def load_sweep_spec(path: str | Path) -> SweepSpec:
+    data = load_yaml(path)
+    try:
+        return SweepSpec(**data)
+    except ValidationError as e:
+        raise SpecError(f"{path}: {validation_message(e)}") from None

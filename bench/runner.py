@@ -24,6 +24,9 @@ perf_ns = time.perf_counter_ns
 LEAD_NS = 100_000_000  # t0 is 100 ms after scheduling starts, so the first sends are not late
 
 
+_BUILDERS: dict[tuple, tuple] = {}
+
+
 class RunFailed(Exception):
     """The run could not start or produced nothing; message is one line for the user."""
 
@@ -167,13 +170,14 @@ def _redact_url(url: str) -> str:
 
 
 async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progress: Callable[[Progress], None] | None = None,
-                    telemetry=None) -> dict:
+                    telemetry=None, extra: dict | None = None) -> dict:
     """Discover the target, build the workload, drive it, save. Returns the run.json document."""
     from bench import results
     from bench.metrics import summarize
 
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = results.new_run_doc(spec, run_dir.name)
+    doc.update(extra or {})
     results.write_run_doc(run_dir, doc)
     tgt = spec.target
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -198,13 +202,16 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
     if spec.reset_prefix_cache:
         doc["target"]["prefix_cache_reset"] = await cl.reset_prefix_cache(tgt.url, headers)
     # workload
-    tok, tok_kind = await asyncio.to_thread(make_tokenizer, tgt.tokenizer, tgt.url, model, headers)
+    key = (tgt.url, model, tgt.api, tgt.tokenizer, info.get("server_version"))
+    if key not in _BUILDERS:  # a sweep's points share one server: find the prompt pieces once
+        tok, tok_kind = await asyncio.to_thread(make_tokenizer, tgt.tokenizer, tgt.url, model, headers)
+        _BUILDERS[key] = (tok, tok_kind, await asyncio.to_thread(PromptBuilder, tok, tgt.api))
+    tok, tok_kind, builder = _BUILDERS[key]
     wspec = spec.workload
     if wspec.max_model_len is None:
         mx = info.get("max_model_len") or getattr(tok, "max_model_len", None)
         if mx:
             wspec = wspec.model_copy(update={"max_model_len": int(mx)})
-    builder = await asyncio.to_thread(PromptBuilder, tok, tgt.api)
     wl = Workload(wspec, builder, spec.seed, tgt.api)
     n_pre = wl.size if wl.size is not None else (
         spec.load.requests + (int(spec.load.warmup) if spec.load.warmup_unit == "r" else 0) if spec.load.requests else
@@ -296,12 +303,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def execute_run(spec: RunSpec, run_dir: Path, api_key: str | None = None, on_progress=None, telemetry=None) -> dict:
+def execute_run(spec: RunSpec, run_dir: Path, api_key: str | None = None, on_progress=None, telemetry=None,
+                extra: dict | None = None) -> dict:
     """Synchronous wrapper with clean Ctrl-C: the first SIGINT stops sending and saves what was measured."""
     import signal
 
     loop = new_event_loop()
-    main = loop.create_task(run_async(spec, run_dir, api_key, on_progress, telemetry))
+    main = loop.create_task(run_async(spec, run_dir, api_key, on_progress, telemetry, extra))
 
     def _stop(*_):
         main.cancel()

@@ -25,6 +25,14 @@ def attach_to_summary(summary: dict, telemetry: dict) -> None:
         summary["server"] = server
 
 
+def telemetry_for(spec, gpus: str = "all", api_key: str | None = None) -> "RunTelemetry | None":
+    """The telemetry a RunSpec asks for (server /metrics scrape, GPU power), or None."""
+    if not spec.scrape_metrics and spec.gpu_telemetry == "off":
+        return None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    return RunTelemetry(spec.target.url if spec.scrape_metrics else None, spec.gpu_telemetry, gpus, headers=headers)
+
+
 class RunTelemetry:
     """Starts/stops the telemetry sources for one load point and saves their timelines.
 

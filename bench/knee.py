@@ -1,0 +1,135 @@
+"""⑥ SLO attainment curve -> max sustainable load, per workload cell, from saved points only.
+
+knee = the highest tested load that PASSes with every lower tested load also passing (repeats of one
+load must all pass); its bracket is [knee, lowest failing load above it] — the search resolution. The
+statistical confidence of the verdict at the knee is the attainment's Clopper-Pearson interval and the
+p99's order-statistic interval, both reported. Binding SLO = the one nearest its threshold at the knee.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.config import SLO, CellSpec, WorkloadSpec
+from bench.results import find_run_dirs, read_run_doc
+from bench.sweep import PASS, binding_slo, verdict
+
+
+def _lat(s: dict, metric: str, key: str):
+    return ((s.get("latency_ms") or {}).get(metric) or {}).get(key)
+
+
+def point_row(run_dir: Path, doc: dict) -> dict:
+    s = doc.get("summary") or {}
+    spec = doc.get("spec") or {}
+    pt = doc.get("point") or {}
+    load = spec.get("load") or {}
+    if pt:
+        cell = pt.get("cell_label") or CellSpec(**pt["cell"]).label()
+        mode, value = pt["mode"], pt["value"]
+    else:
+        w = spec.get("workload") or {}
+        cell = WorkloadSpec(**{k: w[k] for k in ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups") if k in w}).label()
+        mode = "qps" if load.get("qps") is not None else "concurrency"
+        value = load.get("qps") if mode == "qps" else load.get("concurrency")
+    tgt = doc.get("target") or {}
+    e = s.get("energy") or {}
+    sweep = run_dir.parent.parent.name if run_dir.parent.name == "points" else run_dir.name
+    labels = doc.get("labels") or {}
+    return {
+        "sweep": sweep, "cell": cell, "mode": mode, "load": value, "role": pt.get("role", "run"), "repeat": pt.get("repeat", 0),
+        "seed": doc.get("seed"), "status": doc.get("status"), "run_dir": str(run_dir),
+        "gpu": labels.get("gpu") or (tgt.get("sim") or {}).get("profile") or "", "gpus": float(labels.get("gpus", 1) or 1),
+        "server_kind": tgt.get("server_kind"), "server_version": tgt.get("server_version"), "simulated": bool(tgt.get("simulated")),
+        "model": tgt.get("model"), "request_throughput": s.get("request_throughput"), "output_tps": s.get("output_tps"),
+        "input_tps": s.get("input_tps"), "total_tps": s.get("total_tps"), "achieved_send_qps": s.get("achieved_send_qps"),
+        "ttft_p50": _lat(s, "ttft", "p50"), "ttft_p90": _lat(s, "ttft", "p90"), "ttft_p99": _lat(s, "ttft", "p99"),
+        "tpot_p50": _lat(s, "tpot", "p50"), "tpot_p99": _lat(s, "tpot", "p99"), "itl_p50": _lat(s, "itl", "p50"),
+        "itl_p99": _lat(s, "itl", "p99"), "e2e_p50": _lat(s, "e2e", "p50"), "e2e_p99": _lat(s, "e2e", "p99"),
+        "send_lag_p99": _lat(s, "send_lag", "p99"), "attainment": s.get("attainment"),
+        "attainment_lo": (s.get("attainment_ci") or [None, None])[0], "attainment_hi": (s.get("attainment_ci") or [None, None])[1],
+        "interactivity": s.get("interactivity_p50"), "mean_in_flight": s.get("mean_in_flight"), "n_measured": s.get("n_measured"),
+        "n_failed": s.get("n_failed"), "saturated": (s.get("saturation") or {}).get("saturated"),
+        "energy_j": e.get("energy_j"), "j_per_output_token": e.get("j_per_output_token"), "j_per_token": e.get("j_per_token"),
+        "avg_power_w": e.get("avg_power_w"), "energy_source": e.get("source"),
+        "slos": [str(SLO(**x)) for x in spec.get("slos", [])], "_summary": s, "_slos": [SLO(**x) for x in spec.get("slos", [])],
+        "_attainment": (doc.get("sweep_attainment") or {}),
+    }
+
+
+def load_points(paths: list[str | Path]) -> pd.DataFrame:
+    """One row per measured point (runs and sweep points) under the given result paths."""
+    rows = []
+    for d in find_run_dirs(paths):
+        doc = read_run_doc(d)
+        if doc.get("status") not in ("complete",) or not doc.get("summary") or doc.get("superseded_by"):
+            continue
+        rows.append(point_row(d, doc))
+    if not rows:
+        raise FileNotFoundError(f"no completed points under {', '.join(map(str, paths))}; run `trilemma run` or `trilemma sweep` first")
+    df = pd.DataFrame(rows)
+    rules = {}
+    for p in paths:
+        sj = Path(p) / "sweep.json"
+        if sj.is_file():
+            import json
+
+            att = json.loads(sj.read_text())["spec"].get("attainment", {})
+            rules[Path(p).name] = (att.get("rule", "percentile"), att.get("target", 0.99))
+    verdicts = [verdict(summ, slos, *rules.get(sw, ("percentile", 0.99))) if slos else ("PASS", "no SLOs")
+                for summ, slos, sw in zip(df["_summary"], df["_slos"], df["sweep"])]
+    df["verdict"] = [v if v in ("PASS", "FAIL") else ("PASS" if v == "INCONCLUSIVE" else "FAIL") for v, _ in verdicts]
+    df["why"] = [w for _, w in verdicts]
+    df["binding_slo"] = [binding_slo(s) for s in df["_summary"]]
+    return df
+
+
+def knee_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (sweep, cell, mode): the knee and what the server delivers there."""
+    out = []
+    for (sweep, cell, mode), g in df[df["role"] != "baseline"].groupby(["sweep", "cell", "mode"], sort=False):
+        by_load = g.groupby("load")["verdict"].apply(lambda v: all(x == PASS for x in v)).sort_index()
+        knee, above = None, None
+        for load, ok in by_load.items():
+            if ok:
+                knee = load
+            else:
+                above = load
+                break
+        row = {"sweep": sweep, "cell": cell, "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],
+               "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0])}
+        if knee is None:
+            first = g.sort_values("load").iloc[0]
+            row.update(feasible=False, knee=None, bracket_hi=by_load.index.min(),
+                       note=f"no tested load met the SLO (lowest, {first['load']:g} {mode}: {first['why']})")
+            out.append(row)
+            continue
+        k = g[(g["load"] == knee) & (g["verdict"] == PASS)].sort_values("n_measured").iloc[-1]
+        row.update(feasible=True, knee=knee, bracket_hi=above, knee_qps=k["request_throughput"],
+                   knee_concurrency=k["mean_in_flight"], binding_slo=k["binding_slo"], output_tps=k["output_tps"],
+                   input_tps=k["input_tps"], total_tps=k["total_tps"], output_tps_per_gpu=k["output_tps"] / k["gpus"],
+                   interactivity=k["interactivity"], ttft_p99=k["ttft_p99"], itl_p99=k["itl_p99"], tpot_p50=k["tpot_p50"],
+                   attainment=k["attainment"], attainment_lo=k["attainment_lo"], attainment_hi=k["attainment_hi"],
+                   j_per_output_token=k["j_per_output_token"], j_per_token=k["j_per_token"], avg_power_w=k["avg_power_w"],
+                   energy_source=k["energy_source"], knee_run_dir=k["run_dir"],
+                   note="" if above is not None else "every tested load passed: the knee is above the highest load tested")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def write_knee(df_points: pd.DataFrame, knees: pd.DataFrame, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pts = df_points.drop(columns=[c for c in df_points.columns if c.startswith("_")])
+    pts = pts.assign(slos=pts["slos"].map(", ".join))
+    paths = [out_dir / "knee.csv", out_dir / "knee.parquet", out_dir / "points.csv"]
+    knees.to_csv(paths[0], index=False)
+    knees.to_parquet(paths[1], index=False)
+    pts.to_csv(paths[2], index=False)
+    return paths
+
+
+def fmt(x, nd=1) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.{nd}f}"

@@ -1,0 +1,108 @@
+"""⑧ Knee plots (matplotlib, PNG + SVG) from point tables: latency vs load with SLO lines and the knee,
+throughput vs latency, throughput per GPU vs interactivity (Pareto), achieved vs offered rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9})
+    return plt
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight")
+    return paths
+
+
+def _series(df: pd.DataFrame):
+    """(label, color, frame) per sweep x cell, rate-axis points only, sorted by load, repeats averaged."""
+    q = df[(df["mode"] == "qps") & (df["role"] != "baseline")]
+    keys = list(dict.fromkeys(zip(q["sweep"], q["cell"])))
+    multi_sweep = q["sweep"].nunique() > 1
+    for i, (sw, cell) in enumerate(keys):
+        g = q[(q["sweep"] == sw) & (q["cell"] == cell)].groupby("load", as_index=False).mean(numeric_only=True).sort_values("load")
+        label = f"{sw} · {cell}" if multi_sweep else cell
+        yield label, COLORS[i % len(COLORS)], g, sw, cell
+
+
+def plot_all(df: pd.DataFrame, knees: pd.DataFrame, out: Path, slo_lines: dict[str, float] | None = None) -> list[Path]:
+    plt = _plt()
+    out.mkdir(parents=True, exist_ok=True)
+    slo_lines = slo_lines or {}
+    files: list[Path] = []
+    sim = " (SIMULATED)" if df["simulated"].any() else ""
+
+    # 1. latency vs offered load
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, color, g, sw, cell in _series(df):
+        axes[0].plot(g["load"], g["ttft_p99"], "o-", color=color, label=f"{label} p99")
+        axes[0].plot(g["load"], g["ttft_p50"], "o--", color=color, alpha=0.5, label=f"{label} p50")
+        axes[1].plot(g["load"], g["itl_p99"], "o-", color=color, label=f"{label} ITL p99")
+        axes[1].plot(g["load"], g["tpot_p50"], "s--", color=color, alpha=0.5, label=f"{label} TPOT p50")
+        k = knees[(knees["sweep"] == sw) & (knees["cell"] == cell) & (knees["mode"] == "qps")]
+        if len(k) and k["feasible"].iloc[0]:
+            for ax in axes:
+                ax.axvline(k["knee"].iloc[0], color=color, ls=":", lw=1.5)
+            axes[0].annotate(f"knee {k['knee'].iloc[0]:.2f}", (k["knee"].iloc[0], axes[0].get_ylim()[0]), color=color, fontsize=8,
+                             rotation=90, va="bottom", ha="right")
+    for ax, metric, title in ((axes[0], "ttft", "TTFT (ms)"), (axes[1], "itl", "ITL / TPOT (ms)")):
+        for name, thr in slo_lines.items():
+            if name.startswith(metric) or (metric == "itl" and name.startswith("tpot")):
+                ax.axhline(thr, color="k", ls="--", lw=1)
+                ax.text(ax.get_xlim()[0], thr, f" SLO {name} {thr:g} ms", va="bottom", fontsize=8)
+        ax.set_xlabel("offered load (req/s)")
+        ax.set_ylabel(title)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Latency vs offered load{sim} — dotted lines: SLO knee")
+    files += _save(fig, out, "latency_vs_load")
+    plt.close(fig)
+
+    # 2. throughput vs latency, and the Pareto view
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, color, g, sw, cell in _series(df):
+        axes[0].plot(g["ttft_p99"], g["output_tps"], "o-", color=color, label=label)
+        axes[1].plot(g["interactivity"], g["output_tps"] / g["gpus"], "o-", color=color, label=label)
+        k = knees[(knees["sweep"] == sw) & (knees["cell"] == cell) & (knees["mode"] == "qps")]
+        if len(k) and k["feasible"].iloc[0]:
+            axes[1].plot(k["interactivity"], k["output_tps_per_gpu"], "*", ms=14, color=color, mec="k")
+    axes[0].set_xlabel("TTFT p99 (ms)")
+    axes[0].set_ylabel("output tok/s")
+    axes[0].set_xscale("log")
+    axes[0].set_title("Throughput vs latency")
+    axes[1].set_xlabel("interactivity = 1000 / TPOT p50 (tok/s/user)")
+    axes[1].set_ylabel("output tok/s per GPU")
+    axes[1].set_title("Throughput per GPU vs interactivity (★ = SLO knee)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Throughput trade-offs{sim}")
+    files += _save(fig, out, "throughput_pareto")
+    plt.close(fig)
+
+    # 3. achieved vs offered
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    hi = 0.0
+    for label, color, g, sw, cell in _series(df):
+        ax.plot(g["load"], g["request_throughput"], "o-", color=color, label=label)
+        hi = max(hi, g["load"].max())
+    ax.plot([0, hi], [0, hi], "k--", lw=1, label="achieved = offered")
+    ax.set_xlabel("offered (req/s)")
+    ax.set_ylabel("completed (req/s)")
+    ax.set_title(f"Achieved vs offered rate{sim}\n(flattening = saturation)")
+    ax.legend(fontsize=7)
+    files += _save(fig, out, "achieved_vs_offered")
+    plt.close(fig)
+    return files
