@@ -300,6 +300,108 @@ def knee(
     knee_cmd(results, plots)
 
 
+
+def _cost_model(cost_file: Path | None, **over) -> "CostModel":
+    from bench.config import load_yaml
+    from bench.cost import CostModel
+
+    data = load_yaml(cost_file) if cost_file else {}
+    data.update({k: v for k, v in over.items() if v is not None})
+    return CostModel(**data)
+
+
+@app.command()
+@_user_errors
+def report(
+    results: List[Path] = typer.Argument(..., help="Sweep or run result directories (two or more sweeps: compared)"),
+    name: Optional[str] = typer.Option(None, help="Report name (reports/<name>/)"),
+    out: Path = typer.Option(Path("reports")),
+    cost: Optional[Path] = typer.Option(None, help="Cost model YAML (pricing, utilization, usd_per_kwh, pue, peak_qps, hourly_qps, ...)"),
+    catalog: Optional[Path] = typer.Option(None, help="GPU price catalog YAML (default: the shipped example catalog)"),
+    pricing: Optional[str] = typer.Option(None, help="on_demand | reserved | spot | owned"),
+    utilization: Optional[float] = typer.Option(None, help="Share of knee throughput actually sold (0-1)"),
+    peak_qps: Optional[float] = typer.Option(None, help="Peak traffic (req/s) for replica sizing"),
+) -> None:
+    """Write reports/<name>/index.html (self-contained), summary.md and the figures."""
+    from bench.report.render import render_report
+
+    cm = _cost_model(cost, pricing=pricing, utilization=utilization, peak_qps=peak_qps)
+    cmp = None
+    if len(results) == 2:
+        from bench.compare import CompareError, compare
+
+        try:
+            c = compare([results[0]], [results[1]])
+            cmp = {"title": f"{results[1].name} vs {results[0].name}", "knees": c["knees"]}
+        except CompareError:
+            cmp = None
+    path = render_report(results, out, name or "-vs-".join(p.name for p in results), cm, catalog, cmp)
+    typer.echo(f"report: {path / 'index.html'}\nsummary: {path / 'summary.md'}")
+
+
+@app.command(name="compare")
+@_user_errors
+def compare_cmd(
+    base: Path = typer.Argument(..., help="Baseline results (sweep or run directory)"),
+    new: Path = typer.Argument(..., help="New results (other SKU or engine version)"),
+    threshold: str = typer.Option("5%", help="Smallest change that counts"),
+    fail_on_regression: Optional[str] = typer.Option(None, help="Exit 1 if an SLO metric or the knee regresses beyond this (e.g. 5%)"),
+    cost: Optional[Path] = typer.Option(None, help="Cost model YAML for the side-by-side cost at the SLO"),
+) -> None:
+    """Deltas with bootstrap confidence intervals and a verdict per cell and metric; a CI gate."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.compare import CompareError, compare
+    from bench.cost import cost_at_knee, find_sku, load_catalog
+    from bench.report.render import f, pct
+
+    def frac(s: str, what: str) -> float:
+        try:
+            return float(s.strip().rstrip("%")) / (100 if s.strip().endswith("%") else 1)
+        except ValueError:
+            fail(f"{what} '{s}': write a percentage like 5%")
+
+    thr = frac(fail_on_regression or threshold, "--fail-on-regression" if fail_on_regression else "--threshold")
+    try:
+        res = compare([base], [new], thr)
+    except CompareError as e:
+        fail(str(e))
+    con = Console(width=max(150, Console().width))
+    for e in res["env"]:
+        con.print(f"[yellow]differs:[/] {e['field']}: {e['base']}  →  {e['new']}")
+    t = Table(title=f"{new.name} vs {base.name} (threshold ±{thr:.0%}, 95% bootstrap CI)", title_justify="left")
+    for c in ("cell", "load", "metric", "base", "new", "delta", "95% CI", "verdict"):
+        t.add_column(c)
+    for r in res["rows"].to_dict("records") if len(res["rows"]) else []:
+        col = "red" if r["verdict"] == "worse" else "green" if r["verdict"] == "better" else ""
+        t.add_row(r["cell"], f(r["load"], 2), r["metric"] + (" (SLO)" if r["slo_relevant"] else ""), f(r["base"], 2), f(r["new"], 2),
+                  pct(r["delta"]), f"[{pct(r['ci_lo'])}, {pct(r['ci_hi'])}]" if r["ci_lo"] == r["ci_lo"] else "—",
+                  f"[{col}]{r['verdict']}[/]" if col else r["verdict"])
+    if len(res["rows"]):
+        con.print(t)
+    else:
+        con.print("no offered load was measured on both sides (adaptive searches probe different rates): latency deltas need a "
+                  "grid sweep such as sweeps/vllm-regression.yaml; knees are compared below")
+    cm = _cost_model(cost)
+    cat = load_catalog()
+    for k in res["knees"]:
+        con.print(f"knee {k['cell']}: {f(k['base'], 2)} → {f(k['new'], 2)} req/s ({pct(k['delta'])}) — {k['verdict']}")
+        if k.get("base_row") and k["base_row"].get("gpu") != k["new_row"].get("gpu"):
+            for side in ("base_row", "new_row"):
+                row = k[side]
+                sku = find_sku(cat, row.get("gpu") or "")
+                if sku:
+                    c = cost_at_knee(row, sku, cm)
+                    con.print(f"   {row['gpu']}: ${c['usd_per_gpu_hour']:.2f}/GPU-h → ${c['usd_per_m_output']:.3f}/M output tokens, "
+                              f"${c['usd_per_m_blended']:.3f}/M blended at the SLO ({cm.pricing})")
+    if fail_on_regression is not None:
+        if res["regressions"]:
+            names = ", ".join(f"{r['cell']} {r.get('metric', 'knee')}" for r in res["regressions"])
+            fail(f"regression beyond {thr:.0%}: {names}", 1)
+        con.print(f"[green]no regression beyond {thr:.0%}[/]")
+
+
 def main() -> None:
     app()
 

@@ -22,6 +22,12 @@ def _lat(s: dict, metric: str, key: str):
     return ((s.get("latency_ms") or {}).get(metric) or {}).get(key)
 
 
+def workload_key(w: dict) -> str:
+    """What must match for two results to be comparable."""
+    keys = ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups")
+    return " ".join(f"{k}={w.get(k)}" for k in keys if w.get(k) not in (None, 0, ""))
+
+
 def point_row(run_dir: Path, doc: dict) -> dict:
     s = doc.get("summary") or {}
     spec = doc.get("spec") or {}
@@ -40,7 +46,7 @@ def point_row(run_dir: Path, doc: dict) -> dict:
     sweep = run_dir.parent.parent.name if run_dir.parent.name == "points" else run_dir.name
     labels = doc.get("labels") or {}
     return {
-        "sweep": sweep, "cell": cell, "mode": mode, "load": value, "role": pt.get("role", "run"), "repeat": pt.get("repeat", 0),
+        "sweep": sweep, "cell": cell, "mode": mode, "workload": workload_key(spec.get("workload") or {}), "load": value, "role": pt.get("role", "run"), "repeat": pt.get("repeat", 0),
         "seed": doc.get("seed"), "status": doc.get("status"), "run_dir": str(run_dir),
         "gpu": labels.get("gpu") or (tgt.get("sim") or {}).get("profile") or "", "gpus": float(labels.get("gpus", 1) or 1),
         "server_kind": tgt.get("server_kind"), "server_version": tgt.get("server_version"), "simulated": bool(tgt.get("simulated")),
@@ -55,6 +61,7 @@ def point_row(run_dir: Path, doc: dict) -> dict:
         "n_failed": s.get("n_failed"), "saturated": (s.get("saturation") or {}).get("saturated"),
         "energy_j": e.get("energy_j"), "j_per_output_token": e.get("j_per_output_token"), "j_per_token": e.get("j_per_token"),
         "avg_power_w": e.get("avg_power_w"), "energy_source": e.get("source"),
+        "api": (spec.get("target") or {}).get("api"), "harness": (doc.get("harness") or {}).get("version"),
         "slos": [str(SLO(**x)) for x in spec.get("slos", [])], "_summary": s, "_slos": [SLO(**x) for x in spec.get("slos", [])],
         "_attainment": (doc.get("sweep_attainment") or {}),
     }

@@ -106,3 +106,39 @@ def plot_all(df: pd.DataFrame, knees: pd.DataFrame, out: Path, slo_lines: dict[s
     files += _save(fig, out, "achieved_vs_offered")
     plt.close(fig)
     return files
+
+
+def plot_cost_energy(knees: pd.DataFrame, out: Path) -> list[Path]:
+    """Bars: $/M output tokens and blended $/M at the SLO knee; J/output token and average power."""
+    plt = _plt()
+    k = knees[knees["feasible"]].copy()
+    files: list[Path] = []
+    if k.empty:
+        return files
+    labels = [f"{r.sweep}\n{r.cell}" for r in k.itertuples()]
+    colors = [COLORS[i % len(COLORS)] for i in range(len(k))]
+    sim = " (SIMULATED)" if k["simulated"].any() else ""
+    if "usd_per_m_output" in k:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for ax, col, title in ((axes[0], "usd_per_m_output", "$ per M output tokens at the SLO knee"),
+                               (axes[1], "usd_per_m_blended", "blended $ per M tokens (3:1 in:out) at the knee")):
+            bars = ax.bar(labels, k[col], color=colors)
+            ax.bar_label(bars, fmt="$%.3f", fontsize=8)
+            ax.set_title(title)
+            ax.set_ylabel("$/M tokens")
+        fig.suptitle(f"Cost at the SLO{sim} — pricing: {k['pricing'].iloc[0]}, utilisation {k['utilization'].iloc[0]:.0%}")
+        files += _save(fig, out, "cost_per_slo")
+        plt.close(fig)
+    if k["j_per_output_token"].notna().any():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        bars = axes[0].bar(labels, k["j_per_output_token"], color=colors)
+        axes[0].bar_label(bars, fmt="%.3f", fontsize=8)
+        axes[0].set_title("energy per output token at the knee (J)")
+        bars = axes[1].bar(labels, k["avg_power_w"], color=colors)
+        axes[1].bar_label(bars, fmt="%.0f W", fontsize=8)
+        axes[1].set_title("average GPU power at the knee (W)")
+        src = ", ".join(sorted(set(k["energy_source"].dropna())))
+        fig.suptitle(f"Energy{sim} — source: {src}")
+        files += _save(fig, out, "energy")
+        plt.close(fig)
+    return files
