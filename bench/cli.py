@@ -92,6 +92,7 @@ def run(
     timeout: float = typer.Option(600.0, help="Per-request timeout (s)"),
     max_model_len: Optional[int] = typer.Option(None, help="Clip ISL+OSL to this (default: from the server)"),
     speedup: float = typer.Option(1.0, help="Trace replay: time scaling (2 = same shape, twice the rate)"),
+    window: Optional[str] = typer.Option(None, help="Trace replay: START:END seconds of the trace, e.g. 0:120"),
     gpu_telemetry: str = typer.Option("auto", help="auto | off | nvml | dcgm:URL"),
     gpus: str = typer.Option("all", help="GPUs to sample (NVML): all or 0,1"),
     server_metrics: bool = typer.Option(True, help="Scrape the server's /metrics during the run"),
@@ -103,13 +104,22 @@ def run(
     from bench.runner import env_api_key, execute_run
 
     w, unit = parse_amount(warmup, "--warmup")
+    win = None
+    if window:
+        try:
+            a, b = (float(x) for x in window.split(":"))
+            win = (a, b)
+        except ValueError:
+            fail(f"--window '{window}': write START:END in seconds, e.g. 0:120")
+    replay = qps is None and concurrency is None and dataset is not None
     spec = RunSpec(
         target=dict(url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage,
                     request_timeout_s=timeout),
         workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
-                      prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup),
+                      prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
+                      window_s=win),
         load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
-                  duration_s=duration, requests=requests, warmup=w, warmup_unit=unit),
+                  duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay),
         slos=parse_slos(slo), seed=seed, labels=_labels(label), reset_prefix_cache=reset_prefix_cache,
         scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
     )

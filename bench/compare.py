@@ -6,10 +6,15 @@ never merged silently.
 
 Per cell and common offered load, latency metrics are compared by a percentile bootstrap of
 stat(new)/stat(base) − 1 over the per-request values (requests of repeats pooled): verdict *worse* when
-the whole 95% interval is above +threshold, *better* when below −threshold, else *no significant
-change*. (Bootstrap intervals for p99 at small n are optimistic — METHODS.md §2 — so p99 verdicts need
+the change is significant (its 95% interval excludes 0) and larger than +threshold, *better*
+symmetrically, else *no significant change*. (Bootstrap intervals for p99 at small n are optimistic — METHODS.md §2 — so p99 verdicts need
 ≥ ~1000 requests per point to be trusted.) The knee is compared through its search bracket: a
 regression needs the new bracket to lie wholly below the base knee by more than the threshold.
+
+Compare results of the same spec and seed (a CI gate does): arrivals and prompts are then identical and
+the difference is the server's. Requests within one run share a queue and are correlated, so the
+per-request bootstrap understates run-to-run variance: with different seeds, expect p50 TTFT to move
+several percent between identical servers — use repeats, or a larger threshold.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ def _values(run_dirs: list[str], metric: str) -> np.ndarray:
     return np.asarray(vals, dtype=np.float64)
 
 
-def _verdict(lo: float, hi: float, thr: float, higher_is_worse: bool = True) -> str:
+def _verdict(delta: float, lo: float, hi: float, thr: float) -> str:
+    """Latency (higher is worse): *worse* when the change is significant (the 95% CI excludes 0) and
+    its point estimate exceeds +threshold; *better* symmetrically; else no significant change."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "n/a"
-    if higher_is_worse:
-        return "worse" if lo > thr else "better" if hi < -thr else "no significant change"
-    return "better" if lo > thr else "worse" if hi < -thr else "no significant change"
+    if lo > 0 and delta > thr:
+        return "worse"
+    if hi < 0 and delta < -thr:
+        return "better"
+    return "no significant change"
 
 
 def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: int = 1000) -> dict:
@@ -79,7 +88,7 @@ def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: 
                 stat = (lambda a, p=pct: np.percentile(a, p))
                 point, (lo, hi) = stats.bootstrap_ratio_ci(vb, vn, stat, n_boot=n_boot)
                 rows.append({"cell": c, "load": load, "metric": f"{metric}_p{pct}", "base": float(stat(vb)), "new": float(stat(vn)),
-                             "delta": point, "ci_lo": lo, "ci_hi": hi, "verdict": _verdict(lo, hi, threshold),
+                             "delta": point, "ci_lo": lo, "ci_hi": hi, "verdict": _verdict(point, lo, hi, threshold),
                              "slo_relevant": (metric, float(pct)) in slo_metrics or (metric == "itl" and ("tpot", float(pct)) in slo_metrics)})
             tb, tn = gb.loc[gb["load"] == load, "output_tps"].mean(), match["output_tps"].mean()
             rows.append({"cell": c, "load": load, "metric": "output_tps", "base": tb, "new": tn, "delta": tn / tb - 1 if tb else math.nan,

@@ -244,6 +244,7 @@ class LoadSpec(BaseModel):
     requests: int | None = Field(None, ge=1)
     warmup: float = Field(0.0, ge=0)
     warmup_unit: Literal["s", "r"] = "s"
+    replay: bool = False  # a timed trace supplies the arrival times
 
     @field_validator("arrival", mode="before")
     @classmethod
@@ -252,8 +253,12 @@ class LoadSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_mode(self):
+        if self.replay:
+            if self.qps is not None or self.concurrency is not None:
+                raise ValueError("trace replay takes its arrival times from the trace; drop --qps/--concurrency")
+            return self
         if (self.qps is None) == (self.concurrency is None):
-            raise ValueError("give exactly one of --qps (open loop) or --concurrency (closed loop)")
+            raise ValueError("give exactly one of --qps (open loop) or --concurrency (closed loop), or a timed --dataset to replay")
         if self.duration_s is None and self.requests is None:
             raise ValueError("give --duration SECONDS or --requests N")
         if self.concurrency is not None and self.max_concurrency is not None:
@@ -261,6 +266,8 @@ class LoadSpec(BaseModel):
         return self
 
     def label(self) -> str:
+        if self.replay:
+            return "replay"
         return f"qps{self.qps:g}" if self.qps is not None else f"conc{self.concurrency}"
 
 

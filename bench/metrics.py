@@ -183,6 +183,12 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     s["attainment_ci"] = list(stats.clopper_pearson(len(good), len(m)))
     s["slos"] = [slo_verdict(m, slo) for slo in slos]
     s["slo_met"] = all(v["met"] for v in s["slos"]) if slos else None
+    turns = sorted({r.turn for r in m if r.turn >= 0})
+    if turns:  # multi-turn datasets: latency per turn
+        s["per_turn"] = {str(t): {"n": sum(1 for r in m if r.turn == t),
+                                  "ttft": latency_stats(metric_values([r for r in m if r.turn == t], "ttft")),
+                                  "prompt_tokens_mean": float(np.mean([r.prompt_tokens for r in m if r.turn == t and r.prompt_tokens >= 0] or [math.nan]))}
+                         for t in turns}
     s["token_mismatch"] = token_mismatches(m, expect_exact_osl)
     s["saturation"] = saturation(m, mode)
     s["warnings"] = warnings_for(s, m, slos)

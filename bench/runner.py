@@ -105,8 +105,8 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
         msgs.append({"role": "user", "content": nxt_text})
         nxt = WorkItem(index=it.index + 1, prompt=msgs, isl=nxt_isl, osl=nxt_osl, source=f"{it.source.rsplit(':turn', 1)[0]}:turn{it.turn + 1}",
                        conversation=it.conversation, turn=it.turn + 1, followups=it.followups[1:])
-        if wl.builder is not None:
-            nxt.isl = wl.builder.tok.count_chat(msgs)
+        if wl.builder is not None:  # the history's real token count (a /tokenize call: off the event loop)
+            nxt.isl = await asyncio.to_thread(wl.builder.tok.count_chat, msgs)
         t = perf_ns()
         await one(nxt, t, prepare(nxt), warm)
 
@@ -116,15 +116,16 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
         t.add_done_callback(tasks.discard)
 
     try:
-        if load.qps is not None or wl.size is not None and any(x.offset_ns is not None for x in items_hint[:1]):
+        if load.qps is not None or load.replay:
             # open loop: absolute schedule from the seed (or the trace's own offsets)
-            if items_hint and items_hint[0].offset_ns is not None:
-                offsets = [it.offset_ns for it in items_hint]
+            if load.replay:
+                offsets = [it.offset_ns for it in items_hint if dur_ns is None or it.offset_ns < dur_ns]
             else:
                 offsets = schedule.open_loop_offsets_ns(load.arrival, load.qps, spec.seed, duration_s=dur_ns / 1e9 if dur_ns else None,
                                                         count=n_req).tolist()
             progress.planned = len(offsets)
-            spin = (load.qps or 0) <= 400
+            rate = load.qps or (len(offsets) / max(1e-9, (offsets[-1] - offsets[0]) / 1e9) if len(offsets) > 1 else 1.0)
+            spin = rate <= 400
             for i, off in enumerate(offsets):
                 if stop is not None and stop.is_set():
                     break
@@ -213,6 +214,11 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         if mx:
             wspec = wspec.model_copy(update={"max_model_len": int(mx)})
     wl = Workload(wspec, builder, spec.seed, tgt.api)
+    if spec.load.replay and not (wl.source is not None and wl.source.timed):
+        msg = f"dataset '{wspec.dataset}' has no arrival times to replay; give --qps or --concurrency"
+        doc.update(status="failed", error=msg)
+        results.write_run_doc(run_dir, doc)
+        raise RunFailed(msg)
     n_pre = wl.size if wl.size is not None else (
         spec.load.requests + (int(spec.load.warmup) if spec.load.warmup_unit == "r" else 0) if spec.load.requests else
         int(math.ceil((spec.load.qps or 0) * ((spec.load.duration_s or 0) + (spec.load.warmup if spec.load.warmup_unit == "s" else 0)) * 1.2)) + 64)

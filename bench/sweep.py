@@ -67,66 +67,83 @@ def binding_slo(summary: dict) -> str | None:
 
 
 # ------------------------------------------------------------------ adaptive search
+def knee_from_history(history: dict[float, list[str]]) -> tuple[float | None, float | None]:
+    """Knee = highest load whose every probe passed, with every lower load passing too; bracket_hi =
+    the lowest load with any failing probe (same rule as knee.knee_table)."""
+    lo, hi = None, None
+    for load in sorted(history):
+        if all(v == PASS for v in history[load]):
+            lo = load
+        else:
+            hi = load
+            break
+    return lo, hi
+
+
 def knee_search(auto: AutoSearch, ladder: float = 4.0):
     """Generator: yields (mode, value, role, seed_offset) and receives (verdict, summary) for each probe.
-    Returns {"feasible", "knee_qps", "bracket", "r_single", "tput_at_first_fail", "probes", "note"}."""
+    Returns {"feasible", "knee_qps", "bracket", "r_single", "tput_at_first_fail", "probes", "note"}; the knee
+    is always a measured load (knee_from_history over every rate probe)."""
     probes = 0
+    history: dict[float, list[str]] = {}
     v, s = yield ("concurrency", 1, "baseline", 0)
     probes += 1
     r_s = s.get("request_throughput") or 0.0
     if v == FAIL:
         return {"feasible": False, "knee_qps": None, "bracket": None, "r_single": r_s, "tput_at_first_fail": None, "probes": probes,
                 "note": "even one request at a time misses the SLO: no load can meet it"}
-    lo, hi, tput_fail = None, None, None
+    tput_fail = None
+
+    def probe(lam, role, seed=0):
+        return ("qps", lam, role, seed)
+
     lam = 2 * r_s if r_s > 0 else 1.0
-    # ladder up until a probe fails
-    while probes < auto.max_probes:
-        v, s = yield ("qps", lam, "ladder", 0)
+    while probes < auto.max_probes:  # ladder up until a probe fails
+        v, s = yield probe(lam, "ladder")
         probes += 1
-        if v == PASS:
-            lo = lam
-            lam *= ladder
-        else:
-            hi, tput_fail = lam, s.get("request_throughput")
+        history.setdefault(lam, []).append(v)
+        if v != PASS:
+            tput_fail = s.get("request_throughput")
             break
-    if hi is None:
-        return {"feasible": True, "knee_qps": lo, "bracket": [lo, None], "r_single": r_s, "tput_at_first_fail": None, "probes": probes,
-                "note": "probe budget spent before any load failed; raise max_probes"}
-    if lo is None:  # the first ladder step failed: look below it
-        lam = hi / 2
-        while probes < auto.max_probes and lo is None:
-            v, s = yield ("qps", lam, "bracket", 0)
-            probes += 1
-            if v == PASS:
-                lo = lam
-            else:
-                hi, lam = lam, lam / 2
-        if lo is None:
-            return {"feasible": False, "knee_qps": None, "bracket": [0, hi], "r_single": r_s, "tput_at_first_fail": tput_fail, "probes": probes,
-                    "note": "no open-loop rate met the SLO within the probe budget"}
-    # bisect on the geometric midpoint
-    while hi / lo - 1 > auto.precision and probes < auto.max_probes - (1 if auto.confirm else 0):
-        mid = math.sqrt(lo * hi)
-        v, s = yield ("qps", mid, "bisect", 0)
+        lam *= ladder
+    lo, hi = knee_from_history(history)
+    while hi is not None and lo is None and probes < auto.max_probes:  # the first step failed: look below
+        v, s = yield probe(hi / 2, "bracket")
         probes += 1
-        if v == PASS:
-            lo = mid
+        history.setdefault(hi / 2, []).append(v)
+        lo, hi = knee_from_history(history)
+    if lo is None:
+        return {"feasible": False, "knee_qps": None, "bracket": [0, hi], "r_single": r_s, "tput_at_first_fail": tput_fail,
+                "probes": probes, "note": "no open-loop rate met the SLO within the probe budget"}
+    if hi is None:
+        return {"feasible": True, "knee_qps": lo, "bracket": [lo, None], "r_single": r_s, "tput_at_first_fail": None,
+                "probes": probes, "note": "probe budget spent before any load failed; raise max_probes"}
+    confirmed = not auto.confirm
+    while probes < auto.max_probes:
+        if hi / lo - 1 > auto.precision:  # bisect on the geometric midpoint
+            mid = math.sqrt(lo * hi)
+            v, s = yield probe(mid, "bisect")
+            history.setdefault(mid, []).append(v)
+        elif not confirmed:  # confirm the knee with a new seed; a failure moves the bracket down
+            v, s = yield probe(lo, "confirm", len(history[lo]))
+            history[lo].append(v)
+            confirmed = v == PASS
         else:
-            hi = mid
+            break
+        probes += 1
+        lo_new, hi = knee_from_history(history)
+        if lo_new is None:  # everything probed failed on repeat: step below the lowest probe
+            lo_new = min(history) / (1 + auto.precision)
+            history.setdefault(lo_new, [])
+        if lo_new != lo:
+            confirmed = not auto.confirm
+        lo = lo_new
+    knee, hi = knee_from_history({k: v for k, v in history.items() if v})
     note = ""
-    if auto.confirm:
-        for k in range(1, 3):
-            if probes >= auto.max_probes:
-                break
-            v, s = yield ("qps", lo, "confirm", k)
-            probes += 1
-            if v == PASS:
-                break
-            hi, lo = lo, lo / (1 + auto.precision)
-            note = "confirmation failed once: stepped down"
-    if hi / lo - 1 > auto.precision:
-        note = (note + "; " if note else "") + f"stopped at the probe budget with the bracket {hi / lo - 1:.0%} wide"
-    return {"feasible": True, "knee_qps": lo, "bracket": [lo, hi], "r_single": r_s, "tput_at_first_fail": tput_fail, "probes": probes, "note": note}
+    if knee is None or hi is not None and hi / knee - 1 > auto.precision or not confirmed:
+        note = "stopped at the probe budget before the bracket closed and the knee was confirmed; raise max_probes"
+    return {"feasible": knee is not None, "knee_qps": knee, "bracket": [knee, hi], "r_single": r_s, "tput_at_first_fail": tput_fail,
+            "probes": probes, "note": note}
 
 
 # ------------------------------------------------------------------ running points

@@ -124,7 +124,7 @@ class WordTokenizer(Tokenizer):
 
 # ------------------------------------------------------------------ exact-length prompts
 def _candidate_words() -> list[str]:
-    words = re.findall(r"[a-z]+", (DATA / "sonnet.txt").read_text().lower())
+    words = re.findall(r"[a-z]+", (DATA / "traces" / "vllm-sonnet" / "sonnet.txt").read_text().lower())
     seen: dict[str, None] = {}
     for w in sorted(words, key=lambda w: (len(w), w)):
         if 2 <= len(w) <= 6:

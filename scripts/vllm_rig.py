@@ -34,7 +34,7 @@ def venv() -> Path:
 def model_dir(py: Path) -> Path:
     d = CACHE / f"tiny-llama-v{MODEL_VERSION}"
     if not (d / "config.json").is_file():
-        subprocess.run([str(py), str(ROOT / "scripts" / "build_tiny_model.py"), str(d), str(ROOT / "bench" / "data" / "sonnet.txt")],
+        subprocess.run([str(py), str(ROOT / "scripts" / "build_tiny_model.py"), str(d), str(ROOT / "bench" / "data" / "traces" / "vllm-sonnet" / "sonnet.txt")],
                        check=True)
     return d
 

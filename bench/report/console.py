@@ -44,6 +44,13 @@ def print_summary(doc: dict, console: Console | None = None) -> None:
     if s.get("offered_qps"):
         c.print(f"offered {s['offered_qps']:g} req/s · achieved send rate {_f(s.get('achieved_send_qps'), 2)} req/s · "
                 f"mean in flight {_f(s.get('mean_in_flight'), 1)}")
+    for t, d in (s.get("per_turn") or {}).items():
+        c.print(f"turn {t}: {d['n']} requests · TTFT p50 {_f(d['ttft']['p50'], 1)} ms · p99 {_f(d['ttft']['p99'], 1)} ms · "
+                f"mean prompt {_f(d['prompt_tokens_mean'], 0)} tokens")
+    w = doc.get("workload") or {}
+    if w.get("dataset"):
+        c.print(f"dataset {w['dataset']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in w.items()
+                                                        if k not in ("dataset", "tokenizer") and v not in (None, 0)))
     if s.get("errors"):
         c.print("[red]errors:[/] " + ", ".join(f"{k}={v}" for k, v in s["errors"].items()))
     if s.get("slos"):

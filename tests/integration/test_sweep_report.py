@@ -1,0 +1,108 @@
+"""Sweeps, knee, compare and report through the CLI, against the simulator (fast profile)."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bench.knee import knee_table, load_points
+from tests.integration.conftest import trilemma
+
+
+def write_spec(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_auto_knee_is_confirmed_by_a_dense_grid(tmp_path):
+    """load: auto finds a knee that a grid over the same cell confirms — grid points below the knee meet
+    the SLO, grid points above its bracket violate it — in fewer points than a grid of the same
+    resolution (5%) over the range the search covered."""
+    common = dict(target={"sim": {"profile": "tiny-test"}}, cells=[{"name": "c", "isl": 64, "osl": 32}],
+                  slos={"ttft_p90": "150ms"}, duration_s=10, warmup="1s")
+    auto = write_spec(tmp_path / "auto.yaml", name="auto", load={"auto": {"precision": 0.05, "max_probes": 16}}, **common)
+    trilemma("sweep", auto, "--out", tmp_path)
+    pts = load_points([tmp_path / "auto"])
+    k = knee_table(pts).iloc[0]
+    assert k["feasible"] and k["bracket_hi"] is not None
+    knee, hi = float(k["knee"]), float(k["bracket_hi"])
+    # margins wider than the seed-to-seed spread of a 10 s probe near capacity (~10%: queueing)
+    below, above = [round(knee * f, 2) for f in (0.6, 0.75, 0.9)], [round(hi * f, 2) for f in (1.15, 1.3, 1.5)]
+    grid = write_spec(tmp_path / "grid.yaml", name="grid", load={"qps": below + above}, **common)
+    trilemma("sweep", grid, "--out", tmp_path)
+    g = load_points([tmp_path / "grid"]).set_index("load")["verdict"]
+    assert all(g[x] == "PASS" for x in below), g.to_dict()
+    assert all(g[x] == "FAIL" for x in above), g.to_dict()
+    rates = pts.loc[pts["mode"] == "qps", "load"]
+    n_auto = len(pts)
+    n_grid = int(np.ceil(np.log(rates.max() / rates.min()) / np.log(1.05)))
+    assert n_auto < n_grid, f"auto used {n_auto} points; a 5% grid over {rates.min():.2f}-{rates.max():.2f} needs {n_grid}"
+
+
+@pytest.fixture(scope="module")
+def regression_results(tmp_path_factory):
+    """Three grid sweeps of one spec and seed on the fast profile: base, base again, and a 10% slower
+    engine (as a CI gate runs: same spec, same seed -> same arrivals and prompts; only the server differs)."""
+    root = tmp_path_factory.mktemp("cmp")
+    base = dict(cells=[{"name": "c", "isl": 64, "osl": 32}], load={"qps": [5, 10]}, requests=200, warmup="10r",
+                slos={"ttft_p50": "200ms", "tpot_p50": "60ms"}, labels={"gpu": "test-device"})
+    for name, slow, seed in (("base", 1.0, 0), ("same", 1.0, 0), ("slower", 1.1, 0)):
+        spec = write_spec(root / f"{name}.yaml", name=name, seed=seed,
+                          target={"sim": {"profile": "tiny-test", "slowdown": slow, "seed": seed}}, **base)
+        trilemma("sweep", spec, "--out", root)
+    return root
+
+
+def test_compare_flags_a_planted_ttft_regression(regression_results):
+    r = regression_results
+    p = trilemma("compare", r / "base", r / "slower", "--fail-on-regression", "5%", check=False)
+    assert p.returncode == 1 and "regression beyond 5%" in p.stderr
+    assert re.search(r"ttft_p50 \(SLO\).*worse", p.stdout), p.stdout
+
+
+def test_compare_does_not_flag_the_same_profile(regression_results):
+    r = regression_results
+    p = trilemma("compare", r / "base", r / "same", "--fail-on-regression", "5%", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "no regression beyond 5%" in p.stdout and "worse" not in p.stdout
+
+
+def test_compare_refuses_mismatched_workloads(regression_results, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(regression_results / "base", other)
+    for rj in other.glob("points/*/run.json"):
+        doc = json.loads(rj.read_text())
+        doc["spec"]["workload"]["isl"] = "128"
+        rj.write_text(json.dumps(doc))
+    p = trilemma("compare", regression_results / "base", other, check=False)
+    assert p.returncode == 2 and "different workloads" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed (make browser)")
+def test_report_renders_in_headless_chromium(regression_results, tmp_path):
+    r = regression_results
+    trilemma("report", r / "base", r / "slower", "--name", "rep", "--out", tmp_path, "--peak-qps", "40")
+    html = tmp_path / "rep" / "index.html"
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "$/M out" in md and "SIMULATED" in md and "test-device" in md
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}", "--enable-logging=stderr", "--v=0"]
+    shot = tmp_path / "shot.png"
+    p = subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1300,2600", html.as_uri()], capture_output=True,
+                       text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 50_000, p.stderr[-2000:]
+    console_errors = [ln for ln in p.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln.upper()]
+    assert not console_errors, console_errors
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    figs = re.findall(r'<img alt="([a-z_]+)" id="fig-[a-z_]+" src="data:image/png;base64,', dom)
+    assert set(figs) >= {"latency_vs_load", "throughput_pareto", "achieved_vs_offered", "cost_per_slo"}
+    assert 'id="knee-table"' in dom and 'id="simulated"' in dom
+    from PIL import Image  # matplotlib brings pillow
+
+    img = Image.open(shot).convert("RGB").resize((130, 260))
+    assert len(img.getcolors(maxcolors=1 << 16) or []) > 50  # a rendered page, not a blank one

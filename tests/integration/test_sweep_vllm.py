@@ -1,0 +1,52 @@
+"""A small grid sweep against the real vLLM rig: completes, resumes after a kill, and reports a knee."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import ROOT, trilemma
+
+pytestmark = pytest.mark.vllm
+
+
+def completed_points(d: Path) -> dict:
+    out = {}
+    for rj in (d / "points").glob("*/run.json"):
+        doc = json.loads(rj.read_text())
+        if doc.get("status") == "complete":
+            out[rj.parent.name] = doc["started_at"]
+    return out
+
+
+def test_grid_sweep_resumes_after_kill(vllm_server, tmp_path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "vllm-grid", "target": {"url": vllm_server["url"]},
+        "cells": [{"name": "short", "isl": 64, "osl": 16}, {"name": "long", "isl": 256, "osl": 32}],
+        "load": {"qps": [1, 2, 4]}, "duration_s": 4, "warmup": "1s", "slos": {"ttft_p99": "300ms", "itl_p99": "50ms"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(spec), "--out", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = tmp_path / "vllm-grid"
+    t0 = time.time()
+    while len(completed_points(d)) < 2 and time.time() - t0 < 180:
+        time.sleep(0.5)
+    time.sleep(2)  # kill in the middle of the next point
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = completed_points(d)
+    assert 2 <= len(before) < 6
+    p = trilemma("sweep", spec, "--out", tmp_path)
+    after = completed_points(d)
+    assert len(after) == 6  # no point lost
+    assert all(after[h] == t for h, t in before.items())  # none measured twice
+    assert f"{6 - len(before)} points measured, {len(before)} reused" in p.stderr
+    assert "SLO knee per cell" in p.stdout
+    k = trilemma("knee", d)
+    assert ("req/s" in k.stdout) or ("no tested load met the SLO" in k.stdout)
+    assert (d / "knee" / "knee.csv").is_file() and (d / "knee" / "latency_vs_load.png").is_file()

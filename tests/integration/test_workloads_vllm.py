@@ -1,0 +1,77 @@
+"""Real-traffic workloads against the real vLLM rig: trace replay, prefix sharing, multi-turn chat."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import datasets
+from tests.integration.conftest import trilemma
+
+pytestmark = pytest.mark.vllm
+SPEEDUP = 0.5  # the 2-minute window replays in 4 minutes: within the CPU rig's capacity
+
+
+def run_dir(out: Path) -> Path:
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    return d
+
+
+def test_azure_conv_replay_matches_the_trace(vllm_server, tmp_path):
+    trilemma("run", "--url", vllm_server["url"], "--dataset", "azure-conv", "--window", "0:120", "--speedup", SPEEDUP,
+             "--out", tmp_path, timeout=900)
+    d = run_dir(tmp_path)
+    doc = json.loads((d / "run.json").read_text())
+    df = pd.read_parquet(d / "requests.parquet").sort_values("index")
+    rows = datasets._azure_rows("azure-conv")
+    t0 = rows[0][0]
+    window = [r for r in rows if r[0] - t0 < 120]
+    assert doc["status"] == "complete" and len(df) == len(window) and df["ok"].all()
+    # arrival times: the schedule is the trace's, scaled; the client kept to it
+    expected = np.array([(r[0] - t0) / SPEEDUP for r in window])
+    got = (df["intended_ns"].to_numpy() - df["intended_ns"].min()) / 1e9
+    assert np.allclose(got, expected, atol=1e-6)
+    assert doc["summary"]["latency_ms"]["send_lag"]["p99"] <= 5.0
+    # token counts: each request matches its trace row after the reported clipping to max_model_len
+    mx = doc["workload"]["max_model_len"]
+    clipped = 0
+    for (_, rec), (_, isl, osl, _) in zip(df.iterrows(), window):
+        if isl + osl > mx:
+            clipped += 1
+            osl = min(osl, mx - 1)
+            isl = min(isl, mx - osl)
+        assert rec["prompt_tokens"] == isl and rec["output_tokens"] == osl, rec["source"]
+    assert doc["workload"]["clipped_to_max_model_len"] == clipped > 0
+    assert any("clipped" in w for w in doc["summary"]["warnings"])
+    assert df["source"].iloc[0] == "azure-conv:row 0"
+
+
+def test_mooncake_shared_prefixes_hit_the_prefix_cache(vllm_server, tmp_path):
+    rates = {}
+    for name in ("mooncake", "mooncake:scrambled"):
+        out = tmp_path / name.replace(":", "-")
+        trilemma("run", "--url", vllm_server["url"], "--dataset", name, "--window", "0:8", "--reset-prefix-cache", "--out", out,
+                 timeout=900)
+        doc = json.loads((run_dir(out) / "run.json").read_text())
+        assert doc["status"] == "complete" and doc["target"]["prefix_cache_reset"] == "/reset_prefix_cache"
+        rates[name] = doc["summary"]["server"]["prefix_cache_hit_rate"]
+    assert rates["mooncake"] > rates["mooncake:scrambled"] + 0.1, rates
+
+
+def test_mt_bench_two_turn_conversations(vllm_server, tmp_path):
+    p = trilemma("run", "--url", vllm_server["url"], "--api", "chat", "--dataset", "mt-bench", "--osl", 24, "--qps", 2,
+                 "--requests", 6, "--out", tmp_path)
+    assert "turn 0:" in p.stdout and "turn 1:" in p.stdout
+    d = run_dir(tmp_path)
+    df = pd.read_parquet(d / "requests.parquet")
+    assert len(df) == 12 and df["ok"].all() and (df["output_tokens"] == 24).all()
+    t0, t1 = df[df.turn == 0].set_index("conversation"), df[df.turn == 1].set_index("conversation")
+    assert set(t0.index) == set(t1.index)
+    # turn 2 carries turn 1's real answer: longer prompt, counted exactly, sent after turn 1 ended
+    assert (t1["prompt_tokens"] > t0["prompt_tokens"] + 24).all()
+    assert (t1["prompt_tokens"] == t1["prompt_tokens_local"]).all()
+    assert (t1["sent_ns"] >= t0.loc[t1.index, "end_ns"]).all()
+    per_turn = json.loads((d / "run.json").read_text())["summary"]["per_turn"]
+    assert per_turn["0"]["n"] == 6 and per_turn["1"]["n"] == 6 and per_turn["1"]["ttft"]["p50"] > 0
