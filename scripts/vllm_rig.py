@@ -66,8 +66,10 @@ def start_server(port: int | None = None, log: Path | None = None, timeout_s: fl
     port = port or free_port()
     log = log or (CACHE / f"vllm-{port}.log")
     with open(log, "w") as logf:  # the child keeps its own descriptor
+        # niced: on a 2-core box the server's prefill bursts would otherwise starve the load generator
+        # (seconds of send lag); on a real deployment the client has its own cores or machine.
         p = subprocess.Popen(server_cmd(v / "bin" / "python", m, port), stdout=logf, stderr=subprocess.STDOUT, env=server_env(),
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=lambda: os.nice(10))
     url = f"http://127.0.0.1:{port}"
     import urllib.request
 
