@@ -42,6 +42,7 @@ class RequestRecord:
     status: int = 0  # HTTP status (0: none)
     error_kind: str = ""
     error: str = ""
+    retries: int = 0  # resends after a pooled keep-alive connection was closed under the request (no response yet)
     finish_reason: str = ""
     response_id: str = ""
     prefix_group: int = -1

@@ -2,9 +2,11 @@
 
 import json
 import re
+import statistics
 import subprocess
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -47,28 +49,42 @@ def test_chat_api_exact_prompt_tokens(vllm_server, tmp_path):
     assert df["isl"].nunique() > 3
 
 
-def _vllm_bench(vllm_server, tmp_path: Path, n: int, rate: float) -> dict:
+def _vllm_bench(vllm_server, out: Path, n: int, rate: float, seed: int) -> dict:
     rig = vllm_server["rig"]
     venv, model_dir = rig.setup()
+    out.mkdir(parents=True, exist_ok=True)
     cmd = rig.bench_serve_cmd(venv / "bin" / "python") + [
         "--base-url", vllm_server["url"], "--model", vllm_server["model"], "--tokenizer", str(model_dir),
         "--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "64", "--num-prompts", str(n),
-        "--request-rate", str(rate), "--ignore-eos", "--seed", "1", "--save-result", "--result-dir", str(tmp_path),
+        "--request-rate", str(rate), "--ignore-eos", "--seed", str(seed), "--save-result", "--result-dir", str(out),
         "--result-filename", "vllm.json", "--disable-tqdm"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=rig.server_env(), timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    return json.loads((tmp_path / "vllm.json").read_text())
+    return json.loads((out / "vllm.json").read_text())
 
 
 def test_agrees_with_vllm_bench_serve(vllm_server, tmp_path):
-    """p50 TTFT and TPOT within 15% of vLLM's own benchmark, same server, same load."""
-    ref = _vllm_bench(vllm_server, tmp_path, n=60, rate=2)
-    out = tmp_path / "ours"
-    trilemma("run", "--url", vllm_server["url"], "--isl", 128, "--osl", 64, "--qps", 2, "--requests", 60, "--seed", 1, "--out", out)
-    s = json.loads((only_run_dir(out) / "run.json").read_text())["summary"]["latency_ms"]
-    # vllm bench serve measures TTFT from the actual send; compare like with like
-    assert s["ttft_from_send"]["p50"] == pytest.approx(ref["median_ttft_ms"], rel=0.15)
-    assert s["tpot"]["p50"] == pytest.approx(ref["median_tpot_ms"], rel=0.15)
+    """p50 TTFT and TPOT within 15% of vLLM's own benchmark: same server, same load, like with like.
+
+    One pair of runs on the 2 shared cores can differ by ~20% from machine noise alone (vllm bench against
+    itself: TPOT p50 4.1 to 5.8 ms across three runs), so the tools alternate three times and the medians of
+    their p50s are compared. The prefix cache is reset before every run and server-metrics scraping is off
+    (vllm bench does not scrape, and each vLLM /metrics render holds its API server for ~15 ms)."""
+    url = vllm_server["url"]
+    ref_ttft, ref_tpot, ttft, tpot = [], [], [], []
+    for rep in range(3):
+        httpx.post(url + "/reset_prefix_cache", timeout=30).raise_for_status()
+        ref = _vllm_bench(vllm_server, tmp_path / f"vllm{rep}", n=60, rate=2, seed=rep + 1)
+        ref_ttft.append(ref["median_ttft_ms"])
+        ref_tpot.append(ref["median_tpot_ms"])
+        out = tmp_path / f"ours{rep}"
+        trilemma("run", "--url", url, "--isl", 128, "--osl", 64, "--qps", 2, "--requests", 60, "--seed", rep + 1,
+                 "--reset-prefix-cache", "--no-server-metrics", "--out", out)
+        s = json.loads((only_run_dir(out) / "run.json").read_text())["summary"]["latency_ms"]
+        ttft.append(s["ttft_from_send"]["p50"])  # vllm bench measures TTFT from the actual send
+        tpot.append(s["tpot"]["p50"])
+    assert statistics.median(ttft) == pytest.approx(statistics.median(ref_ttft), rel=0.15), (ttft, ref_ttft)
+    assert statistics.median(tpot) == pytest.approx(statistics.median(ref_tpot), rel=0.15), (tpot, ref_tpot)
 
 
 def test_unreachable_url_is_one_line(tmp_path):
