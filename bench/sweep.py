@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench.config import SLO, AutoSearch, RunSpec, SweepSpec, parse_amount
+from bench.metrics import send_lag_confidently_over, send_lag_limit_ms
 
 PASS, FAIL, INVALID, INCONCLUSIVE = "PASS", "FAIL", "INVALID", "INCONCLUSIVE"
 
@@ -35,10 +36,9 @@ def verdict(summary: dict, slos: list[SLO], rule: str = "percentile", target: fl
     if summary.get("n_failed", 0) / n > 0.01:
         return FAIL, f"{summary['n_failed']}/{n} requests failed"
     lag = (summary.get("latency_ms") or {}).get("send_lag") or {}
-    ttft_slo = min((s.threshold_ms for s in slos if s.metric == "ttft"), default=math.inf)
-    lag_limit = max(5.0, 0.01 * ttft_slo) if math.isfinite(ttft_slo) else 5.0
-    if lag.get("p99") is not None and lag["p99"] > lag_limit:
-        return INVALID, f"client fell behind (send lag p99 {lag['p99']:.1f} ms > {lag_limit:g} ms)"
+    lag_limit = send_lag_limit_ms(slos)
+    if send_lag_confidently_over(lag, lag_limit):
+        return INVALID, f"client fell behind (send lag p99 {lag['p99']:.1f} ms, 95% CI above {lag_limit:g} ms)"
     sat = summary.get("saturation") or {}
     if sat.get("saturated"):
         return FAIL, f"saturated: {sat['reason']}"

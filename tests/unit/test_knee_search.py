@@ -57,3 +57,22 @@ def test_knee_from_history_needs_every_repeat_to_pass():
     assert knee_from_history({1: [PASS], 2: [PASS, FAIL], 3: [PASS]}) == (1, 2)
     assert knee_from_history({1: [FAIL]}) == (None, 1)
     assert knee_from_history({1: [PASS], 2: [PASS]}) == (2, None)
+
+
+def _summary_with_lags(lags_ms) -> dict:
+    from bench.metrics import latency_stats
+
+    return {"n_measured": len(lags_ms), "n_failed": 0, "latency_ms": {"send_lag": latency_stats(lags_ms)}, "slos": []}
+
+
+def test_one_send_lag_hiccup_in_a_short_probe_is_not_an_unhealthy_client():
+    from bench.config import parse_slos
+    from bench.sweep import INVALID, verdict
+
+    slos = parse_slos("ttft_p99=500ms")
+    rng = np.random.default_rng(0)
+    short = list(rng.uniform(0.1, 0.5, 99)) + [6.5]  # p99 ~ the single largest lag
+    assert verdict(_summary_with_lags(short), slos)[0] == PASS
+    long = list(rng.uniform(0.1, 0.5, 950)) + list(rng.uniform(7, 9, 50))  # 5% of sends 7–9 ms late
+    v, why = verdict(_summary_with_lags(long), slos)
+    assert v == INVALID and "client fell behind" in why
