@@ -223,6 +223,7 @@ def sweep(
     out: Path = typer.Option(Path("results"), help="Results root; the sweep writes <out>/<name>/"),
     api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", help="API key (never stored)", show_default=False),
     url: Optional[str] = typer.Option(None, help="Override the spec's target URL"),
+    plots: bool = typer.Option(True, help="Write the knee plots when the sweep ends (`trilemma knee` or `report` can draw them later)"),
 ) -> None:
     """Run a sweep (grid or load: auto knee search); finished points are saved and skipped on rerun."""
     import os
@@ -257,7 +258,7 @@ def sweep(
     if res["status"] == "interrupted":
         con.print("stopped; run the same command again to resume (finished points are kept)")
         raise typer.Exit(130)
-    knee_cmd([res["dir"]], plots=True)
+    knee_cmd([res["dir"]], plots=plots)
 
 
 def knee_cmd(results: list[Path], plots: bool = True) -> None:

@@ -10,7 +10,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats as _st
+
+
+class _LazyScipyStats:
+    """scipy.stats, imported on first use: the import costs ~1.4 s, which every CLI command and the
+    simulator process would otherwise pay at start-up whether or not they compute an interval."""
+
+    def __getattr__(self, name):
+        from scipy import stats
+
+        return getattr(stats, name)
+
+
+_st = _LazyScipyStats()
 
 
 def percentile(x, p: float) -> float:
