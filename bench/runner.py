@@ -44,6 +44,40 @@ async def sleep_until(t_ns: int, spin: bool) -> None:
         await asyncio.sleep(0)
 
 
+class LoopStalls:
+    """Watches the client's event loop: a 20 ms sleep that wakes more than 50 ms late is a stall, during
+    which no request could be sent on time. The process's CPU time over each stall tells the two causes
+    apart: near 100% — the client itself was busy (too much work per event: lower the rate); near 0% —
+    the process was not running (other processes held the cores: move the client or the server)."""
+
+    PERIOD_S, LIMIT_MS = 0.02, 50.0
+
+    def __init__(self):
+        self.n, self.max_ms, self.total_ms, self.cpu_ms = 0, 0.0, 0.0, 0.0
+
+    async def watch(self) -> None:
+        while True:
+            t, c = perf_ns(), time.process_time_ns()
+            await asyncio.sleep(self.PERIOD_S)
+            late = (perf_ns() - t) / 1e6 - self.PERIOD_S * 1e3
+            if late > self.LIMIT_MS:
+                self.n += 1
+                self.max_ms = max(self.max_ms, late)
+                self.total_ms += late
+                self.cpu_ms += (time.process_time_ns() - c) / 1e6
+
+    def report(self) -> dict:
+        return {"over_ms": self.LIMIT_MS, "n": self.n, "max_ms": round(self.max_ms, 1), "total_ms": round(self.total_ms, 1),
+                "process_cpu_share": round(self.cpu_ms / self.total_ms, 3) if self.total_ms else None}
+
+    def warning(self) -> str:
+        share = self.cpu_ms / self.total_ms if self.total_ms else 0.0
+        cause = ("the client process was busy (lower the rate or cap --max-concurrency)" if share > 0.5 else
+                 "the client process was not running: other processes held the cores (give the client its own cores or machine)")
+        return (f"client stalls: the event loop was blocked {self.n} times for > {self.LIMIT_MS:g} ms (max {self.max_ms:.0f} ms, "
+                f"{100 * share:.0f}% process CPU during them): {cause}")
+
+
 @dataclass
 class Progress:
     sent: int = 0
@@ -259,6 +293,8 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
     gc_threshold = gc.get_threshold()
     gc.set_threshold(50_000, 50, 1000)
     ft = asyncio.ensure_future(flusher())
+    stalls = LoopStalls()
+    mon = asyncio.ensure_future(stalls.watch())
     status, error = "complete", None
     if telemetry is not None:
         await telemetry.start()
@@ -273,8 +309,9 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         doc["window_wall"]["end"] = time.time()
         if telemetry is not None:
             doc["telemetry"] = await telemetry.stop(run_dir)
+        mon.cancel()
         stop_flush.set()
-        await asyncio.gather(ft, return_exceptions=True)
+        await asyncio.gather(ft, mon, return_exceptions=True)
         await http.aclose()
         await asyncio.to_thread(writer.close)
         recs = read_records(run_dir)
@@ -282,6 +319,9 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
             doc["workload"]["clipped_to_max_model_len"] = wl.clipped
         summary = summarize(recs, spec.slos, offered_qps=spec.load.qps, mode="qps" if spec.load.qps else "concurrency",
                             expect_exact_osl=tgt.ignore_eos)
+        doc["client_health"] = {"loop_stalls": stalls.report()}
+        if stalls.n:
+            summary["warnings"].append(stalls.warning())
         if wl.clipped:
             summary["warnings"].append(f"clipped: {wl.clipped} requests were shortened to fit max_model_len={wspec.max_model_len}; "
                                        "serve a longer context or filter the trace")
