@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bench import datasets
+from bench.metrics import send_lag_confidently_over
 from tests.integration.conftest import trilemma
 
 pytestmark = pytest.mark.vllm
@@ -33,9 +34,10 @@ def test_azure_conv_replay_matches_the_trace(vllm_server, tmp_path):
     expected = np.array([(r[0] - t0) / SPEEDUP for r in window])
     got = (df["intended_ns"].to_numpy() - df["intended_ns"].min()) / 1e9
     assert np.allclose(got, expected, atol=1e-6)
-    # p50 only: on the 2-core rig the co-located vLLM's prefill bursts stall the client for seconds at p99
-    # (against the simulator the same replay keeps p99 at ~8 ms); see the README's note on co-location
-    assert doc["summary"]["latency_ms"]["send_lag"]["p50"] <= 5.0
+    # within 5 ms p99 send lag, judged like the sweep's client-health gate: not above it beyond sampling noise
+    # (measured here: p50 0.21 ms, p99 4.8 ms, 95% CI 3.6-25.8 ms, no event-loop stalls)
+    lag = doc["summary"]["latency_ms"]["send_lag"]
+    assert lag["p50"] <= 1.0 and not send_lag_confidently_over(lag, 5.0), lag
     # token counts: each request matches its trace row after the reported clipping to max_model_len
     mx = doc["workload"]["max_model_len"]
     clipped = 0
