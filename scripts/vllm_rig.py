@@ -63,18 +63,18 @@ def server_cmd(py: Path, model: Path, port: int) -> list[str]:
 
 
 def _background_priority() -> None:
-    """Own process group (so stop_server can kill the tree) in the *same* session, at nice 10.
+    """Own process group (so stop_server can kill the tree) in the *same* session, at nice 19.
 
     Same session matters: with the kernel's autogroup scheduling (on here), every session is its own CPU
     group, shared fairly with the others, and nice only ranks tasks inside a group. With the server in a
     session of its own, its threads starved the load generator: the client's event loop stood still for up
-    to 4 s (3% of its CPU used during the stalls) in the trace-replay test. nice 10 in the same session keeps
+    to 4 s (3% of its CPU used during the stalls) in the trace-replay test. nice 19 in the same session keeps
     the client ahead; on a real deployment the client has its own cores or machine."""
     try:
         os.setpgid(0, 0)
     except PermissionError:  # already a session leader (run by hand from a new session)
         pass
-    os.nice(10)
+    os.nice(19)
 
 
 def start_server(port: int | None = None, log: Path | None = None, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
