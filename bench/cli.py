@@ -101,7 +101,7 @@ def run(
     """Measure one load point against a server and write results/<run-id>/."""
     from bench.config import Arrival, LengthDist, RunSpec, parse_amount, parse_slos
     from bench.report.console import print_summary
-    from bench.runner import env_api_key, execute_run
+    from bench.runner import env_api_key
 
     w, unit = parse_amount(warmup, "--warmup")
     win = None

@@ -66,12 +66,18 @@ class LoopStalls:
                 self.total_ms += late
                 self.cpu_ms += (time.process_time_ns() - c) / 1e6
 
+    @property
+    def cpu_share(self) -> float | None:
+        """Process CPU time over stall time: ~1 busy client, ~0 client not running."""
+        return self.cpu_ms / self.total_ms if self.total_ms else None
+
     def report(self) -> dict:
+        share = self.cpu_share
         return {"over_ms": self.LIMIT_MS, "n": self.n, "max_ms": round(self.max_ms, 1), "total_ms": round(self.total_ms, 1),
-                "process_cpu_share": round(self.cpu_ms / self.total_ms, 3) if self.total_ms else None}
+                "process_cpu_share": None if share is None else round(share, 3)}
 
     def warning(self) -> str:
-        share = self.cpu_ms / self.total_ms if self.total_ms else 0.0
+        share = self.cpu_share or 0.0
         cause = ("the client process was busy (lower the rate or cap --max-concurrency)" if share > 0.5 else
                  "the client process was not running: other processes held the cores (give the client its own cores or machine)")
         return (f"client stalls: the event loop was blocked {self.n} times for > {self.LIMIT_MS:g} ms (max {self.max_ms:.0f} ms, "
@@ -304,12 +310,12 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
     except asyncio.CancelledError:
         status, error = "interrupted", "interrupted (Ctrl-C or signal); results up to that moment are saved"
     finally:
+        mon.cancel()  # the watch covers the measurement, not the shutdown work below
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
         doc["window_wall"]["end"] = time.time()
         if telemetry is not None:
             doc["telemetry"] = await telemetry.stop(run_dir)
-        mon.cancel()
         stop_flush.set()
         await asyncio.gather(ft, mon, return_exceptions=True)
         await http.aclose()

