@@ -96,10 +96,15 @@ def run(
     gpu_telemetry: str = typer.Option("auto", help="auto | off | nvml | dcgm:URL"),
     gpus: str = typer.Option("all", help="GPUs to sample (NVML): all or 0,1"),
     server_metrics: bool = typer.Option(True, help="Scrape the server's /metrics during the run"),
-    reset_prefix_cache: bool = typer.Option(False, help="Reset the server's prefix cache before the run"),
+    reset_prefix_cache: bool = typer.Option(True, help="Reset the server's prefix cache before the run (vLLM /reset_prefix_cache, "
+                                            "SGLang /flush_cache), so no earlier run's prompts are served from cache"),
+    until_decided: bool = typer.Option(False, help="With --slo and --duration: keep measuring until every SLO is decided "
+                                       "(its percentile's interval clears the threshold) or --max-duration; warmup and window "
+                                       "grow to cover several request lifetimes"),
+    max_duration: Optional[float] = typer.Option(None, help="With --until-decided: longest window in seconds (default 4x --duration, >= 120)"),
 ) -> None:
     """Measure one load point against a server and write results/<run-id>/."""
-    from bench.config import Arrival, LengthDist, RunSpec, parse_amount, parse_slos
+    from bench.config import Arrival, LengthDist, ProbeRule, RunSpec, parse_amount, parse_slos
     from bench.report.console import print_summary
     from bench.runner import env_api_key
 
@@ -123,6 +128,10 @@ def run(
         slos=parse_slos(slo), seed=seed, labels=_labels(label), reset_prefix_cache=reset_prefix_cache,
         scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
     )
+    if until_decided:
+        if not spec.slos or not duration:
+            fail("--until-decided needs --slo (what to decide) and --duration (the shortest window)")
+        spec = spec.model_copy(update={"probe": ProbeRule(min_duration_s=duration, max_duration_s=max_duration or max(4 * duration, 120.0))})
     doc = run_one(spec, out, name, env_api_key(spec, api_key), gpus)
     print_summary(doc)
     if doc["status"] == "failed":
@@ -250,9 +259,15 @@ def sweep(
             con.print(f"[dim]{el:6.0f}s   already measured: {key['mode']}={key['value']:g} ({role}) — skipped[/]")
         elif kind == "note":
             con.print(f"[dim]{el:6.0f}s   {why}[/]")
+        elif kind == "done":
+            pr = summary.get("probe") or {}
+            con.print(f"[dim]{el:6.0f}s   {summary.get('n_measured', 0)} requests measured over {summary.get('window_s', 0):.1f} s "
+                      f"after {pr.get('warmup_s') or 0:.1f} s warmup; stopped: {pr.get('stopped', '?')}"
+                      f"{' — ' + pr['why'] if pr.get('why') else ''}[/]")
         elif kind == "verdict":
-            col = "green" if verdict == "PASS" else "red"
-            con.print(f"[dim]{el:6.0f}s[/]   [{col}]{verdict}[/] {key['mode']}={key['value']:.3g}: {why}")
+            col = {"PASS": "green", "FAIL": "red"}.get(verdict, "yellow")
+            label = "UNDECIDED" if verdict == "INCONCLUSIVE" else verdict
+            con.print(f"[dim]{el:6.0f}s[/]   [{col}]{label}[/] {key['mode']}={key['value']:.3g}: {why}")
     res = SweepRunner(spec, out, key, event).run()
     con.print(f"sweep {spec.name}: {res['status']} — {res['measured']} points measured, {res['skipped']} reused from disk — {res['dir']}")
     if res["status"] == "interrupted":

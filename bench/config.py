@@ -271,6 +271,43 @@ class LoadSpec(BaseModel):
         return f"qps{self.qps:g}" if self.qps is not None else f"conc{self.concurrency}"
 
 
+class ProbeRule(BaseModel):
+    """How long one load point runs, decided by the data (METHODS §2-3).
+
+    Warmup: at least `warmup_lifetimes` request lifetimes (E2E p50, watched while it runs) before the
+    window opens. Window: at least `min_duration_s` and `window_lifetimes` lifetimes. With `sequential`,
+    the probe then looks at its data at growing intervals (×`look_growth`) and stops as soon as every SLO's
+    percentile interval lies on one side of its threshold and steady state is shown — or at once when an
+    SLO fails decisively or the queue grows (early abort) — else at `max_duration_s`/`max_requests`,
+    undecided. The 5% error of the verdict is spent over the planned looks (stats.look_confidence)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_duration_s: float = Field(20.0, gt=0)
+    max_duration_s: float = Field(120.0, gt=0)
+    max_requests: int | None = Field(None, ge=1)
+    warmup_lifetimes: float = Field(2.0, ge=0)
+    window_lifetimes: float = Field(3.0, ge=0)
+    sequential: bool = True
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    look_growth: float = Field(1.5, gt=1)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError(f"max_duration_s ({self.max_duration_s:g}) must be >= min_duration_s ({self.min_duration_s:g})")
+        return self
+
+    def looks(self) -> int:
+        from bench.stats import planned_looks
+
+        return planned_looks(self.min_duration_s, self.max_duration_s, self.look_growth) if self.sequential else 1
+
+    def look_confidence(self) -> float:
+        from bench.stats import look_confidence
+
+        return look_confidence(self.confidence, self.looks())
+
+
 class RunSpec(BaseModel):
     """Everything that defines one load point. Stored verbatim in run.json (minus secrets)."""
 
@@ -281,9 +318,10 @@ class RunSpec(BaseModel):
     slos: list[SLO] = []
     seed: int = 0
     labels: dict[str, str] = {}
-    reset_prefix_cache: bool = False
+    reset_prefix_cache: bool = True  # vLLM /reset_prefix_cache, SGLang /flush_cache, where the server offers it
     scrape_metrics: bool = True
     gpu_telemetry: str = "auto"  # auto | off | nvml | dcgm:URL
+    probe: ProbeRule | None = None  # sequential load point (sweeps); None: exactly --duration/--requests
 
 
 def validation_message(e: ValidationError, prefix: str = "") -> str:
@@ -409,9 +447,11 @@ class SweepSpec(BaseModel):
     repeats: int = Field(1, ge=1)
     seed: int = 0
     labels: dict[str, str] = {}
-    reset_prefix_cache: bool = False
+    reset_prefix_cache: bool = True
     gpu_telemetry: str = "auto"
     gpus: str = "all"
+    # sequential probes (duration_s is their minimum window); sequential defaults to on for load: auto
+    probe: dict = {}
     max_model_len: int | None = None
 
     @field_validator("load", mode="before")
@@ -449,7 +489,21 @@ class SweepSpec(BaseModel):
         if self.load.auto is not None and not self.slos:
             raise ValueError("load: auto searches for the SLO knee; give slos (e.g. ttft_p99: 500ms)")
         parse_amount(self.warmup, "warmup")
+        self.probe_rule()  # validate now, naming the field
         return self
+
+    def probe_rule(self) -> ProbeRule | None:
+        """The probe rule of a time-based sweep (None for `requests:` sweeps: a fixed count per point)."""
+        if self.requests is not None and self.duration_s is None:
+            return None
+        d = dict(self.probe)
+        d.setdefault("min_duration_s", self.duration_s)
+        d.setdefault("max_duration_s", max(4 * d["min_duration_s"], 120.0))
+        d.setdefault("sequential", self.load.auto is not None and bool(self.slos))
+        try:
+            return ProbeRule(**d)
+        except ValidationError as e:
+            raise ValueError(f"probe.{validation_message(e)}") from None
 
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:

@@ -61,6 +61,11 @@ def point_row(run_dir: Path, doc: dict) -> dict:
         "n_failed": s.get("n_failed"), "saturated": (s.get("saturation") or {}).get("saturated"),
         "energy_j": e.get("energy_j"), "j_per_output_token": e.get("j_per_output_token"), "j_per_token": e.get("j_per_token"),
         "avg_power_w": e.get("avg_power_w"), "energy_source": e.get("source"),
+        "window_s": s.get("window_s"), "warmup_s": (s.get("probe") or {}).get("warmup_s"), "stopped": (s.get("probe") or {}).get("stopped"),
+        "window_lifetimes": (s.get("steady_state") or {}).get("window_lifetimes"),
+        "keep_up_ratio": ((s.get("steady_state") or {}).get("keep_up") or {}).get("ratio"),
+        "prefix_hit_rate": (s.get("prefix_cache") or {}).get("hit_rate"),
+        "throughput_estimator": (s.get("throughput") or {}).get("estimator"),
         "api": (spec.get("target") or {}).get("api"), "harness": (doc.get("harness") or {}).get("version"),
         "slos": [str(SLO(**x)) for x in spec.get("slos", [])], "_summary": s, "_slos": [SLO(**x) for x in spec.get("slos", [])],
         "_attainment": (doc.get("sweep_attainment") or {}),
@@ -88,30 +93,32 @@ def load_points(paths: list[str | Path]) -> pd.DataFrame:
             rules[Path(p).name] = (att.get("rule", "percentile"), att.get("target", 0.99))
     verdicts = [verdict(summ, slos, *rules.get(sw, ("percentile", 0.99))) if slos else ("PASS", "no SLOs")
                 for summ, slos, sw in zip(df["_summary"], df["_slos"], df["sweep"])]
-    df["verdict"] = [v if v in ("PASS", "FAIL") else ("PASS" if v == "INCONCLUSIVE" else "FAIL") for v, _ in verdicts]
+    # undecided (and client-unhealthy) points are neither PASS nor FAIL: never the knee, never its bound
+    df["verdict"] = [v if v in ("PASS", "FAIL") else "UNDECIDED" for v, _ in verdicts]
     df["why"] = [w for _, w in verdicts]
     df["binding_slo"] = [binding_slo(s) for s in df["_summary"]]
     return df
 
 
 def knee_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (sweep, cell, mode): the knee and what the server delivers there."""
+    """Per (sweep, cell, mode): the knee, its bracket and the evidence behind it, and what the server
+    delivers there. knee = highest load with a PASS and no FAIL, below the lowest load with a FAIL
+    (bracket_hi); undecided loads in between are listed — the knee's real uncertainty."""
     out = []
     for (sweep, cell, mode), g in df[df["role"] != "baseline"].groupby(["sweep", "cell", "mode"], sort=False):
-        by_load = g.groupby("load")["verdict"].apply(lambda v: all(x == PASS for x in v)).sort_index()
-        knee, above = None, None
-        for load, ok in by_load.items():
-            if ok:
-                knee = load
-            else:
-                above = load
-                break
+        by_load = g.groupby("load")["verdict"].agg(list).sort_index()
+        above = next((x for x, v in by_load.items() if "FAIL" in v), None)
+        passing = [x for x, v in by_load.items() if (above is None or x < above) and "PASS" in v]
+        knee = max(passing) if passing else None
+        undecided = [x for x, v in by_load.items() if (knee is None or x > knee) and (above is None or x < above)]
         row = {"sweep": sweep, "cell": cell, "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],
-               "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0])}
+               "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0]),
+               "undecided_loads": ", ".join(f"{x:g}" for x in undecided)}
+        und = f"; undecided between: {row['undecided_loads']} {mode}" if undecided else ""
         if knee is None:
             first = g.sort_values("load").iloc[0]
-            row.update(feasible=False, knee=None, bracket_hi=by_load.index.min(),
-                       note=f"no tested load met the SLO (lowest, {first['load']:g} {mode}: {first['why']})")
+            row.update(feasible=False, knee=None, bracket_hi=above,
+                       note=(f"no tested load was decided PASS (lowest, {first['load']:g} {mode}: {first['why']}){und}"))
             out.append(row)
             continue
         k = g[(g["load"] == knee) & (g["verdict"] == PASS)].sort_values("n_measured").iloc[-1]
@@ -121,8 +128,10 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                    interactivity=k["interactivity"], ttft_p99=k["ttft_p99"], itl_p99=k["itl_p99"], tpot_p50=k["tpot_p50"],
                    attainment=k["attainment"], attainment_lo=k["attainment_lo"], attainment_hi=k["attainment_hi"],
                    j_per_output_token=k["j_per_output_token"], j_per_token=k["j_per_token"], avg_power_w=k["avg_power_w"],
-                   energy_source=k["energy_source"], knee_run_dir=k["run_dir"],
-                   note="" if above is not None else "every tested load passed: the knee is above the highest load tested")
+                   energy_source=k["energy_source"], knee_run_dir=k["run_dir"], knee_samples=k["n_measured"],
+                   knee_window_s=k["window_s"], knee_warmup_s=k["warmup_s"], knee_window_lifetimes=k["window_lifetimes"],
+                   knee_keep_up=k["keep_up_ratio"], knee_prefix_hit_rate=k["prefix_hit_rate"], knee_evidence=k["why"],
+                   note=("" if above is not None else "every tested load passed: the knee is above the highest load tested") + und)
         out.append(row)
     return pd.DataFrame(out)
 

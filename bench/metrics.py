@@ -68,12 +68,9 @@ def interactivity(tpot: float) -> float:
 
 
 def measurement_window_ns(recs: list[RequestRecord]) -> tuple[int, int, str]:
-    """The steady-state window: [first, last] intended send of measured (non-warmup) requests, when that
-    spans >= 1 s ("send"); else [first intended send, last end] ("full", includes the drain).
-
-    Throughput counts what *happens* inside the window — tokens by chunk arrival time, requests by
-    completion time, from any request — so neither ramp-up nor the drain after the last send dilutes it
-    (a closed loop's drain, with the batch emptying, would read ~15-20% low)."""
+    """Fallback window for results that do not record one (runs before the runner stored its window):
+    [first, last] intended send of measured requests ("send"), or [first send, last end] ("full") when
+    the sends span under 1 s."""
     m = [r for r in recs if not r.warmup]
     if not m:
         return 0, 0, "none"
@@ -84,13 +81,93 @@ def measurement_window_ns(recs: list[RequestRecord]) -> tuple[int, int, str]:
 
 
 def window_throughput(recs: list[RequestRecord], t0: int, t1: int) -> dict:
-    """Requests completed, output tokens arrived, and prompt tokens of requests whose first token
-    arrived, inside [t0, t1) — successful requests only. Rates are these counts / (t1 − t0)."""
+    """Departures: requests completed, output tokens arrived, and prompt tokens of requests whose first
+    token arrived, inside [t0, t1) — successful requests, warmup ones included (work done in the window).
+    Rates are these counts / (t1 − t0): the server's completion rate, right past saturation."""
     ok = [r for r in recs if r.ok]
     done = sum(1 for r in ok if t0 <= r.end_ns < t1)
     out_tok = sum(k for r in ok for t, k in zip(r.chunk_ns, r.chunk_tokens) if t0 <= t < t1)
     in_tok = sum((r.prompt_tokens if r.prompt_tokens >= 0 else r.isl) for r in ok if r.chunk_ns and t0 <= r.chunk_ns[0] < t1)
     return {"requests": done, "output_tokens": out_tok, "input_tokens": in_tok}
+
+
+def arrival_throughput(m: list[RequestRecord]) -> dict:
+    """Arrivals: the requests sent in the window that completed, with their tokens. Divided by the
+    window this is the delivered rate of a stable server for any window length — every request sent
+    in the window is drained, so no lifetime is cut at either edge."""
+    ok = [r for r in m if r.ok]
+    return {"requests": len(ok), "output_tokens": sum(max(0, r.output_tokens) for r in ok),
+            "input_tokens": sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)}
+
+
+def in_flight_timeline(starts, ends, t0: int, t1: int, points: int = 240) -> tuple[np.ndarray, np.ndarray]:
+    """Requests in flight (sent, not yet ended; end 0 = still in flight) at `points` instants over [t0, t1]."""
+    st = np.sort(np.asarray(starts, dtype=np.int64))
+    en = np.asarray(ends, dtype=np.int64)
+    en = np.sort(np.where(en > 0, en, np.iinfo(np.int64).max))
+    t = np.linspace(t0, t1, points).astype(np.int64)
+    return t, np.searchsorted(st, t, side="right") - np.searchsorted(en, t, side="right")
+
+
+def steady_state(starts, ends, measured, t0: int, t1: int, mode: str, lifetimes_needed: float = 3.0, conf: float = 0.95) -> dict:
+    """Is the probe in steady state, and is the server keeping up (METHODS §3)? Inputs are arrays over
+    every request sent (warmup included): intended send ns, end ns (0 = still in flight at t1, or
+    cancelled), and whether it is measured (sent inside [t0, t1)).
+
+    lifetime L = median over measured requests of (end, or t1 if still in flight) − send: a lower bound
+    while requests are in flight. Keep-up: completions in [t0 + L, t1) against arrivals in [t0, t1 − L) —
+    departures lag arrivals by a lifetime, so this compares like with like whatever the warmup was;
+    saturated when the ratio's interval lies below 0.95. Queue growth: requests in flight over the window
+    (from 1.5 L after the first send, so the ramp-up is left out), by block means (stats.block_trend);
+    saturated when rising at p < 0.01 by more than max(2 residual SD, 20% of the mean, 2 requests).
+    Steady = not saturated and the window spans >= `lifetimes_needed` L."""
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    measured = np.asarray(measured, dtype=bool)
+    out: dict = {"lifetime_s": None, "window_lifetimes": None, "keep_up": None, "in_flight": None,
+                 "saturated": False, "steady": False, "reason": ""}
+    span_s = (t1 - t0) / 1e9
+    if not measured.any() or span_s <= 0:
+        out["reason"] = "no requests in the window"
+        return out
+    life = (np.where(ends[measured] > 0, ends[measured], t1) - starts[measured]) / 1e9
+    lifetime = float(np.median(np.maximum(life, 0)))
+    out["lifetime_s"] = lifetime
+    out["window_lifetimes"] = span_s / lifetime if lifetime > 0 else math.inf
+    reasons = []
+    if mode == "qps":
+        lt_ns = int(lifetime * 1e9)
+        if t1 - t0 > 2 * lt_ns:
+            a = int(((starts >= t0) & (starts < t1 - lt_ns) & measured).sum())
+            d = int(((ends >= t0 + lt_ns) & (ends < t1)).sum())
+            ratio, lo, hi = stats.rate_ratio_interval(d, a, conf)
+            out["keep_up"] = {"arrivals": a, "completions": d, "ratio": ratio, "ci": [lo, hi]}
+            if a and hi < 0.95:
+                reasons.append(f"completions {d} vs arrivals {a} over the window (ratio {ratio:.2f}, 95% CI {lo:.2f}-{hi:.2f}): "
+                               "the server is not keeping up")
+        ts = max(t0, int(starts.min()) + int(1.5 * lt_ns))
+        if t1 - ts > 2 * lt_ns and t1 - ts >= 1_000_000_000:
+            t, n = in_flight_timeline(starts, ends, ts, t1)
+            tr = stats.block_trend(t / 1e9, n, ts / 1e9, t1 / 1e9)
+            out["in_flight"] = {k: tr[k] for k in ("slope", "p_rising", "rise", "resid_sd", "mean")}
+            if tr["p_rising"] < 0.01 and tr["rise"] > max(2 * tr["resid_sd"], 0.2 * tr["mean"], 2.0):
+                reasons.append(f"requests in flight rose by {tr['rise']:.0f} (mean {tr['mean']:.0f}) over the window: the queue is growing")
+    if reasons:
+        out.update(saturated=True, reason="; ".join(reasons))
+    elif out["window_lifetimes"] < lifetimes_needed:
+        out["reason"] = (f"window {span_s:.1f} s is {out['window_lifetimes']:.1f} request lifetimes (E2E p50 {lifetime:.2f} s); "
+                         f"steady state needs >= {lifetimes_needed:g}")
+    else:
+        out["steady"] = True
+    return out
+
+
+def record_arrays(recs: list[RequestRecord], m_ids: set[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intended send, end — 0 for cancelled —, measured?) over every record, for steady_state."""
+    starts = np.fromiter((r.intended_ns for r in recs), np.int64, len(recs))
+    ends = np.fromiter((0 if r.error_kind == "cancelled" else r.end_ns for r in recs), np.int64, len(recs))
+    meas = np.fromiter((id(r) in m_ids for r in recs), bool, len(recs))
+    return starts, ends, meas
 
 
 def request_meets(r: RequestRecord, slos: list[SLO]) -> bool:
@@ -137,52 +214,85 @@ def metric_values(recs: list[RequestRecord], metric: str) -> list[float]:
 
 
 def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offered_qps: float | None = None,
-              mode: str = "qps", expect_exact_osl: bool = True) -> dict:
-    """Point summary over measured (non-warmup) requests. Throughputs use the measurement window."""
+              mode: str = "qps", expect_exact_osl: bool = True, window_ns: tuple[int, int] | None = None,
+              conf: float = 0.95, lifetimes_needed: float = 3.0, aborted: bool = False) -> dict:
+    """Point summary over the measured requests: those sent inside the measurement window (the runner
+    records it: [end of warmup, end of sending)), cancelled ones left out. `conf` is the confidence of
+    each SLO decision (a sequential probe spends its 5% over its looks, see stats.look_confidence).
+
+    Throughput: the requests sent in the window that completed (and their tokens) per second of window
+    ("arrivals") while the server keeps up — unbiased for any window length; the completion rate inside
+    the window ("departures") once it does not (saturated), where arrivals would overstate it."""
     slos = slos or []
-    m = [r for r in recs if not r.warmup and r.error_kind != "cancelled"]
+    if window_ns is None:
+        t0, t1, kind = measurement_window_ns(recs)
+    else:
+        (t0, t1), kind = window_ns, "schedule"
+    m = [r for r in recs if not r.warmup and r.error_kind != "cancelled" and (kind != "schedule" or t0 <= r.intended_ns < t1)]
     ok = [r for r in m if r.ok]
-    t0, t1, kind = measurement_window_ns(recs)
     window_s = (t1 - t0) / 1e9 if t1 > t0 else math.nan
     out_tok = sum(r.output_tokens for r in ok)
     in_tok = sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)
-    w = window_throughput(recs, t0, t1) if kind == "send" else {"requests": len(ok), "output_tokens": out_tok, "input_tokens": in_tok}
+    dep = window_throughput(recs, t0, t1) if kind in ("send", "schedule") else {"requests": len(ok), "output_tokens": out_tok,
+                                                                                "input_tokens": in_tok}
+    arr = arrival_throughput(m)
+    if kind == "send" and len(m) > 1:  # window = first..last send: n sends span n − 1 gaps
+        scale = (len(m) - 1) / len(m)
+        arr = {k: v * scale for k, v in arr.items()}
     full_s = (max(r.end_ns for r in m) - t0) / 1e9 if m else math.nan
+    ss = (steady_state(*record_arrays(recs, {id(r) for r in m}), t0, t1, mode, lifetimes_needed) if window_s > 0 and recs
+          else {"saturated": False, "steady": False, "reason": "empty window"})
+
+    def rates(c: dict) -> dict:
+        return {"request_throughput": c["requests"] / window_s if window_s > 0 else math.nan,
+                "output_tps": c["output_tokens"] / window_s if window_s > 0 else math.nan,
+                "input_tps": c["input_tokens"] / window_s if window_s > 0 else math.nan,
+                "total_tps": (c["input_tokens"] + c["output_tokens"]) / window_s if window_s > 0 else math.nan}
+
+    estimator = "departures" if ss.get("saturated") or aborted else "arrivals"
+    chosen = rates(dep if estimator == "departures" else arr)
     s: dict = {
         "n_total": len(recs),
-        "n_warmup": len(recs) - len(m),
+        "n_warmup": sum(1 for r in recs if r.warmup),
         "n_measured": len(m),
         "n_ok": len(ok),
         "n_failed": len(m) - len(ok),
+        "n_cancelled": sum(1 for r in recs if r.error_kind == "cancelled"),
         "errors": dict(Counter(r.error_kind or "empty" for r in m if not r.ok)),
         "window_s": window_s,
         "window_kind": kind,
+        "window_ns": [t0, t1],
         "offered_qps": offered_qps,
         "mode": mode,
-        "request_throughput": w["requests"] / window_s if window_s > 0 else math.nan,
-        "output_tps": w["output_tokens"] / window_s if window_s > 0 else math.nan,
-        "input_tps": w["input_tokens"] / window_s if window_s > 0 else math.nan,
-        "total_tps": (w["input_tokens"] + w["output_tokens"]) / window_s if window_s > 0 else math.nan,
+        **chosen,
+        "throughput": {"estimator": estimator, "arrivals": rates(arr), "departures": rates(dep)},
         # vLLM bench serve's definition (all measured requests / first send → last end), for comparison
         "output_tps_incl_drain": out_tok / full_s if full_s > 0 else math.nan,
         "duration_incl_drain_s": full_s,
         "output_tokens": out_tok,
         "input_tokens": in_tok,
+        "window_tokens": {"output": dep["output_tokens"], "input": dep["input_tokens"]},
     }
     sends = sorted(r.intended_ns for r in m)
-    s["achieved_send_qps"] = (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else math.nan
+    s["achieved_send_qps"] = (len(sends) / window_s if kind == "schedule" and window_s > 0 else
+                              (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else math.nan)
     lat = {k: latency_stats(metric_values(m, k)) for k in ("ttft", "ttft_from_send", "tpot", "itl", "e2e")}
     lat["send_lag"] = latency_stats([send_lag_ms(r) for r in m if r.sent_ns])
     s["latency_ms"] = lat
     s["interactivity_p50"] = interactivity(lat["tpot"]["p50"])
-    # Little's law: mean in-flight = total time in system / window
-    s["mean_in_flight"] = sum(e2e_ms(r) for r in ok) / 1e3 / full_s if full_s > 0 else math.nan
+    if window_s > 0 and recs:
+        st, en, _ = record_arrays(recs, set())
+        _, nf = in_flight_timeline(st, en, t0, t1)
+        s["mean_in_flight"] = float(nf.mean())
+    else:
+        s["mean_in_flight"] = math.nan
     good = [r for r in m if request_meets(r, slos)] if slos else ok
-    s["goodput_rps"] = len(good) / full_s if full_s > 0 else math.nan
+    s["goodput_rps"] = len(good) / window_s if window_s > 0 else math.nan
     s["attainment"] = len(good) / len(m) if m else math.nan
-    s["attainment_ci"] = list(stats.clopper_pearson(len(good), len(m)))
-    s["slos"] = [slo_verdict(m, slo) for slo in slos]
+    s["attainment_ci"] = list(stats.clopper_pearson(len(good), len(m), conf))
+    s["slos"] = [slo_verdict(m, slo, t0, t1, conf) for slo in slos]
     s["slo_met"] = all(v["met"] for v in s["slos"]) if slos else None
+    s["slo_confidence"] = conf
     turns = sorted({r.turn for r in m if r.turn >= 0})
     if turns:  # multi-turn datasets: latency per turn
         s["per_turn"] = {str(t): {"n": sum(1 for r in m if r.turn == t),
@@ -190,26 +300,60 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
                                   "prompt_tokens_mean": float(np.mean([r.prompt_tokens for r in m if r.turn == t and r.prompt_tokens >= 0] or [math.nan]))}
                          for t in turns}
     s["token_mismatch"] = token_mismatches(m, expect_exact_osl)
-    s["saturation"] = saturation(m, mode)
+    s["steady_state"] = ss
+    s["saturation"] = {"saturated": bool(ss.get("saturated")), "reason": ss.get("reason", "") if ss.get("saturated") else "",
+                       "completed_fraction": len(ok) / len(m) if m else None}
     s["warnings"] = warnings_for(s, m, slos)
     return s
 
 
-def slo_verdict(m: list[RequestRecord], slo: SLO) -> dict:
-    """Aggregate check: the SLO metric's percentile over measured requests ≤ threshold. Failed requests
-    count as infinitely slow (they can only hurt the percentile)."""
+def over_samples(r: RequestRecord, slo: SLO) -> tuple[list[int], list[bool]]:
+    """The samples one request adds to an SLO's test: (time ns, over the threshold?). TTFT, TPOT and E2E
+    give one per request at its intended send (a failed request counts as over: infinitely slow); ITL
+    gives one per token gap at its arrival (a failed request's gaps so far)."""
+    if slo.metric == "itl":
+        g = itl_ms(r)
+        if not g:
+            return [], []
+        ts = [t for i in range(1, len(r.chunk_ns)) for t in [r.chunk_ns[i]] * max(1, r.chunk_tokens[i])]
+        return ts, [x > slo.threshold_ms for x in g]
+    if not r.ok:
+        return [r.intended_ns], [True]
+    v = {"ttft": ttft_ms, "tpot": tpot_ms, "e2e": e2e_ms}[slo.metric](r)
+    if math.isnan(v):
+        return [], []
+    return [r.intended_ns], [v > slo.threshold_ms]
+
+
+def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int | None = None, conf: float = 0.95) -> dict:
+    """One SLO over the measured requests: the percentile's point value (failed requests count as
+    infinitely slow, so it reads inf once they reach the tail), and the decision — 'pass' / 'fail' /
+    'undecided' — from the exceedance count and its interval (stats.percentile_decision)."""
     vals = metric_values(m, slo.metric)
     n_fail = sum(1 for r in m if not r.ok)
     if slo.metric != "itl":
         vals = vals + [math.inf] * n_fail
-    v = stats.percentile([min(x, 1e30) for x in vals], slo.pct) if vals else math.nan
-    v = math.inf if v >= 1e29 else v
+    v = float(np.percentile(np.asarray(vals, dtype=np.float64), slo.pct, method="linear")) if vals else math.nan
+    if math.isnan(v) and vals:  # inf − inf in the interpolation: the percentile sits among the failures
+        v = math.inf
+    ts: list[int] = []
+    over: list[bool] = []
+    for r in m:
+        t, o = over_samples(r, slo)
+        ts += t
+        over += o
+    if t0 is None or t1 is None or t1 <= t0:
+        t0, t1 = (min(ts), max(ts) + 1) if ts else (0, 1)
+    n_b, k_b = stats.block_counts(np.asarray(ts, dtype=np.float64) / 1e9, over, t0 / 1e9, t1 / 1e9)
+    decision, iv = stats.percentile_decision(n_b, k_b, slo.pct, conf)
     within = sum(1 for x in vals if x <= slo.threshold_ms)
     return {
         "slo": slo.name,
         "threshold_ms": slo.threshold_ms,
         "value_ms": v,
         "met": bool(v <= slo.threshold_ms),
+        "decision": decision,
+        "exceed": iv,
         "fraction_within": within / len(vals) if vals else math.nan,
         "n": len(vals),
     }
@@ -257,13 +401,16 @@ def warnings_for(s: dict, m: list[RequestRecord], slos: list[SLO]) -> list[str]:
         kinds = ", ".join(f"{k}={v}" for k, v in s["errors"].items())
         w.append(f"error rate: {s['n_failed']}/{s['n_measured']} requests failed ({kinds}); check the server log by response id, "
                  "lower the load, or raise --timeout")
-    pcts = sorted({x.pct for x in slos} | {99.0})
-    for p in pcts:
-        need = stats.min_samples_for_percentile(p)
-        if s["n_ok"] < need:
-            w.append(f"too few samples: {s['n_ok']} requests cannot bound p{p:g} (need >= {need} for a 95% upper bound); "
-                     "raise --duration or --requests")
-            break
+    undecided = [v for v in s.get("slos", []) if v.get("decision") == "undecided"]
+    if undecided:
+        v = undecided[0]
+        iv = v["exceed"]
+        w.append(f"too few samples: {v['slo']} is undecided — {iv['k']} of {iv['n']} samples over {v['threshold_ms']:g} ms "
+                 f"(exceedance 95% CI {100 * iv['lo']:.2f}-{100 * iv['hi']:.2f}%, limit {100 - float(v['slo'].split('_p')[1]):g}%); "
+                 "raise --duration or --requests")
+    elif not slos and s["n_ok"] < stats.min_samples_for_percentile(99):
+        w.append(f"too few samples: {s['n_ok']} requests cannot bound p99 (need >= {stats.min_samples_for_percentile(99)}); "
+                 "raise --duration or --requests")
     tm = s["token_mismatch"]
     if tm["prompt"] or tm["output"] or tm["prompt_vs_requested"]:
         w.append(f"token-count mismatch: {tm['prompt_vs_requested']} prompts differ from the requested ISL, {tm['output']} outputs from the requested OSL; "
@@ -271,29 +418,11 @@ def warnings_for(s: dict, m: list[RequestRecord], slos: list[SLO]) -> list[str]:
     if tm["client_counted"]:
         w.append(f"client-counted tokens: {tm['client_counted']} requests had no streamed usage; token counts are client estimates — "
                  "use a server that supports stream_options.include_usage/continuous_usage_stats")
-    sat = s.get("saturation") or {}
-    if sat.get("saturated"):
-        w.append(f"unstable run: {sat['reason']} — the server is past its capacity at this load; "
+    ss = s.get("steady_state") or {}
+    if ss.get("saturated"):
+        w.append(f"unstable run: {ss['reason']} — the server is past its capacity at this load; "
                  "lower --qps/--concurrency (or find the knee with `trilemma sweep` and load: auto)")
+    elif ss.get("reason"):
+        w.append(f"not steady: {ss['reason']}; latencies and rates may not hold for a longer run — raise --duration and --warmup")
     return w
 
-
-def saturation(m: list[RequestRecord], mode: str) -> dict:
-    """Saturation signals over the measured window (METHODS.md §3): a waiting queue that grows shows as
-    TTFT rising with send time (least-squares slope, p < 0.01, and a rise over the window larger than
-    max(50% of median TTFT, 20 ms)); or fewer than 95% of requests completing."""
-    ok = sorted((r for r in m if r.ok and r.chunk_ns), key=lambda r: r.intended_ns)
-    out = {"saturated": False, "reason": "", "ttft_slope_ms_per_s": None, "completed_fraction": None}
-    if m:
-        out["completed_fraction"] = len(ok) / len(m)
-        if len(m) >= 20 and out["completed_fraction"] < 0.95:
-            out.update(saturated=True, reason=f"only {100 * out['completed_fraction']:.0f}% of requests completed")
-    if len(ok) >= 20 and mode == "qps":
-        t = [(r.intended_ns - ok[0].intended_ns) / 1e9 for r in ok]
-        y = [ttft_ms(r) for r in ok]
-        slope, pval = stats.trend_slope(t, y)
-        rise = slope * (t[-1] - t[0])
-        out["ttft_slope_ms_per_s"] = slope
-        if pval < 0.01 and rise > max(0.5 * stats.percentile(y, 50), 20.0):
-            out.update(saturated=True, reason=f"TTFT rose {rise:.0f} ms over the window (queue growing)")
-    return out

@@ -17,6 +17,7 @@ from typing import Callable
 
 from bench import client as cl
 from bench.config import RunSpec, SpecError
+from bench.probe import ProbeMonitor
 from bench.records import IncrementalWriter, RequestRecord, read_records
 from bench.workload import PromptBuilder, WorkItem, Workload, make_tokenizer
 
@@ -95,30 +96,39 @@ class Progress:
 
 
 async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, prepare: Callable[[WorkItem], cl.Prepared],
-                writer: IncrementalWriter, progress: Progress, stop: asyncio.Event | None = None) -> None:
-    """Run the load point. Records go to `writer` as each request ends."""
+                writer: IncrementalWriter, progress: Progress, stop: asyncio.Event | None = None,
+                monitor: ProbeMonitor | None = None) -> ProbeMonitor:
+    """Run the load point. Records go to `writer` as each request ends. The monitor (probe.py) decides
+    when warmup and the window end; without a probe rule that is the fixed --warmup and --duration."""
     from bench import schedule
 
     load = spec.load
     warm_s = load.warmup if load.warmup_unit == "s" else 0.0
     warm_n = int(load.warmup) if load.warmup_unit == "r" else 0
-    dur_ns = int((load.duration_s + warm_s) * 1e9) if load.duration_s else None
+    mode = "qps" if (load.qps is not None or load.replay) else "concurrency"
+    mon = monitor or ProbeMonitor(spec.probe, spec.slos, mode, warm_s, warm_n, load.duration_s if not spec.probe else None)
+    if spec.probe is not None:  # the schedule runs to the rule's maximum; the monitor ends it sooner
+        dur_ns = int((warm_s + spec.probe.max_duration_s * 1.5 + 1) * 1e9)
+    else:
+        dur_ns = int((load.duration_s + warm_s) * 1e9) if load.duration_s else None
     n_req = (load.requests + warm_n) if load.requests else None
     tasks: set[asyncio.Task] = set()
     sem = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
     t0 = perf_ns() + LEAD_NS
+    mon.begin(t0)
     progress.started_ns = t0
     if dur_ns:
         progress.end_ns_planned = t0 + dur_ns
 
-    def is_warm(i: int, off_ns: int) -> bool:
-        return i < warm_n or off_ns < warm_s * 1e9
+    def stopped(t_ns: int) -> bool:
+        return (stop is not None and stop.is_set()) or (mon.stop_at is not None and t_ns >= mon.stop_at)
 
     async def one(it: WorkItem, intended: int, prepared: cl.Prepared, warm: bool, history: list | None = None) -> None:
         rec = RequestRecord(index=it.index, intended_ns=intended, warmup=warm, isl=it.isl, osl=it.osl,
                             prefix_group=it.prefix_group, source=it.source, conversation=it.conversation, turn=it.turn)
         rec.prompt_tokens_local = it.isl if wl.builder is not None else -1
         progress.sent += 1
+        slot = mon.started(rec)
         try:
             if sem is not None:
                 async with sem:
@@ -128,15 +138,17 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
         except asyncio.CancelledError:
             rec.end_ns = perf_ns()
             rec.error_kind, rec.error, rec.ok = "cancelled", "run interrupted before the response ended", False
+            mon.finished(slot, rec)
             writer.add(rec)
             raise
+        mon.finished(slot, rec)
         progress.done += 1
         progress.failed += not rec.ok
         answer = rec.output_text
         if not it.followups:
             rec.output_text = ""  # kept only where it becomes the next turn's history
         writer.add(rec)
-        if it.followups and rec.ok:  # multi-turn: next turn right after this one, with the real answer
+        if it.followups and rec.ok and not mon.aborted:  # multi-turn: next turn right after this one, with the real answer
             await next_turn(it, answer, warm)
 
     async def next_turn(it: WorkItem, answer: str, warm: bool) -> None:
@@ -155,6 +167,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
         tasks.add(t)
         t.add_done_callback(tasks.discard)
 
+    watch = asyncio.ensure_future(mon.watch())
     try:
         if load.qps is not None or load.replay:
             # open loop: absolute schedule from the seed (or the trace's own offsets)
@@ -163,45 +176,63 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
             else:
                 offsets = schedule.open_loop_offsets_ns(load.arrival, load.qps, spec.seed, duration_s=dur_ns / 1e9 if dur_ns else None,
                                                         count=n_req).tolist()
-            progress.planned = len(offsets)
+            progress.planned = len(offsets) if spec.probe is None else None
             rate = load.qps or (len(offsets) / max(1e-9, (offsets[-1] - offsets[0]) / 1e9) if len(offsets) > 1 else 1.0)
             spin = rate <= 400
             for i, off in enumerate(offsets):
-                if stop is not None and stop.is_set():
+                target = t0 + off
+                if stopped(target):
                     break
                 it = items_hint[i] if i < len(items_hint) else wl.item(i)
                 prepared = prepare(it)
-                target = t0 + off
                 await sleep_until(target, spin)
-                spawn(one(it, target, prepared, is_warm(i, off)))
+                if stopped(target):
+                    break
+                spawn(one(it, target, prepared, mon.is_warm(i, target)))
         else:
             progress.planned = n_req
             counter = iter(range(10**12))
 
             async def worker() -> None:
                 while True:
-                    if stop is not None and stop.is_set():
-                        return
                     i = next(counter)
                     if n_req is not None and i >= n_req:
                         return
                     now = perf_ns()
-                    if dur_ns is not None and now - t0 >= dur_ns:
+                    if stopped(now) or (dur_ns is not None and now - t0 >= dur_ns):
                         return
                     it = items_hint[i] if i < len(items_hint) else wl.item(i)
                     prepared = prepare(it)
                     now = perf_ns()
-                    await one(it, now, prepared, is_warm(i, max(0, now - t0)))
+                    await one(it, now, prepared, mon.is_warm(i, now))
 
             await sleep_until(t0, False)
             await asyncio.gather(*(worker() for _ in range(load.concurrency)))
-        if tasks:
-            await asyncio.gather(*list(tasks))
+        end = perf_ns()
+        if mon.stop_at is None:  # the schedule ran out before the monitor stopped it
+            mon._stop(min(end, t0 + dur_ns) if dur_ns else end, "schedule", "")
+        watch.cancel()
+        if tasks and mon.aborted:  # decided FAIL: what is still in flight is cancelled, not waited for
+            for t in list(tasks):
+                t.cancel()
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+        elif tasks:  # drain the window's requests, then cancel whatever outlives the drain timeout
+            _, pending = await asyncio.wait(list(tasks), timeout=mon.drain_timeout_s(perf_ns()) if spec.probe else None)
+            for t in pending:
+                t.cancel()
+            if pending:
+                mon.why = (mon.why + "; " if mon.why else "") + f"{len(pending)} requests still in flight after the drain were cancelled"
+                await asyncio.gather(*pending, return_exceptions=True)
     except asyncio.CancelledError:
+        mon.interrupt(perf_ns())
+        watch.cancel()
         for t in list(tasks):
             t.cancel()
         await asyncio.gather(*list(tasks), return_exceptions=True)
         raise
+    finally:
+        watch.cancel()
+    return mon
 
 
 def _redact_url(url: str) -> str:
@@ -264,6 +295,8 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         int(math.ceil((spec.load.qps or 0) * ((spec.load.duration_s or 0) + (spec.load.warmup if spec.load.warmup_unit == "s" else 0)) * 1.2)) + 64)
     if wl.size is not None and spec.load.requests:
         n_pre = min(n_pre, spec.load.requests)
+    if wl.size is None:
+        n_pre = min(n_pre, 5000)  # later items are built as they are sent
     items = [wl.item(i) for i in range(n_pre)] if (spec.load.qps is not None or wl.size is not None) else [wl.item(i) for i in range(min(64, spec.load.requests or 64))]
     fixes = await asyncio.to_thread(wl.verify, items)
     doc["workload"] = {"tokenizer": tok_kind, "prompt_overhead_tokens": builder.overhead, "verified_fixes": fixes,
@@ -305,8 +338,12 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
     if telemetry is not None:
         await telemetry.start()
     doc["window_wall"] = {"start": time.time()}
+    load = spec.load
+    probe_mon = ProbeMonitor(spec.probe, spec.slos, "qps" if (load.qps is not None or load.replay) else "concurrency",
+                       load.warmup if load.warmup_unit == "s" else 0.0, int(load.warmup) if load.warmup_unit == "r" else 0,
+                       load.duration_s if not spec.probe else None)
     try:
-        await drive(spec, wl, items, http, prepare, writer, progress)
+        await drive(spec, wl, items, http, prepare, writer, progress, monitor=probe_mon)
     except asyncio.CancelledError:
         status, error = "interrupted", "interrupted (Ctrl-C or signal); results up to that moment are saved"
     finally:
@@ -323,8 +360,16 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         recs = read_records(run_dir)
         if wl.clipped:
             doc["workload"]["clipped_to_max_model_len"] = wl.clipped
+        window = None
+        if load.duration_s is not None and not load.replay and load.warmup_unit == "s" and probe_mon.t0:
+            window = probe_mon.window_ns(perf_ns())
+            _reflag_warmup(run_dir, recs, window[0])
+            doc["window_ns"] = list(window)
         summary = summarize(recs, spec.slos, offered_qps=spec.load.qps, mode="qps" if spec.load.qps else "concurrency",
-                            expect_exact_osl=tgt.ignore_eos)
+                            expect_exact_osl=tgt.ignore_eos, window_ns=window, conf=probe_mon.conf,
+                            lifetimes_needed=spec.probe.window_lifetimes if spec.probe else 3.0, aborted=probe_mon.aborted)
+        doc["probe"] = probe_mon.report()
+        summary["probe"] = {k: v for k, v in doc["probe"].items() if k not in ("looks", "rule")} | {"n_looks": len(probe_mon.looks)}
         doc["client_health"] = {"loop_stalls": stalls.report()}
         if stalls.n:
             summary["warnings"].append(stalls.warning())
@@ -334,8 +379,9 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         if telemetry is not None and doc.get("telemetry"):
             from bench.telemetry import attach_to_summary
 
-            attach_to_summary(summary, doc["telemetry"])
-        if recs and summary["n_ok"] == 0 and status == "complete":
+            attach_to_summary(summary, doc["telemetry"], run_dir, _wall_window(doc, summary))
+        _prefix_cache_check(summary, spec, doc)
+        if recs and summary["n_ok"] == 0 and status == "complete" and not probe_mon.aborted:
             status = "failed"
             kinds = summary["errors"]
             first = next((r.error for r in recs if r.error), "")
@@ -343,6 +389,46 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         doc.update(status=status, error=error, summary=summary, ended_at=time.time())
         results.write_run_doc(run_dir, doc)
     return doc
+
+
+def _wall_window(doc: dict, summary: dict) -> tuple[float, float] | None:
+    """The measurement window in wall-clock seconds (telemetry timelines are stamped with time.time())."""
+    a, w = doc.get("anchor") or {}, summary.get("window_ns")
+    if not a or not w or w[1] <= w[0]:
+        return None
+    return tuple((a["wall_ns"] + (t - a["perf_ns"])) / 1e9 for t in w)
+
+
+def _reflag_warmup(run_dir: Path, recs: list[RequestRecord], warm_until_ns: int) -> None:
+    """The warmup's end is known only when it is over (it grows with the request lifetime): flag the
+    records by their send time against it, and rewrite requests.parquet if any flag changed."""
+    changed = False
+    for r in recs:
+        w = r.intended_ns < warm_until_ns
+        if w != r.warmup:
+            r.warmup, changed = w, True
+    if changed:
+        import pyarrow.parquet as pq
+
+        from bench.records import records_to_table
+
+        pq.write_table(records_to_table(recs), run_dir / "requests.parquet")
+
+
+def _prefix_cache_check(summary: dict, spec: RunSpec, doc: dict) -> None:
+    """Record the server's prefix-cache hit rate over the point, and warn when it is more than the
+    workload's declared sharing explains (a cache serving an earlier probe's prompts inflates the knee)."""
+    rate = (summary.get("server") or {}).get("prefix_cache_hit_rate")
+    w = spec.workload
+    expected = None
+    if not w.dataset and w.isl.kind != "trace":
+        expected = min(1.0, w.prefix_tokens / max(1.0, w.isl.mean)) if w.prefix_groups else 0.0
+    summary["prefix_cache"] = {"hit_rate": rate, "declared_sharing": expected,
+                               "reset": (doc.get("target") or {}).get("prefix_cache_reset", "off")}
+    if rate is not None and expected is not None and rate > expected + 0.05:
+        summary["warnings"].append(f"prefix cache: the server served {100 * rate:.0f}% of prompt tokens from its cache, but the workload "
+                                   f"shares {100 * expected:.0f}%: earlier prompts are being reused — keep --reset-prefix-cache on "
+                                   "(vLLM needs VLLM_SERVER_DEV_MODE=1 for /reset_prefix_cache) or use a new --seed")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -102,3 +102,122 @@ def trend_slope(t, y) -> tuple[float, float]:
         return 0.0, 1.0
     r = _st.linregress(t, y)
     return float(r.slope), float(r.pvalue)
+
+
+# ------------------------------------------------------------------ SLO decisions (sequential probes)
+def look_confidence(conf: float, looks: int) -> float:
+    """Per-look confidence when a probe may stop at any of `looks` looks (Bonferroni alpha spending):
+    the chance that any look decides wrongly stays at or below 1 − conf."""
+    return 1.0 - (1.0 - conf) / max(1, looks)
+
+
+def planned_looks(first_s: float, max_s: float, growth: float = 1.25) -> int:
+    """Looks at first_s, first_s·growth, … up to max_s, plus the final one after the drain."""
+    if max_s <= first_s:
+        return 1
+    return 1 + int(math.ceil(math.log(max_s / first_s) / math.log(growth)))
+
+
+def block_counts(t, over, t0: float, t1: float, blocks: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Samples (n) and exceedances (k) per time block: `blocks` equal blocks over [t0, t1]; samples
+    outside fall into the edge blocks."""
+    t = np.asarray(t, dtype=np.float64)
+    o = np.asarray(over, dtype=bool)
+    if t.size == 0:
+        return np.zeros(0), np.zeros(0)
+    span = max(t1 - t0, 1e-9)
+    b = np.clip(((t - t0) / span * blocks).astype(np.int64), 0, blocks - 1)
+    return np.bincount(b, minlength=blocks).astype(np.float64), np.bincount(b, weights=o, minlength=blocks)
+
+
+def exceedance_interval(n_b, k_b, conf: float = 0.95) -> dict:
+    """Fraction of samples above a threshold with a Clopper-Pearson interval on the effective sample size.
+
+    Samples close in time are correlated (the token gaps of one engine step, a burst of arrivals that
+    queues), so the binomial variance understates the real one. The design effect deff = var_blocks /
+    var_binomial is estimated from the per-block counts (ratio estimator over time blocks, as in batch
+    means), floored at 1, and the interval is Clopper-Pearson on n/deff samples with k/deff exceedances
+    (Korn & Graubard 1998, "Confidence intervals for proportions with small expected number of positive
+    counts estimated from survey data")."""
+    n_b = np.asarray(n_b, dtype=np.float64)
+    k_b = np.asarray(k_b, dtype=np.float64)
+    n, k = float(n_b.sum()), float(k_b.sum())
+    if n <= 0:
+        return {"n": 0, "k": 0, "frac": math.nan, "lo": 0.0, "hi": 1.0, "deff": 1.0, "n_eff": 0.0}
+    p = k / n
+    deff = 1.0
+    used = n_b > 0
+    m = int(used.sum())
+    if 0 < k < n and m >= 2:
+        var_cl = m / (m - 1) * float(((k_b[used] - p * n_b[used]) ** 2).sum()) / n**2
+        var_bin = p * (1 - p) / n
+        deff = max(1.0, var_cl / var_bin)
+    n_eff, k_eff = n / deff, k / deff
+    a = 1.0 - conf
+    lo = 0.0 if k_eff <= 0 else float(_st.beta.ppf(a / 2, k_eff, n_eff - k_eff + 1))
+    hi = 1.0 if k_eff >= n_eff else float(_st.beta.ppf(1 - a / 2, k_eff + 1, n_eff - k_eff))
+    return {"n": int(n), "k": int(round(k)), "frac": p, "lo": lo, "hi": hi, "deff": deff, "n_eff": n_eff}
+
+
+def percentile_decision(n_b, k_b, pct: float, conf: float = 0.95) -> tuple[str, dict]:
+    """Does the pct-th percentile lie at or below the threshold that split the samples into n − k under
+    and k over? It does exactly when the exceedance fraction is ≤ 1 − pct/100. 'pass' when the
+    exceedance interval lies below that, 'fail' when above, else 'undecided'. For independent samples
+    this is the order-statistic interval of the percentile, and MLPerf's early-stopping test."""
+    iv = exceedance_interval(n_b, k_b, conf)
+    limit = 1.0 - pct / 100.0
+    if iv["n"] == 0:
+        return "undecided", iv
+    if iv["hi"] <= limit:
+        return "pass", iv
+    if iv["lo"] > limit:
+        return "fail", iv
+    return "undecided", iv
+
+
+def samples_to_pass(pct: float, conf: float = 0.95) -> int:
+    """Fewest independent samples, none over the threshold, that let a percentile pass at `conf`
+    (two-sided interval): p99 at 95% → 368."""
+    return int(math.ceil(math.log((1 - conf) / 2) / math.log(pct / 100.0)))
+
+
+def rate_ratio_interval(d: int, a: int, conf: float = 0.95) -> tuple[float, float, float]:
+    """Ratio of two Poisson counts d/a with its exact conditional interval (d | d + a is binomial):
+    used for completions vs arrivals. Conservative when the counts are positively correlated."""
+    if a <= 0:
+        return math.nan, math.nan, math.nan
+    lo_p, hi_p = clopper_pearson(d, d + a, conf)
+    r = d / a
+    lo = lo_p / (1 - lo_p) if lo_p < 1 else math.inf
+    hi = hi_p / (1 - hi_p) if hi_p < 1 else math.inf
+    return r, lo, hi
+
+
+def block_trend(t, y, t0: float, t1: float, blocks: int = 6) -> dict:
+    """Trend of a time series by block means: the series (e.g. requests in flight, sampled on a grid) is
+    averaged over `blocks` equal time blocks, and the slope of block means over block centres is tested
+    (t-test, blocks − 2 df). Averaging over blocks absorbs the short-range autocorrelation that makes a
+    per-sample regression find 'significant' trends in noise. Returns slope (units/s), its p-value
+    (one-sided, rising), the rise over [t0, t1] and the residual SD of the block means."""
+    t = np.asarray(t, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    span = t1 - t0
+    out = {"slope": 0.0, "p_rising": 1.0, "rise": 0.0, "resid_sd": math.nan, "mean": float(y.mean()) if y.size else math.nan}
+    if y.size < 2 * blocks or span <= 0:
+        return out
+    b = np.clip(((t - t0) / span * blocks).astype(np.int64), 0, blocks - 1)
+    cnt = np.bincount(b, minlength=blocks)
+    if (cnt == 0).any():
+        return out
+    means = np.bincount(b, weights=y, minlength=blocks) / cnt
+    centres = t0 + (np.arange(blocks) + 0.5) * span / blocks
+    r = _st.linregress(centres, means)
+    resid = means - (r.intercept + r.slope * centres)
+    sd = float(np.sqrt((resid**2).sum() / (blocks - 2)))
+    if r.stderr > 0:
+        tstat = r.slope / r.stderr
+        p = float(_st.t.sf(tstat, blocks - 2))
+    else:
+        p = 0.0 if r.slope > 0 else 1.0
+    out.update(slope=float(r.slope), p_rising=p, rise=float(r.slope * span), resid_sd=sd)
+    return out

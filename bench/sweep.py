@@ -21,7 +21,7 @@ import math
 import time
 from pathlib import Path
 
-from bench.config import SLO, AutoSearch, RunSpec, SweepSpec, parse_amount
+from bench.config import SLO, AutoSearch, ProbeRule, RunSpec, SweepSpec, parse_amount
 from bench.metrics import send_lag_confidently_over, send_lag_limit_ms
 
 PASS, FAIL, INVALID, INCONCLUSIVE = "PASS", "FAIL", "INVALID", "INCONCLUSIVE"
@@ -29,8 +29,15 @@ PASS, FAIL, INVALID, INCONCLUSIVE = "PASS", "FAIL", "INVALID", "INCONCLUSIVE"
 
 # ------------------------------------------------------------------ verdicts
 def verdict(summary: dict, slos: list[SLO], rule: str = "percentile", target: float = 0.99) -> tuple[str, str]:
-    """PASS / FAIL / INVALID (client unhealthy: rerun, never FAIL) / INCONCLUSIVE, with the reason."""
+    """PASS / FAIL / INVALID (client unhealthy: rerun, never FAIL) / INCONCLUSIVE (undecided), with the reason.
+
+    PASS needs every SLO decided 'pass' (its exceedance interval below 1 − percentile) and steady state
+    shown; a probe that stopped on a decisive failure or saturation is FAIL whatever its drained summary
+    says; a percentile the sample cannot bound is INCONCLUSIVE, never PASS."""
     n = summary.get("n_measured") or 0
+    probe = summary.get("probe") or {}
+    if probe.get("stopped") in ("fail", "saturated"):
+        return FAIL, f"stopped early: {probe.get('why')}"
     if n == 0:
         return FAIL, "no requests measured"
     if summary.get("n_failed", 0) / n > 0.01:
@@ -42,48 +49,95 @@ def verdict(summary: dict, slos: list[SLO], rule: str = "percentile", target: fl
     sat = summary.get("saturation") or {}
     if sat.get("saturated"):
         return FAIL, f"saturated: {sat['reason']}"
+    ss = summary.get("steady_state")
     if rule == "fraction":
         att = summary.get("attainment") or 0.0
-        if att >= target:
-            return PASS, f"attainment {100 * att:.1f}% >= {100 * target:g}%"
-        return FAIL, f"attainment {100 * att:.1f}% < {100 * target:g}%"
+        lo, hi = summary.get("attainment_ci") or [att, att]
+        if lo is not None and lo >= target:
+            return _steady(ss) or (PASS, f"attainment {100 * att:.1f}% (95% CI from {100 * lo:.1f}%) >= {100 * target:g}%")
+        if hi is not None and hi < target:
+            return FAIL, f"attainment {100 * att:.1f}% (95% CI to {100 * hi:.1f}%) < {100 * target:g}%"
+        return INCONCLUSIVE, f"attainment {100 * att:.1f}%: its 95% interval contains the {100 * target:g}% target"
+    results = summary.get("slos", [])
+    if results and "decision" not in results[0]:
+        return _legacy_verdict(summary)
+    failed = [v for v in results if v["decision"] == "fail"]
+    if failed:
+        worst = max(failed, key=lambda v: v["exceed"]["frac"])
+        return FAIL, f"{worst['slo']} {_fmt_ms(worst['value_ms'])} > {worst['threshold_ms']:g} ms ({_exceed(worst)})"
+    open_ = [v for v in results if v["decision"] == "undecided"]
+    if open_:
+        v = open_[0]
+        return INCONCLUSIVE, f"{v['slo']} undecided: {_exceed(v)} against a {100 - _pct(v['slo']):g}% limit — more samples needed"
+    if "cancelled" in (probe.get("why") or ""):
+        return INCONCLUSIVE, probe["why"]
+    return _steady(ss) or (PASS, "all SLOs met (decided)")
+
+
+def _steady(ss: dict | None) -> tuple[str, str] | None:
+    if ss is not None and not ss.get("steady"):
+        return INCONCLUSIVE, f"not steady: {ss.get('reason')}"
+    return None
+
+
+def _pct(name: str) -> float:
+    return float(name.split("_p")[1])
+
+
+def _fmt_ms(v) -> str:
+    return "inf (failures)" if v is None or v == math.inf else f"{v:.1f} ms"
+
+
+def _exceed(v: dict) -> str:
+    iv = v["exceed"]
+    return f"{iv['k']} of {iv['n']} samples over, exceedance 95% CI {100 * iv['lo']:.2f}-{100 * iv['hi']:.2f}%"
+
+
+def _legacy_verdict(summary: dict) -> tuple[str, str]:
+    """Summaries written before SLO decisions existed: point estimate, then the p99's interval."""
     missed = [v for v in summary.get("slos", []) if not v["met"]]
     if missed:
-        worst = max(missed, key=lambda v: (v["value_ms"] or math.inf) / v["threshold_ms"])
-        return FAIL, f"{worst['slo']} {worst['value_ms']:.1f} ms > {worst['threshold_ms']:g} ms"
-    # met on the point estimate; inconclusive if the p99's confidence interval straddles the threshold
+        worst = max(missed, key=lambda v: (v["value_ms"] if v["value_ms"] is not None else math.inf) / v["threshold_ms"])
+        return FAIL, f"{worst['slo']} {_fmt_ms(worst['value_ms'])} > {worst['threshold_ms']:g} ms"
     for v in summary.get("slos", []):
         d = (summary.get("latency_ms") or {}).get(v["slo"].split("_p")[0]) or {}
-        hi = (d.get("p99_ci") or [None, None])[1]
-        if v["slo"].endswith("_p99") and hi is not None and hi > v["threshold_ms"]:
-            return INCONCLUSIVE, f"{v['slo']} CI upper {hi:.1f} ms above {v['threshold_ms']:g} ms"
+        lo, hi = d.get("p99_ci") or [None, None]
+        if v["slo"].endswith("_p99") and (hi is None or (isinstance(hi, float) and math.isnan(hi)) or hi > v["threshold_ms"]):
+            return INCONCLUSIVE, f"{v['slo']} CI upper {'unbounded' if hi is None or hi != hi else f'{hi:.1f} ms'} vs {v['threshold_ms']:g} ms"
     return PASS, "all SLOs met"
 
 
 def binding_slo(summary: dict) -> str | None:
-    """The SLO closest to (or furthest past) its threshold: value / threshold largest."""
-    v = [x for x in summary.get("slos", []) if x.get("value_ms") is not None]
-    return max(v, key=lambda x: x["value_ms"] / x["threshold_ms"])["slo"] if v else None
+    """The SLO closest to (or furthest past) its threshold: exceedance fraction / allowed fraction largest."""
+    v = [x for x in summary.get("slos", []) if x.get("value_ms") is not None or x.get("exceed")]
+    if not v:
+        return None
+    if all(x.get("exceed") for x in v):
+        return max(v, key=lambda x: (x["exceed"]["frac"] or 0) / max(1e-9, 1 - _pct(x["slo"]) / 100))["slo"]
+    return max(v, key=lambda x: (x["value_ms"] if x["value_ms"] is not None else math.inf) / x["threshold_ms"])["slo"]
 
 
 # ------------------------------------------------------------------ adaptive search
 def knee_from_history(history: dict[float, list[str]]) -> tuple[float | None, float | None]:
-    """Knee = highest load whose every probe passed, with every lower load passing too; bracket_hi =
-    the lowest load with any failing probe (same rule as knee.knee_table)."""
-    lo, hi = None, None
-    for load in sorted(history):
-        if all(v == PASS for v in history[load]):
-            lo = load
-        else:
-            hi = load
-            break
-    return lo, hi
+    """Knee = highest load with a PASS and no FAIL, below the lowest load with any FAIL (= bracket_hi).
+    Undecided loads below it do not block it: latency does not fall as load rises, so a load below a
+    passing one passes too. Same rule as knee.knee_table."""
+    hi = next((x for x in sorted(history) if FAIL in history[x]), None)
+    ok = [x for x in history if (hi is None or x < hi) and PASS in history[x]]
+    return (max(ok) if ok else None), hi
+
+
+def _lo_bound(history: dict[float, list[str]], hi: float | None) -> float | None:
+    """Highest probed load below `hi` that did not fail (passed or undecided): the bisection's lower end."""
+    below = [x for x in history if (hi is None or x < hi) and FAIL not in history[x]]
+    return max(below) if below else None
 
 
 def knee_search(auto: AutoSearch, ladder: float = 4.0):
-    """Generator: yields (mode, value, role, seed_offset) and receives (verdict, summary) for each probe.
-    Returns {"feasible", "knee_qps", "bracket", "r_single", "tput_at_first_fail", "probes", "note"}; the knee
-    is always a measured load (knee_from_history over every rate probe)."""
+    """Generator: yields (mode, value, role, seed_offset) and receives (verdict, summary) for each probe
+    (verdict PASS, FAIL or INCONCLUSIVE = undecided). Baseline/ladder/bracket probes screen for a
+    decisive failure; bisect/confirm probes must decide. Returns {"feasible", "knee_qps", "bracket",
+    "r_single", "tput_at_first_fail", "probes", "note"}; the knee is always a load measured as PASS."""
     probes = 0
     history: dict[float, list[str]] = {}
     v, s = yield ("concurrency", 1, "baseline", 0)
@@ -102,70 +156,115 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
         v, s = yield probe(lam, "ladder")
         probes += 1
         history.setdefault(lam, []).append(v)
-        if v != PASS:
+        if v == FAIL:
             tput_fail = s.get("request_throughput")
             break
         lam *= ladder
-    lo, hi = knee_from_history(history)
+    _, hi = knee_from_history(history)
+    lo = _lo_bound(history, hi)
     while hi is not None and lo is None and probes < auto.max_probes:  # the first step failed: look below
         v, s = yield probe(hi / 2, "bracket")
         probes += 1
         history.setdefault(hi / 2, []).append(v)
-        lo, hi = knee_from_history(history)
+        _, hi = knee_from_history(history)
+        lo = _lo_bound(history, hi)
     if lo is None:
         return {"feasible": False, "knee_qps": None, "bracket": [0, hi], "r_single": r_s, "tput_at_first_fail": tput_fail,
                 "probes": probes, "note": "no open-loop rate met the SLO within the probe budget"}
     if hi is None:
-        return {"feasible": True, "knee_qps": lo, "bracket": [lo, None], "r_single": r_s, "tput_at_first_fail": None,
+        knee, _ = knee_from_history(history)
+        return {"feasible": knee is not None, "knee_qps": knee, "bracket": [knee, None], "r_single": r_s, "tput_at_first_fail": None,
                 "probes": probes, "note": "probe budget spent before any load failed; raise max_probes"}
-    confirmed = not auto.confirm
+    confirmed: set[float] = set()
     while probes < auto.max_probes:
+        knee, hi = knee_from_history(history)
+        lo = _lo_bound(history, hi)
+        if lo is None:  # everything probed failed on repeat: step below the lowest probe
+            lo = min(history) / (1 + auto.precision)
+            history.setdefault(lo, [])
         if hi / lo - 1 > auto.precision:  # bisect on the geometric midpoint
             mid = math.sqrt(lo * hi)
             v, s = yield probe(mid, "bisect")
             history.setdefault(mid, []).append(v)
-        elif not confirmed:  # confirm the knee with a new seed; a failure moves the bracket down
+        elif knee != lo or (auto.confirm and lo not in confirmed):
+            # the bracket's low end must be decided PASS, and confirmed with a new seed
             v, s = yield probe(lo, "confirm", len(history[lo]))
             history[lo].append(v)
-            confirmed = v == PASS
+            confirmed.add(lo)
+            if v == INCONCLUSIVE and knee != lo:  # cannot be decided here: the knee is the highest decided load below
+                history[lo].append(FAIL)
         else:
             break
         probes += 1
-        lo_new, hi = knee_from_history(history)
-        if lo_new is None:  # everything probed failed on repeat: step below the lowest probe
-            lo_new = min(history) / (1 + auto.precision)
-            history.setdefault(lo_new, [])
-        if lo_new != lo:
-            confirmed = not auto.confirm
-        lo = lo_new
-    knee, hi = knee_from_history({k: v for k, v in history.items() if v})
+    knee, hi = knee_from_history(history)
     note = ""
-    if knee is None or hi is not None and hi / knee - 1 > auto.precision or not confirmed:
+    if knee is None:
+        note = "no load was decided PASS within the probe budget (raise max_probes or probe.max_duration_s)"
+    elif hi is not None and hi / knee - 1 > auto.precision or (auto.confirm and knee not in confirmed):
         note = "stopped at the probe budget before the bracket closed and the knee was confirmed; raise max_probes"
     return {"feasible": knee is not None, "knee_qps": knee, "bracket": [knee, hi], "r_single": r_s, "tput_at_first_fail": tput_fail,
             "probes": probes, "note": note}
 
 
 # ------------------------------------------------------------------ running points
-def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: int, seed_offset: int, extend: int = 0) -> dict:
-    """What identifies a point: everything that changes the measurement, not the server's port."""
+SCREENING_ROLES = ("baseline", "ladder", "bracket")
+
+
+def probe_seed(spec: SweepSpec, cell_idx: int, mode: str, value: float, role: str, repeat: int, seed_offset: int, extend: int) -> int:
+    """A workload/arrival seed per probe: cell, load, role and repeat all change it, so no two probes send
+    the same prompts (a server's prefix cache must not serve one probe's prompts to the next)."""
+    key = json.dumps([spec.seed, cell_idx, mode, round(float(value), 6), role, repeat, seed_offset, extend])
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 2**31
+
+
+def role_rule(spec: SweepSpec, role: str, extend: int = 0) -> ProbeRule | None:
+    """The probe rule for a role: search probes below the bracket (baseline, ladder, bracket) only screen
+    for a decisive failure, so they stop at the minimum window; bisect/confirm/grid probes run the full
+    rule. An extended (re-measured undecided) point doubles its windows."""
+    rule = spec.probe_rule()
+    if rule is None:
+        return None
+    if role.split("+")[0] in SCREENING_ROLES:
+        rule = rule.model_copy(update={"max_duration_s": rule.min_duration_s})
+    if extend:
+        f = 2**extend
+        rule = rule.model_copy(update={"min_duration_s": rule.min_duration_s * f, "max_duration_s": rule.max_duration_s * f})
+    return rule
+
+
+def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: int, seed_offset: int, extend: int = 0,
+              role: str = "grid") -> dict:
+    """What identifies a point: everything that changes the measurement (target included), not the
+    server's port. A rerun reuses a point only when this matches."""
     c = spec.cells[cell_idx]
-    return {"cell": c.model_dump(mode="json"), "mode": mode, "value": round(float(value), 6), "repeat": repeat,
-            "seed": spec.seed + repeat * 1000 + seed_offset, "duration_s": spec.duration_s, "requests": spec.requests,
-            "warmup": str(spec.warmup), "api": spec.target.api, "model": spec.target.model, "slos": [str(s) for s in spec.slos],
-            "extend": extend, "arrival": str(spec.load.arrival), "max_concurrency": spec.load.max_concurrency}
+    rule = role_rule(spec, role, extend)
+    tgt = spec.target.model_dump(mode="json", exclude={"api_key_env"})
+    if spec.target.sim is not None:
+        tgt.pop("url", None)
+    return {"cell": c.model_dump(mode="json"), "mode": mode, "value": round(float(value), 6), "repeat": repeat, "role": role.split("+")[0],
+            "seed": probe_seed(spec, cell_idx, mode, value, role.split("+")[0], repeat, seed_offset, extend),
+            "duration_s": spec.duration_s, "requests": spec.requests, "warmup": str(spec.warmup), "target": tgt,
+            "slos": [str(s) for s in spec.slos], "attainment": spec.attainment.model_dump(mode="json"),
+            "probe": rule.model_dump() if rule else None, "extend": extend, "arrival": str(spec.load.arrival),
+            "max_concurrency": spec.load.max_concurrency, "max_model_len": spec.max_model_len,
+            "reset_prefix_cache": spec.reset_prefix_cache, "labels": spec.labels}
 
 
 def point_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def make_run_spec(spec: SweepSpec, url: str, key: dict) -> RunSpec:
+def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float | None = None) -> RunSpec:
+    """The run spec of one point. A probe's warmup is at least `warmup_lifetimes` request lifetimes as the
+    previous probe of its cell measured them (the monitor extends it further when needed)."""
     w, unit = parse_amount(spec.warmup, "warmup")
     c = spec.cells[[x.model_dump(mode="json") for x in spec.cells].index(key["cell"])]
     scale = 2 ** key.get("extend", 0)
+    rule = ProbeRule(**key["probe"]) if key.get("probe") else None
+    if rule is not None and unit == "s" and lifetime_hint_s:
+        w = max(w, rule.warmup_lifetimes * lifetime_hint_s)
     load = {"arrival": spec.load.arrival, "warmup": w, "warmup_unit": unit,
-            "duration_s": spec.duration_s * scale if spec.duration_s else None,
+            "duration_s": (rule.min_duration_s if rule else spec.duration_s * scale) if spec.duration_s else None,
             "requests": spec.requests * scale if spec.requests else None}
     if key["mode"] == "qps":
         load.update(qps=key["value"], max_concurrency=spec.load.max_concurrency)
@@ -176,7 +275,7 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict) -> RunSpec:
     return RunSpec(target=tgt, workload=dict(isl=c.isl, osl=c.osl, dataset=c.dataset, prefix_tokens=c.prefix_tokens,
                                              prefix_groups=c.prefix_groups, max_model_len=spec.max_model_len),
                    load=load, slos=spec.slos, seed=key["seed"], labels=spec.labels, reset_prefix_cache=spec.reset_prefix_cache,
-                   gpu_telemetry=spec.gpu_telemetry)
+                   gpu_telemetry=spec.gpu_telemetry, probe=rule)
 
 
 class Interrupted(Exception):
@@ -192,6 +291,7 @@ class SweepRunner:
         self.skipped = 0
         self.url = spec.target.url
         self.sim_proc = None
+        self.lifetime_hint: dict[str, float] = {}  # cell -> request lifetime (E2E p50, s) of its last probe
 
     def _doc(self, status: str, extra: dict | None = None) -> None:
         from bench.results import harness_info, write_json
@@ -203,18 +303,19 @@ class SweepRunner:
 
     def measure(self, cell_idx: int, mode: str, value: float, repeat: int = 0, seed_offset: int = 0, role: str = "grid") -> dict:
         """Measure one point (or return it from disk if already complete). Returns its summary.
-        An INCONCLUSIVE point is re-measured once with a doubled window."""
+        A non-sequential point left undecided is re-measured once with windows twice as long."""
         from bench import results
         from bench.runner import execute_run
 
-        key = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset)
+        key = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, role=role)
         s = self._measure_key(key, role, execute_run, results)
+        rule = key.get("probe")
         extend = self.spec.load.auto.extend_inconclusive if self.spec.load.auto else True
-        if self.spec.slos and extend:
+        if self.spec.slos and extend and not (rule and rule["sequential"]) and role.split("+")[0] not in SCREENING_ROLES:
             v, why = verdict(s, self.spec.slos, self.spec.attainment.rule, self.spec.attainment.target)
             if v == INCONCLUSIVE:
-                self.on_event("note", key=key, role=role, why=f"inconclusive ({why}): measuring again with a window twice as long")
-                key2 = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, extend=1)
+                self.on_event("note", key=key, role=role, why=f"undecided ({why}): measuring again with windows twice as long")
+                key2 = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, extend=1, role=role)
                 s = self._measure_key(key2, role + "+extended", execute_run, results)
                 self.supersede(key, key2)
         return s
@@ -239,6 +340,7 @@ class SweepRunner:
             doc = results.read_run_doc(pdir)
             if doc.get("status") == "complete" and doc.get("summary"):
                 self.skipped += 1
+                self._hint(key, doc["summary"])
                 self.on_event("skip", key=key, role=role, summary=doc["summary"])
                 return doc["summary"]
         if pdir.exists():
@@ -246,7 +348,7 @@ class SweepRunner:
         self.on_event("start", key=key, role=role)
         from bench.telemetry import telemetry_for
 
-        rs = make_run_spec(self.spec, self.url, key)
+        rs = make_run_spec(self.spec, self.url, key, self.lifetime_hint.get(key["cell"]["name"] or str(key["cell"])))
         tel = telemetry_for(rs, self.spec.gpus, self.api_key)
         doc = execute_run(rs, pdir, self.api_key, None, tel, extra={"point": {**key, "hash": h, "role": role,
                                                                                 "cell_label": self._cell_label(key)}})
@@ -257,8 +359,14 @@ class SweepRunner:
 
             raise RunFailed(doc.get("error") or "point failed")
         self.measured += 1
+        self._hint(key, doc["summary"])
         self.on_event("done", key=key, role=role, summary=doc["summary"])
         return doc["summary"]
+
+    def _hint(self, key: dict, summary: dict) -> None:
+        life = (summary.get("steady_state") or {}).get("lifetime_s")
+        if life:
+            self.lifetime_hint[key["cell"]["name"] or str(key["cell"])] = life
 
     def _cell_label(self, key: dict) -> str:
         from bench.config import CellSpec
@@ -293,8 +401,14 @@ class SweepRunner:
             status = "interrupted"
         finally:
             if self.sim_proc is not None:
+                import subprocess
+
                 self.sim_proc.terminate()
-                self.sim_proc.wait(10)
+                try:
+                    self.sim_proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.sim_proc.kill()
+                    self.sim_proc.wait(10)
             self._doc(status, {"searches": searches, "measured": self.measured, "skipped": self.skipped})
         return {"status": status, "dir": self.dir, "measured": self.measured, "skipped": self.skipped, "searches": searches}
 
@@ -310,10 +424,11 @@ class SweepRunner:
             if v == INVALID and invalid < 1:
                 invalid += 1
                 self.on_event("note", key={"mode": mode, "value": value}, role=role, why=f"{why}: measuring again")
-                self.supersede(point_key(spec, ci, mode, value, rep, seed_off), point_key(spec, ci, mode, value, rep, seed_off + 100))
+                self.supersede(point_key(spec, ci, mode, value, rep, seed_off, role=role),
+                               point_key(spec, ci, mode, value, rep, seed_off + 100, role=role))
                 continue  # client was unhealthy: measure again, never count it as a FAIL
-            if v in (INCONCLUSIVE, INVALID):
-                v = PASS if (v == INCONCLUSIVE and all(x["met"] for x in s.get("slos", []))) else FAIL
+            if v == INVALID:
+                v, why = INCONCLUSIVE, f"{why} (twice): undecided"
             invalid = 0
             self.on_event("verdict", key={"mode": mode, "value": value}, role=role, verdict=v, why=why)
             try:

@@ -4,22 +4,90 @@ and the environment of every run (environment.py)."""
 from __future__ import annotations
 
 
-def attach_to_summary(summary: dict, telemetry: dict) -> None:
-    """Fold per-point telemetry (energy, server metrics) into a point summary: J/token etc."""
+def _interp_edges(t, y, t0: float, t1: float):
+    """Samples of y(t) restricted to [t0, t1], with linearly interpolated values at both edges."""
+    import numpy as np
+
+    t, y = np.asarray(t, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    inner = (t > t0) & (t < t1)
+    tt = np.concatenate([[t0], t[inner], [t1]])
+    return tt, np.concatenate([[np.interp(t0, t, y)], y[inner], [np.interp(t1, t, y)]])
+
+
+def window_energy(rows, t0: float, t1: float) -> dict | None:
+    """GPU energy over exactly [t0, t1] (wall seconds) from a saved telemetry timeline (gpu.parquet or
+    server_metrics.parquet rows): per GPU, the energy counter interpolated at both edges (primary), else
+    the trapezoid of power over the window. Edges outside the samples are clamped and flagged."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if df.empty or "t" not in df:
+        return None
+    counter = next((c for c in ("energy_mj", "gpu_energy_mj") if c in df and df[c].notna().sum() >= 2), None)
+    power = next((c for c in ("power_instant_w", "power_avg_w", "gpu_power_w") if c in df and df[c].notna().sum() >= 2), None)
+    if counter is None and power is None:
+        return None
+    total, source, covered = 0.0, "", True
+    for _, g in (df.groupby("gpu") if "gpu" in df else [(0, df)]):
+        g = g.sort_values("t")
+        covered &= bool(g["t"].iloc[0] <= t0 + 1.0 and g["t"].iloc[-1] >= t1 - 1.0)
+        c = g[["t", counter]].dropna() if counter else None
+        if c is not None and len(c) >= 2 and (c[counter].diff().dropna() >= 0).all():
+            _, e = _interp_edges(c["t"], c[counter], t0, t1)
+            total += (e[-1] - e[0]) / 1000.0
+            source = "energy_counter_window"
+        elif power is not None:
+            p = g[["t", power]].dropna()
+            tt, pw = _interp_edges(p["t"], p[power], t0, t1)
+            total += float(((tt[1:] - tt[:-1]) * (pw[1:] + pw[:-1]) / 2).sum())
+            source = "power_integral_window"
+    return {"energy_j": total, "window_s": t1 - t0, "source": source, "covered": covered}
+
+
+def attach_to_summary(summary: dict, telemetry: dict, run_dir=None, window_wall: tuple[float, float] | None = None) -> None:
+    """Fold per-point telemetry (energy, server metrics) into a point summary.
+
+    J/token divides the energy of the measurement window (from the saved counter timeline) by the
+    tokens produced in that same window (summary["window_tokens"]); energy over the whole run, warmup
+    and drain included, is kept as `run_energy_j` for reference only."""
     energy = (telemetry or {}).get("gpu") or {}
     if energy.get("energy_j") is not None:
-        e = energy["energy_j"]
-        out_tok = summary.get("output_tokens") or 0
-        all_tok = out_tok + (summary.get("input_tokens") or 0)
+        e_run = energy["energy_j"]
+        win = None
+        if run_dir is not None and window_wall is not None:
+            from pathlib import Path
+
+            import pandas as pd
+
+            for name in ("gpu.parquet", "server_metrics.parquet"):
+                f = Path(run_dir) / name
+                if f.is_file():
+                    win = window_energy(pd.read_parquet(f), *window_wall)
+                    if win is not None:
+                        break
+        tok = summary.get("window_tokens") or {}
+        if win is not None:
+            e, src, dt = win["energy_j"], win["source"], win["window_s"]
+            out_tok, in_tok = tok.get("output") or 0, tok.get("input") or 0
+        else:  # no timeline: the whole run's energy over its tokens (flagged by the source name)
+            e, src, dt = e_run, f"{energy.get('source')} (whole run)", energy.get("window_s")
+            out_tok, in_tok = summary.get("output_tokens") or 0, summary.get("input_tokens") or 0
+        all_tok = out_tok + in_tok
         summary["energy"] = {
             "energy_j": e,
-            "source": energy.get("source"),
-            "avg_power_w": energy.get("avg_power_w"),
+            "source": src,
+            "window_s": dt,
+            "avg_power_w": e / dt if dt else energy.get("avg_power_w"),
+            "output_tokens": out_tok,
             "j_per_output_token": e / out_tok if out_tok else None,
             "j_per_token": e / all_tok if all_tok else None,
             "output_tokens_per_kwh": out_tok / (e / 3.6e6) if e else None,
+            "run_energy_j": e_run,
+            "run_source": energy.get("source"),
             "gpus": energy.get("gpus"),
         }
+        if win is not None and not win["covered"]:
+            summary["energy"]["note"] = "the telemetry samples do not cover the whole window; edges are clamped"
     server = (telemetry or {}).get("server") or {}
     if server:
         summary["server"] = server
