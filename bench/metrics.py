@@ -118,7 +118,7 @@ def steady_state(starts, ends, measured, t0: int, t1: int, mode: str, lifetimes_
     while requests are in flight. Keep-up: completions in [t0 + L, t1) against arrivals in [t0, t1 − L) —
     departures lag arrivals by a lifetime, so this compares like with like whatever the warmup was;
     saturated when the ratio's interval lies below 0.95. Queue growth: requests in flight over the window
-    (from 1.5 L after the first send, so the ramp-up is left out), by block means (stats.block_trend);
+    (from 1.5 L after the first send, at most half-way, so the ramp-up is left out), by block means (stats.block_trend);
     saturated when rising at p < 0.01 by more than max(2 residual SD, 20% of the mean, 2 requests).
     Steady = not saturated and the window spans >= `lifetimes_needed` L."""
     starts = np.asarray(starts, dtype=np.int64)
@@ -145,8 +145,9 @@ def steady_state(starts, ends, measured, t0: int, t1: int, mode: str, lifetimes_
             if a and hi < 0.95:
                 reasons.append(f"completions {d} vs arrivals {a} over the window (ratio {ratio:.2f}, 95% CI {lo:.2f}-{hi:.2f}): "
                                "the server is not keeping up")
-        ts = max(t0, int(starts.min()) + int(1.5 * lt_ns))
-        if t1 - ts > 2 * lt_ns and t1 - ts >= 1_000_000_000:
+        first = int(starts.min())
+        ts = max(t0, first + min(int(1.5 * lt_ns), (t1 - first) // 2))  # past the ramp-up (a queue inflates L: cap it)
+        if t1 - ts >= 1_000_000_000:
             t, n = in_flight_timeline(starts, ends, ts, t1)
             tr = stats.block_trend(t / 1e9, n, ts / 1e9, t1 / 1e9)
             out["in_flight"] = {k: tr[k] for k in ("slope", "p_rising", "rise", "resid_sd", "mean")}
@@ -333,9 +334,7 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
     n_fail = sum(1 for r in m if not r.ok)
     if slo.metric != "itl":
         vals = vals + [math.inf] * n_fail
-    v = float(np.percentile(np.asarray(vals, dtype=np.float64), slo.pct, method="linear")) if vals else math.nan
-    if math.isnan(v) and vals:  # inf − inf in the interpolation: the percentile sits among the failures
-        v = math.inf
+    v = stats.percentile_inf(vals, slo.pct)
     ts: list[int] = []
     over: list[bool] = []
     for r in m:

@@ -133,15 +133,15 @@ class ProbeMonitor:
         if win_s >= rule.max_duration_s:
             self._final_look(now, "max", f"reached max_duration_s {rule.max_duration_s:g}")
             return
-        if win_s < target:
-            return
-        if not rule.sequential:
+        if not rule.sequential and win_s >= target:
             self._stop(now, "schedule", f"window {win_s:.1f} s (>= {target:.1f} s: minimum and {rule.window_lifetimes:g} lifetimes)")
+            return
+        if win_s < (target if rule.sequential else rule.min_duration_s):
             return
         if self.next_look_s is not None and win_s < self.next_look_s:
             return
         self.next_look_s = win_s * rule.look_growth
-        self.look(now)
+        self.look(now)  # a non-sequential probe looks only for a decisive failure (early abort)
 
     def _warmup_over(self, now: int) -> bool:
         """Time-based warmup of a probe: extended until it spans `warmup_lifetimes` lifetimes and half the
@@ -184,15 +184,16 @@ class ProbeMonitor:
                                     f"(exceedance 95% CI {100 * v['ci'][0]:.2f}-{100 * v['ci'][1]:.2f}%)")
         elif ss["saturated"]:
             self._stop(now, "saturated", ss["reason"])
-        elif all(v["decision"] == "pass" for v in decisions.values()) and ss["steady"]:
+        elif self.rule.sequential and all(v["decision"] == "pass" for v in decisions.values()) and ss["steady"]:
             self._stop(now, "decided", "every SLO decided (pass) in steady state")
         elif final:
             open_ = [k for k, v in decisions.items() if v["decision"] == "undecided"]
-            self._stop(now, "max", (f"{', '.join(open_)} undecided" if open_ else f"not steady: {ss['reason']}"))
+            self._stop(now, "max", f"{', '.join(open_)} undecided" if open_ else
+                       ("" if ss["steady"] else f"not steady: {ss['reason']}"))
         return look
 
     def _final_look(self, now: int, kind: str, why: str) -> None:
-        if self.rule is not None and self.rule.sequential and self.slos:
+        if self.slos:
             self.look(now, final=True)
             if self.stopped == "max":
                 self.why = f"{why}; {self.why}"

@@ -31,6 +31,19 @@ def percentile(x, p: float) -> float:
     return float(np.percentile(a, p)) if a.size else math.nan
 
 
+def percentile_inf(x, p: float) -> float:
+    """p-th percentile (linear interpolation, as `percentile`) of a sample that may hold +inf (failed
+    requests: infinitely slow). inf once the interpolation touches an inf; never a huge finite number."""
+    a = np.sort(np.asarray(x, dtype=np.float64))
+    if a.size == 0:
+        return math.nan
+    h = (a.size - 1) * p / 100.0
+    lo, hi = int(math.floor(h)), int(math.ceil(h))
+    if math.isinf(a[hi]) and (hi == lo or h > lo):
+        return math.inf
+    return float(a[lo] + (a[hi] - a[lo]) * (h - lo))
+
+
 def quantile_ci(x, p: float, conf: float = 0.95) -> tuple[float, float]:
     """Distribution-free CI for the p-th percentile from order statistics.
 
@@ -92,16 +105,6 @@ def bootstrap_ratio_ci(base, new, stat, n_boot: int = 2000, conf: float = 0.95, 
     r = sc / sb - 1
     a = (1 - conf) / 2
     return float(point), (float(np.quantile(r, a)), float(np.quantile(r, 1 - a)))
-
-
-def trend_slope(t, y) -> tuple[float, float]:
-    """Least-squares slope of y over t and its two-sided p-value (for saturation detection)."""
-    t = np.asarray(t, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if t.size < 8 or np.ptp(t) == 0:
-        return 0.0, 1.0
-    r = _st.linregress(t, y)
-    return float(r.slope), float(r.pvalue)
 
 
 # ------------------------------------------------------------------ SLO decisions (sequential probes)

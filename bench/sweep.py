@@ -176,14 +176,20 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
         return {"feasible": knee is not None, "knee_qps": knee, "bracket": [knee, None], "r_single": r_s, "tput_at_first_fail": None,
                 "probes": probes, "note": "probe budget spent before any load failed; raise max_probes"}
     confirmed: set[float] = set()
-    while probes < auto.max_probes:
+    capped: set[float] = set()  # loads a confirm probe could not decide: the bisection looks below them
+
+    def bounds() -> tuple[float | None, float | None, float | None]:
         knee, hi = knee_from_history(history)
-        lo = _lo_bound(history, hi)
+        top = min([x for x in (hi, *capped) if x is not None], default=None)
+        return knee, top, _lo_bound({x: v for x, v in history.items() if x not in capped}, top)
+
+    while probes < auto.max_probes:
+        knee, top, lo = bounds()
         if lo is None:  # everything probed failed on repeat: step below the lowest probe
             lo = min(history) / (1 + auto.precision)
             history.setdefault(lo, [])
-        if hi / lo - 1 > auto.precision:  # bisect on the geometric midpoint
-            mid = math.sqrt(lo * hi)
+        if top / lo - 1 > auto.precision:  # bisect on the geometric midpoint
+            mid = math.sqrt(lo * top)
             v, s = yield probe(mid, "bisect")
             history.setdefault(mid, []).append(v)
         elif knee != lo or (auto.confirm and lo not in confirmed):
@@ -191,8 +197,8 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
             v, s = yield probe(lo, "confirm", len(history[lo]))
             history[lo].append(v)
             confirmed.add(lo)
-            if v == INCONCLUSIVE and knee != lo:  # cannot be decided here: the knee is the highest decided load below
-                history[lo].append(FAIL)
+            if v == INCONCLUSIVE and knee != lo:  # cannot be decided here: look for the highest decidable load below
+                capped.add(lo)
         else:
             break
         probes += 1
@@ -201,9 +207,11 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
     if knee is None:
         note = "no load was decided PASS within the probe budget (raise max_probes or probe.max_duration_s)"
     elif hi is not None and hi / knee - 1 > auto.precision or (auto.confirm and knee not in confirmed):
-        note = "stopped at the probe budget before the bracket closed and the knee was confirmed; raise max_probes"
+        note = ("the bracket stayed wider than the precision: loads between the knee and its upper end could not be decided "
+                "within probe.max_duration_s" if capped else
+                "stopped at the probe budget before the bracket closed and the knee was confirmed; raise max_probes")
     return {"feasible": knee is not None, "knee_qps": knee, "bracket": [knee, hi], "r_single": r_s, "tput_at_first_fail": tput_fail,
-            "probes": probes, "note": note}
+            "probes": probes, "note": note, "undecided": sorted(x for x, v in history.items() if v and PASS not in v and FAIL not in v)}
 
 
 # ------------------------------------------------------------------ running points
