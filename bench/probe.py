@@ -122,9 +122,9 @@ class ProbeMonitor:
             return
         rule = self.rule
         win_s = (now - self.warm_until) / 1e9
-        if rule is None:
+        if rule is None:  # fixed --duration: the window is the schedule's, to the nanosecond
             if self.duration_s is not None and win_s >= self.duration_s:
-                self._stop(now, "schedule", "")
+                self._stop(self.warm_until + int(self.duration_s * 1e9), "schedule", "")
             return
         target = self.window_target_s(now)
         if rule.max_requests and self.measured_count() >= rule.max_requests:

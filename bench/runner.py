@@ -28,6 +28,15 @@ LEAD_NS = 100_000_000  # t0 is 100 ms after scheduling starts, so the first send
 _BUILDERS: dict[tuple, tuple] = {}
 
 
+def clear_builders() -> None:
+    """Close the cached tokenizers' connections (a library caller running many points in one process)."""
+    for tok, _, _ in _BUILDERS.values():
+        http = getattr(tok, "http", None)
+        if http is not None:
+            http.close()
+    _BUILDERS.clear()
+
+
 class RunFailed(Exception):
     """The run could not start or produced nothing; message is one line for the user."""
 
@@ -210,7 +219,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
             await asyncio.gather(*(worker() for _ in range(load.concurrency)))
         end = perf_ns()
         if mon.stop_at is None:  # the schedule ran out before the monitor stopped it
-            mon._stop(min(end, t0 + dur_ns) if dur_ns else end, "schedule", "")
+            mon._stop(t0 + dur_ns if dur_ns and spec.probe is None else end, "schedule", "")
         watch.cancel()
         if tasks and mon.aborted:  # decided FAIL: what is still in flight is cancelled, not waited for
             for t in list(tasks):

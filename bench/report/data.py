@@ -17,11 +17,20 @@ METHODS = [
     ("ITL", "gaps between token arrivals; a chunk of k tokens arriving g ms after the previous one counts as k gaps of g/k"),
     ("E2E", "last byte − scheduled send"),
     ("Percentiles", "numpy linear interpolation (as vllm bench serve); p99 CI from order statistics (binomial ranks)"),
-    ("Throughput", "tokens arriving and requests completing between the first and last scheduled send of the measured window"),
-    ("Knee", "highest tested load whose every SLO is met (percentile rule) with all lower loads passing; bracket = [knee, next failing load]; "
-             "saturation (completions < offered, TTFT trend, errors) fails a probe"),
+    ("Probe", "warmup >= 2 request lifetimes (E2E p50) and half the requests completed; window >= the minimum and 3 lifetimes; a "
+              "sequential probe stops once every SLO is decided, at once on a decisive failure or saturation, else at its maximum"),
+    ("SLO decision", "the share of samples over the threshold with a Clopper-Pearson interval on the effective sample size (time-block "
+                     "design effect: correlated samples are not counted as independent); PASS when the interval lies below 1 − percentile, "
+                     "FAIL when above, else undecided (never PASS); the 5% error is spent over the probe's looks"),
+    ("Throughput", "requests sent in the window that completed, and their tokens, per second of window (unbiased for any window length "
+                   "while the server keeps up); past saturation, completions and tokens arriving inside the window"),
+    ("Saturation", "completions vs arrivals a lifetime apart (interval below 0.95), or requests in flight rising (block-means trend, "
+                   "corroborated by completions trailing arrivals)"),
+    ("Knee", "highest load decided PASS with no failing load below it; bracket = [knee, lowest failing load]; undecided loads in between "
+             "are listed — they are the knee's uncertainty"),
     ("Attainment", "fraction of requests meeting every SLO, with a Clopper-Pearson 95% interval"),
-    ("Energy", "Δ of the GPU energy counter over the window (NVML or DCGM), else the integral of sampled power (flagged); J/token = E/(in+out tokens)"),
+    ("Energy", "the GPU energy counter interpolated at the window's edges (NVML or DCGM), else the integral of sampled power; "
+               "J/token = that energy / the tokens produced in the same window (warmup and drain excluded from both)"),
     ("$/M tokens", "H·G·1e6/(3600·X·U): H $/GPU-h, G GPUs per replica, X tok/s at the knee, U utilisation; output-attributed uses X_out"),
     ("Blended", "input/output split at price ratio k = P_out/P_in, weighted 3:1"),
     ("Replicas", "ceil(peak req/s × (1 + headroom) / knee req/s)"),

@@ -54,8 +54,11 @@ def plot_all(df: pd.DataFrame, knees: pd.DataFrame, out: Path, slo_lines: dict[s
         axes[1].plot(g["load"], g["tpot_p50"], "s--", color=color, alpha=0.5, label=f"{label} TPOT p50")
         k = knees[(knees["sweep"] == sw) & (knees["cell"] == cell) & (knees["mode"] == "qps")]
         if len(k) and k["feasible"].iloc[0]:
+            hi = k["bracket_hi"].iloc[0]
             for ax in axes:
                 ax.axvline(k["knee"].iloc[0], color=color, ls=":", lw=1.5)
+                if hi is not None and hi == hi:  # the bracket: loads between the knee and the first failing one
+                    ax.axvspan(k["knee"].iloc[0], hi, color=color, alpha=0.08)
             axes[0].annotate(f"knee {k['knee'].iloc[0]:.2f}", (k["knee"].iloc[0], axes[0].get_ylim()[0]), color=color, fontsize=8,
                              rotation=90, va="bottom", ha="right")
     for ax, metric, title in ((axes[0], "ttft", "TTFT (ms)"), (axes[1], "itl", "ITL / TPOT (ms)")):
@@ -67,7 +70,7 @@ def plot_all(df: pd.DataFrame, knees: pd.DataFrame, out: Path, slo_lines: dict[s
         ax.set_ylabel(title)
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    fig.suptitle(f"Latency vs offered load{sim} — dotted lines: SLO knee")
+    fig.suptitle(f"Latency vs offered load{sim} — dotted lines: SLO knee, shaded: its bracket")
     files += _save(fig, out, "latency_vs_load")
     plt.close(fig)
 
