@@ -102,13 +102,15 @@ def load_points(paths: list[str | Path]) -> pd.DataFrame:
 
 def knee_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (sweep, cell, mode): the knee, its bracket and the evidence behind it, and what the server
-    delivers there. knee = highest load with a PASS and no FAIL, below the lowest load with a FAIL
-    (bracket_hi); undecided loads in between are listed — the knee's real uncertainty."""
+    delivers there. knee = highest load decided PASS (no FAIL, no undecided full probe), below the lowest
+    load with a FAIL (bracket_hi); undecided loads in between are listed — the knee's real uncertainty."""
     out = []
     for (sweep, cell, mode), g in df[df["role"] != "baseline"].groupby(["sweep", "cell", "mode"], sort=False):
         by_load = g.groupby("load")["verdict"].agg(list).sort_index()
+        # an undecided full probe (not a ladder screen) disqualifies its load, as in the search
+        full_undecided = set(g[(g["verdict"] == "UNDECIDED") & (g["role"] != "ladder")]["load"])
         above = next((x for x, v in by_load.items() if "FAIL" in v), None)
-        passing = [x for x, v in by_load.items() if (above is None or x < above) and "PASS" in v]
+        passing = [x for x, v in by_load.items() if (above is None or x < above) and "PASS" in v and x not in full_undecided]
         knee = max(passing) if passing else None
         undecided = [x for x, v in by_load.items() if (knee is None or x > knee) and (above is None or x < above)]
         row = {"sweep": sweep, "cell": cell, "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],

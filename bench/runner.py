@@ -280,6 +280,10 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         results.write_run_doc(run_dir, doc)
         raise RunFailed(msg)
     doc["target"] = {"url": _redact_url(tgt.url), "model": model, "api": tgt.api, **{k: v for k, v in info.items() if k != "default_model"}}
+    if spec.scrape_metrics:  # never start behind an earlier point's queue (cancelled requests still being served)
+        from bench.telemetry.prometheus import wait_idle
+
+        doc["target"]["idle_before"] = await asyncio.to_thread(wait_idle, tgt.url, headers)
     if spec.reset_prefix_cache:
         doc["target"]["prefix_cache_reset"] = await cl.reset_prefix_cache(tgt.url, headers)
     # workload
@@ -390,6 +394,10 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
 
             attach_to_summary(summary, doc["telemetry"], run_dir, _wall_window(doc, summary))
         _prefix_cache_check(summary, spec, doc)
+        idle = (doc.get("target") or {}).get("idle_before") or {}
+        if idle.get("idle") is False:
+            summary["warnings"].append(f"server busy: {idle['busy']} requests still running/waiting from earlier work after "
+                                       f"{idle['waited_s']:.0f} s; this point started behind them — rerun it when the server is idle")
         if recs and summary["n_ok"] == 0 and status == "complete" and not probe_mon.aborted:
             status = "failed"
             kinds = summary["errors"]

@@ -127,95 +127,91 @@ def knee_from_history(history: dict[float, list[str]]) -> tuple[float | None, fl
     return (max(ok) if ok else None), hi
 
 
-def _lo_bound(history: dict[float, list[str]], hi: float | None) -> float | None:
-    """Highest probed load below `hi` that did not fail (passed or undecided): the bisection's lower end."""
-    below = [x for x in history if (hi is None or x < hi) and FAIL not in history[x]]
-    return max(below) if below else None
-
-
 def knee_search(auto: AutoSearch, ladder: float = 4.0):
     """Generator: yields (mode, value, role, seed_offset) and receives (verdict, summary) for each probe
-    (verdict PASS, FAIL or INCONCLUSIVE = undecided). Baseline/ladder/bracket probes screen for a
-    decisive failure; bisect/confirm probes must decide. Returns {"feasible", "knee_qps", "bracket",
-    "r_single", "tput_at_first_fail", "probes", "note"}; the knee is always a load measured as PASS."""
+    (verdict PASS, FAIL or INCONCLUSIVE = undecided). Returns {"feasible", "knee_qps", "bracket",
+    "r_single", "tput_at_first_fail", "probes", "note", "undecided"}; the knee is always a load decided PASS.
+
+    Baseline and ladder probes only screen for a decisive failure (a p99 cannot be proven at a low rate in
+    a short window); the ladder climbs ×`ladder` until one fails. Bisection then looks for the highest load
+    a full probe decides PASS: an undecided full probe bounds it from above like a failure, a load that was
+    only screened must be decided by a full probe before it can be the knee, and the knee is confirmed with
+    a new seed."""
     probes = 0
-    history: dict[float, list[str]] = {}
+    history: dict[float, list[tuple[str, bool]]] = {}  # load -> [(verdict, full probe?)]
     v, s = yield ("concurrency", 1, "baseline", 0)
     probes += 1
     r_s = s.get("request_throughput") or 0.0
     if v == FAIL:
         return {"feasible": False, "knee_qps": None, "bracket": None, "r_single": r_s, "tput_at_first_fail": None, "probes": probes,
-                "note": "even one request at a time misses the SLO: no load can meet it"}
+                "note": "even one request at a time misses the SLO: no load can meet it", "undecided": []}
     tput_fail = None
 
-    def probe(lam, role, seed=0):
-        return ("qps", lam, role, seed)
+    def status(x: float) -> str:
+        vs = history[x]
+        if any(v == FAIL for v, _ in vs):
+            return "fail"
+        if any(v == INCONCLUSIVE and full for v, full in vs):
+            return "undecided"
+        if any(v == PASS for v, _ in vs):
+            return "pass"
+        return "screened"
+
+    def record(x: float, v: str, full: bool) -> None:
+        history.setdefault(x, []).append((v, full))
 
     lam = 2 * r_s if r_s > 0 else 1.0
     while probes < auto.max_probes:  # ladder up until a probe fails
-        v, s = yield probe(lam, "ladder")
+        v, s = yield ("qps", lam, "ladder", 0)
         probes += 1
-        history.setdefault(lam, []).append(v)
+        record(lam, v, False)
         if v == FAIL:
             tput_fail = s.get("request_throughput")
             break
         lam *= ladder
-    _, hi = knee_from_history(history)
-    lo = _lo_bound(history, hi)
-    while hi is not None and lo is None and probes < auto.max_probes:  # the first step failed: look below
-        v, s = yield probe(hi / 2, "bracket")
-        probes += 1
-        history.setdefault(hi / 2, []).append(v)
-        _, hi = knee_from_history(history)
-        lo = _lo_bound(history, hi)
-    if lo is None:
-        return {"feasible": False, "knee_qps": None, "bracket": [0, hi], "r_single": r_s, "tput_at_first_fail": tput_fail,
-                "probes": probes, "note": "no open-loop rate met the SLO within the probe budget"}
-    if hi is None:
-        knee, _ = knee_from_history(history)
-        return {"feasible": knee is not None, "knee_qps": knee, "bracket": [knee, None], "r_single": r_s, "tput_at_first_fail": None,
-                "probes": probes, "note": "probe budget spent before any load failed; raise max_probes"}
     confirmed: set[float] = set()
-    capped: set[float] = set()  # loads a confirm probe could not decide: the bisection looks below them
-
-    def bounds() -> tuple[float | None, float | None, float | None]:
-        knee, hi = knee_from_history(history)
-        top = min([x for x in (hi, *capped) if x is not None], default=None)
-        return knee, top, _lo_bound({x: v for x, v in history.items() if x not in capped}, top)
-
     while probes < auto.max_probes:
-        knee, top, lo = bounds()
-        if lo is None:  # everything probed failed on repeat: step below the lowest probe
-            lo = min(history) / (1 + auto.precision)
-            history.setdefault(lo, [])
-        if top / lo - 1 > auto.precision:  # bisect on the geometric midpoint
-            mid = math.sqrt(lo * top)
-            v, s = yield probe(mid, "bisect")
-            history.setdefault(mid, []).append(v)
-        elif knee != lo or (auto.confirm and lo not in confirmed):
-            # the bracket's low end must be decided PASS, and confirmed with a new seed
-            v, s = yield probe(lo, "confirm", len(history[lo]))
-            history[lo].append(v)
-            confirmed.add(lo)
-            if v == INCONCLUSIVE and knee != lo:  # cannot be decided here: look for the highest decidable load below
-                capped.add(lo)
+        top = min((x for x in history if status(x) in ("fail", "undecided")), default=None)
+        below = [x for x in history if (top is None or x < top) and status(x) in ("pass", "screened")]
+        if top is None:
+            break  # nothing failed within the budget: the knee is above the highest load probed
+        if not below:  # everything probed failed or stayed undecided: look lower
+            x = min(history) / 2
+            v, s = yield ("qps", x, "bracket", 0)
+            record(x, v, True)
+        elif top / max(below) - 1 > auto.precision:  # bisect on the geometric midpoint
+            x = math.sqrt(max(below) * top)
+            v, s = yield ("qps", x, "bisect", 0)
+            record(x, v, True)
         else:
-            break
+            lo = max(below)
+            if status(lo) == "pass" and (lo in confirmed or not auto.confirm):
+                break
+            # decide a screened load, or confirm a passing one with a new seed
+            v, s = yield ("qps", lo, "confirm", len(history[lo]))
+            record(lo, v, True)
+            confirmed.add(lo)
         probes += 1
-    knee, hi = knee_from_history(history)
+    stat = {x: status(x) for x in history}
+    hi = min((x for x, st in stat.items() if st == "fail"), default=None)
+    passing = [x for x, st in stat.items() if st == "pass" and (hi is None or x < hi)]
+    knee = max(passing) if passing else None
+    undecided = sorted(x for x, st in stat.items() if st in ("undecided", "screened") and (knee is None or x > knee) and (hi is None or x < hi))
     note = ""
     if knee is None:
         note = "no load was decided PASS within the probe budget (raise max_probes or probe.max_duration_s)"
-    elif hi is not None and hi / knee - 1 > auto.precision or (auto.confirm and knee not in confirmed):
-        note = ("the bracket stayed wider than the precision: loads between the knee and its upper end could not be decided "
-                "within probe.max_duration_s" if capped else
-                "stopped at the probe budget before the bracket closed and the knee was confirmed; raise max_probes")
+    elif hi is None:
+        note = "probe budget spent before any load failed; raise max_probes"
+    elif auto.confirm and knee not in confirmed:
+        note = "stopped at the probe budget before the knee was confirmed; raise max_probes"
+    elif undecided:
+        note = f"loads between the knee and the first failing load stayed undecided ({', '.join(f'{x:.3g}' for x in undecided)})"
     return {"feasible": knee is not None, "knee_qps": knee, "bracket": [knee, hi], "r_single": r_s, "tput_at_first_fail": tput_fail,
-            "probes": probes, "note": note, "undecided": sorted(x for x, v in history.items() if v and PASS not in v and FAIL not in v)}
+            "probes": probes, "note": note, "undecided": undecided}
 
 
 # ------------------------------------------------------------------ running points
-SCREENING_ROLES = ("baseline", "ladder", "bracket")
+SCREENING_ROLES = ("baseline", "ladder")
 
 
 def probe_seed(spec: SweepSpec, cell_idx: int, mode: str, value: float, role: str, repeat: int, seed_offset: int, extend: int) -> int:
@@ -226,9 +222,8 @@ def probe_seed(spec: SweepSpec, cell_idx: int, mode: str, value: float, role: st
 
 
 def role_rule(spec: SweepSpec, role: str, extend: int = 0) -> ProbeRule | None:
-    """The probe rule for a role: search probes below the bracket (baseline, ladder, bracket) only screen
-    for a decisive failure, so they stop at the minimum window; bisect/confirm/grid probes run the full
-    rule. An extended (re-measured undecided) point doubles its windows."""
+    """The probe rule for a role: baseline and ladder probes only screen for a decisive failure, so they
+    stop at the minimum window; bracket/bisect/confirm/grid probes run the full rule. An extended (re-measured undecided) point doubles its windows."""
     rule = spec.probe_rule()
     if rule is None:
         return None

@@ -359,4 +359,6 @@ def serve(profile: Profile, host: str = "127.0.0.1", port: int = 8000, **kw) -> 
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
-    web.run_app(srv.app(), host=host, port=port, print=None, access_log=None, handle_signals=True, loop=loop)
+    # handler_cancellation: a client that disconnects aborts its request, as vLLM and SGLang do
+    web.run_app(srv.app(), host=host, port=port, print=None, access_log=None, handle_signals=True, loop=loop,
+                handler_cancellation=True)

@@ -137,6 +137,28 @@ def summarize_timeline(rows: list[dict], first: dict | None, last: dict | None) 
     return out
 
 
+def wait_idle(base_url: str, headers: dict | None = None, timeout_s: float = 120.0, poll_s: float = 0.25) -> dict:
+    """Wait until the server's own gauges say no request is running or waiting (vLLM / SGLang / the
+    simulator): a load point must not start behind the queue an earlier one left (a cancelled request
+    the engine is still serving). Returns {"waited_s", "idle": True/False/None (no gauges)}."""
+    t0 = time.monotonic()
+    with httpx.Client(timeout=5, headers=headers or {}) as c:
+        while True:
+            try:
+                r = c.get(base_url.rstrip("/") + "/metrics")
+                m = parse_metrics(r.text) if r.status_code == 200 else {}
+            except (httpx.HTTPError, ValueError):
+                m = {}
+            if "running" not in m and "waiting" not in m:
+                return {"waited_s": round(time.monotonic() - t0, 2), "idle": None}
+            if (m.get("running") or 0) + (m.get("waiting") or 0) == 0:
+                return {"waited_s": round(time.monotonic() - t0, 2), "idle": True}
+            if time.monotonic() - t0 > timeout_s:
+                return {"waited_s": round(time.monotonic() - t0, 2), "idle": False,
+                        "busy": {"running": m.get("running"), "waiting": m.get("waiting")}}
+            time.sleep(poll_s)
+
+
 class MetricsScraper:
     """Scrapes `url` every `period_s` on a thread (sync httpx: the client's event loop stays free)."""
 
