@@ -46,8 +46,11 @@ def new_run_id(spec) -> str:
 
 
 def new_run_doc(spec, run_id: str) -> dict:
+    from bench.client import redact_url
     from bench.telemetry.environment import collect_environment
 
+    spec_doc = spec.model_dump(mode="json")
+    spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])  # a password in the URL is never stored
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "kind": "run",
@@ -55,7 +58,7 @@ def new_run_doc(spec, run_id: str) -> dict:
         "status": "running",
         "error": None,
         "harness": harness_info(),
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec_doc,
         "seed": spec.seed,
         "labels": dict(spec.labels),
         "host": socket.gethostname(),
