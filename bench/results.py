@@ -10,6 +10,9 @@ run.json schema history (RUN_SCHEMA_VERSION):
      spec (RunSpec, no secrets), target{url, model, api, server_version, server_kind, simulated, ...},
      environment{...}, workload{tokenizer, ...}, anchor{wall_ns, perf_ns}, started_at/ended_at (unix s),
      summary (metrics.summarize), telemetry{...}
+   additive, same version: spec.target.url and target.url redacted (`//***@`); workload.dataset_rows_reused
+     (short dataset wrapped around), workload.clipped_to_max_model_len counts requests sent;
+     summary.streams_without_done; requests.parquet column done_marker (absent in older files: True)
 """
 
 from __future__ import annotations

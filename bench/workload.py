@@ -82,10 +82,13 @@ class ServerTokenizer(Tokenizer):
 
     @staticmethod
     def available(base_url: str, model: str, headers: dict | None = None) -> bool:
+        from bench.client import ControlPlaneError, control_call
+
         try:
-            r = httpx.post(base_url + "/tokenize", json={"model": model, "prompt": "hello"}, headers=headers or {}, timeout=10)
+            r = control_call("POST /tokenize", base_url, lambda: httpx.post(base_url + "/tokenize", json={"model": model, "prompt": "hello"},
+                                                                            headers=headers or {}, timeout=10), 10)
             return r.status_code == 200 and ("count" in r.json() or "tokens" in r.json())
-        except (httpx.HTTPError, ValueError):
+        except (ControlPlaneError, ValueError, AttributeError):
             return False
 
 
