@@ -279,7 +279,7 @@ def test_bad_sweep_fields_are_one_line(tmp_path, load, labels, expect):
 def test_sim_port_errors_are_one_line():
     import socket
 
-    assert "between 1 and 65535" in one_line_error(trilemma("sim", "--port", 99999, check=False))
+    assert "between 1 and 65535" in one_line_error(trilemma("sim", "--port", 99999, check=False, timeout=30))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
