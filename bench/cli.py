@@ -38,6 +38,22 @@ def _labels(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _out_dir(out: Path, flag: str = "--out") -> Path:
+    """A results root must be a directory (created if missing)."""
+    if out.exists() and not out.is_dir():
+        fail(f"{flag} {out}: this is a file; give a directory for the results, e.g. {flag} results")
+    return out
+
+
+def _run_name(name: str | None) -> str | None:
+    """--name becomes one folder under --out: no path separators, no '..'."""
+    import re
+
+    if name is not None and (not re.fullmatch(r"[A-Za-z0-9._=+-]+", name) or set(name) == {"."}):
+        fail(f"--name '{name}': use letters, digits and . _ - = + only (it names one folder under --out), e.g. --name h100-qps8")
+    return name
+
+
 def _user_errors(fn):
     """Turn user-facing exceptions into one-line errors."""
     import functools
@@ -59,6 +75,8 @@ def _user_errors(fn):
             fail(str(e), 1)
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted (Ctrl-C)", 130)
     return wrap
 
 
@@ -89,7 +107,8 @@ def run(
     name: Optional[str] = typer.Option(None, help="Run id (default: timestamp + workload + load)"),
     ignore_eos: bool = typer.Option(True, help="Force the output length (ignore_eos; vLLM/SGLang extension)"),
     continuous_usage: bool = typer.Option(True, help="Ask for usage on every chunk (vLLM/SGLang continuous_usage_stats)"),
-    timeout: float = typer.Option(600.0, help="Per-request timeout (s)"),
+    timeout: float = typer.Option(600.0, help="Idle-read timeout (s): a request fails when no byte of its response arrives for this long "
+                                                "(a slow but steadily streaming request is never cut)"),
     max_model_len: Optional[int] = typer.Option(None, help="Clip ISL+OSL to this (default: from the server)"),
     speedup: float = typer.Option(1.0, help="Trace replay: time scaling (2 = same shape, twice the rate)"),
     window: Optional[str] = typer.Option(None, help="Trace replay: START:END seconds of the trace, e.g. 0:120"),
@@ -132,7 +151,7 @@ def run(
         if not spec.slos or not duration:
             fail("--until-decided needs --slo (what to decide) and --duration (the shortest window)")
         spec = spec.model_copy(update={"probe": ProbeRule(min_duration_s=duration, max_duration_s=max_duration or max(4 * duration, 120.0))})
-    doc = run_one(spec, out, name, env_api_key(spec, api_key), gpus)
+    doc = run_one(spec, _out_dir(out), _run_name(name), env_api_key(spec, api_key), gpus)
     print_summary(doc)
     if doc["status"] == "failed":
         fail(doc.get("error") or "the run failed; see run.json", 1)
@@ -179,8 +198,13 @@ def sim(
     from bench.sim.engine import load_profile
     from bench.sim.server import serve
 
-    serve(load_profile(profile, slowdown), host, port, model=model, deterministic=deterministic, seed=seed,
-          error_rate=error_rate, cut_rate=cut_rate)
+    if not 1 <= port <= 65535:
+        fail(f"--port {port}: give a TCP port between 1 and 65535, e.g. --port 8000")
+    prof = load_profile(profile, slowdown)
+    try:
+        serve(prof, host, port, model=model, deterministic=deterministic, seed=seed, error_rate=error_rate, cut_rate=cut_rate)
+    except OSError as e:
+        fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick a free port with --port")
 
 
 @app.command()
@@ -242,6 +266,7 @@ def sweep(
     from bench.config import load_sweep_spec
     from bench.sweep import SweepRunner
 
+    _out_dir(out)
     spec = load_sweep_spec(spec_file)
     if url:
         spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": url, "sim": None})})

@@ -13,14 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable
 
 import httpx
 
 from bench.records import RequestRecord
 
 perf_ns = time.perf_counter_ns
+
+
+# ------------------------------------------------------------------ secrets
+def redact_url(url: str) -> str:
+    """`http://user:pw@host` -> `http://***@host`: credentials in a URL are never stored or printed."""
+    return re.sub(r"//[^/@\s]+@", "//***@", url)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password written into a URL (`http://user:pw@host`), so an echo of it is redacted too."""
+    m = re.match(r"^[a-z]+://[^/@:\s]*:([^/@\s]+)@", url)
+    return [m.group(1)] if m else []
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Remove secrets from a string the harness is about to record or print: each given value (API key,
+    URL password), any `Bearer …`/`Basic …` credential, and URL userinfo. A server may echo the
+    Authorization header in an error body (some 401 pages do)."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    text = re.sub(r"(?i)\b(bearer|basic)(\s+)[^\s\"',;}]+", r"\1\2***", text)
+    return redact_url(text)
 
 
 # ------------------------------------------------------------------ SSE parsing (after the fact)
@@ -164,6 +189,7 @@ class StreamClient:
         from yarl import URL
 
         self.base = base_url.rstrip("/")
+        self.secrets = [api_key, *url_secrets(base_url)]  # redacted from every recorded error
         self._urls: dict[str, URL] = {}
         self._URL = URL
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -231,11 +257,20 @@ async def send_streaming(client: StreamClient, req: Prepared, rec: RequestRecord
     finally:  # also on cancellation (Ctrl-C): the first byte stays recorded
         if reads:
             rec.first_byte_ns = reads[0][0]
+        if rec.error:  # an error body may echo the Authorization header
+            rec.error = redact(rec.error, client.secrets)
     events, rest = parse_sse(reads)
     done = interpret_events(events, rec)
     if not rec.error_kind and not done:
-        rec.error_kind = "stream_cut"
-        rec.error = "stream ended before [DONE]" + (f" ({len(rest)} bytes of a partial event)" if rest else "")
+        if rec.finish_reason and not rest:
+            # the body ended cleanly after a finish_reason: complete. `transformers serve` ends streams
+            # this way, without the `data: [DONE]` sentinel; the record notes it (a count in the summary).
+            rec.done_marker = False
+        else:
+            rec.error_kind = "stream_cut"
+            rec.error = "stream ended before [DONE]" + (f" ({len(rest)} bytes of a partial event)" if rest else "")
+    if rec.error:
+        rec.error = redact(rec.error, client.secrets)
     rec.ok = not rec.error_kind and rec.output_tokens > 0
 
 
@@ -252,32 +287,78 @@ def _error_message(body: bytes) -> str:
     return body[:300].decode("utf-8", "replace").strip()
 
 
-# ------------------------------------------------------------------ target discovery
+# ------------------------------------------------------------------ control plane
 class TargetError(Exception):
     """The target cannot be used; the message is one line naming the fix."""
 
 
+class ControlPlaneError(TargetError):
+    """A control-plane call (discovery, /tokenize, cache reset) failed; one line naming the call."""
+
+
+# A kept-alive connection the server has closed (or reset) fails on reuse with one of these; a new
+# connection usually works, so such a failure is retried once.
+_STALE = (httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+def _control_error(call: str, base_url: str, e: httpx.HTTPError, timeout_s: float | None) -> ControlPlaneError:
+    url = redact_url(base_url)
+    if isinstance(e, httpx.ConnectError):
+        why = f"cannot reach {url}: connection refused or host unknown; is the server running? check --url"
+    elif isinstance(e, httpx.TimeoutException):
+        why = f"{url} did not answer within {timeout_s:g} s; check --url and that the server has finished starting"
+    else:
+        detail = str(e).splitlines()[0] if str(e) else "no detail"
+        why = (f"{url} closed or reset the connection twice ({type(e).__name__}: {detail}); "
+               "check the server's log, or a proxy between the harness and it")
+    return ControlPlaneError(f"{call} failed: {why}")
+
+
+def control_call(call: str, base_url: str, send: Callable[[], httpx.Response], timeout_s: float | None = None) -> httpx.Response:
+    """The one error boundary for synchronous control-plane requests: a stale kept-alive connection or
+    another transport error is retried once; a second failure (or a timeout) raises ControlPlaneError,
+    one line naming the call. HTTP statuses are returned for the caller to judge."""
+    for attempt in (0, 1):
+        try:
+            return send()
+        except _STALE as e:
+            if attempt:
+                raise _control_error(call, base_url, e, timeout_s) from None
+        except httpx.HTTPError as e:
+            raise _control_error(call, base_url, e, timeout_s) from None
+    raise AssertionError("unreachable")
+
+
+async def acontrol_call(call: str, base_url: str, send: Callable[[], Awaitable[httpx.Response]],
+                        timeout_s: float | None = None) -> httpx.Response:
+    """`control_call` for async callers (same retry rule, same errors)."""
+    for attempt in (0, 1):
+        try:
+            return await send()
+        except _STALE as e:
+            if attempt:
+                raise _control_error(call, base_url, e, timeout_s) from None
+        except httpx.HTTPError as e:
+            raise _control_error(call, base_url, e, timeout_s) from None
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------ target discovery
 async def discover(base_url: str, headers: dict) -> dict:
     """GET /v1/models (required), /version and SGLang's /get_server_info (optional).
 
     Returns {models, default_model, max_model_len, server_version, server_kind, simulated, server_info}."""
+    url = redact_url(base_url)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as c:
-        try:
-            r = await c.get("/v1/models")
-        except httpx.ConnectError:
-            raise TargetError(f"cannot reach {base_url}: connection refused or host unknown; is the server running? check --url") from None
-        except httpx.TimeoutException:
-            raise TargetError(f"{base_url} did not answer within 10 s; check --url and that the server has finished starting") from None
-        except httpx.HTTPError as e:
-            raise TargetError(f"cannot talk to {base_url}: {type(e).__name__}: {e}; check --url") from None
+        r = await acontrol_call("GET /v1/models", base_url, lambda: c.get("/v1/models"), 10)
         if r.status_code in (401, 403):
-            raise TargetError(f"{base_url}/v1/models answered HTTP {r.status_code}: set the API key (--api-key or the env var in api_key_env)")
+            raise TargetError(f"{url}/v1/models answered HTTP {r.status_code}: set the API key (--api-key or the env var in api_key_env)")
         if r.status_code != 200:
-            raise TargetError(f"{base_url}/v1/models answered HTTP {r.status_code}; is this an OpenAI-compatible server? check --url")
+            raise TargetError(f"{url}/v1/models answered HTTP {r.status_code}; is this an OpenAI-compatible server? check --url")
         try:
             data = r.json().get("data", [])
-        except ValueError:
-            raise TargetError(f"{base_url}/v1/models did not return JSON; is this an OpenAI-compatible server? check --url") from None
+        except (ValueError, AttributeError):
+            raise TargetError(f"{url}/v1/models did not return JSON; is this an OpenAI-compatible server? check --url") from None
         models = [m.get("id") for m in data if isinstance(m, dict)]
         out: dict = {"models": models, "default_model": models[0] if len(models) == 1 else None}
         mx = next((m.get("max_model_len") for m in data if isinstance(m, dict) and m.get("max_model_len")), None)
@@ -285,8 +366,8 @@ async def discover(base_url: str, headers: dict) -> dict:
         out["server_version"] = None
         out["server_kind"] = "openai-compatible"
         out["simulated"] = False
-        try:
-            v = await c.get("/version")
+        try:  # optional endpoints: a server without them is still usable
+            v = await acontrol_call("GET /version", base_url, lambda: c.get("/version"), 10)
             if v.status_code == 200:
                 vj = v.json()
                 out["server_version"] = vj.get("version")
@@ -296,29 +377,27 @@ async def discover(base_url: str, headers: dict) -> dict:
                     out["sim"] = {k: vj[k] for k in ("profile", "deterministic") if k in vj}
                 else:
                     out["server_kind"] = "vllm" if out["server_version"] else out["server_kind"]
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (ControlPlaneError, ValueError, AttributeError):
             pass
         try:
-            si = await c.get("/get_server_info")
+            si = await acontrol_call("GET /get_server_info", base_url, lambda: c.get("/get_server_info"), 10)
             if si.status_code == 200 and isinstance(si.json(), dict):
                 info = si.json()
                 out["server_kind"] = "sglang"
                 out["server_version"] = info.get("version", out["server_version"])
                 out["server_info"] = {k: info[k] for k in ("tp_size", "dp_size", "max_total_num_tokens", "chunked_prefill_size",
                                                           "max_running_requests", "context_length", "disable_radix_cache") if k in info}
-        except (httpx.HTTPError, ValueError):
+        except (ControlPlaneError, ValueError):
             pass
     return out
 
 
 async def reset_prefix_cache(base_url: str, headers: dict) -> str:
-    """vLLM POST /reset_prefix_cache, SGLang POST /flush_cache. Returns which one worked, or 'unsupported'."""
+    """vLLM POST /reset_prefix_cache, SGLang POST /flush_cache. Returns which one worked, or 'unsupported'.
+    A connection failing twice raises ControlPlaneError (the user asked for a reset)."""
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as c:
         for path in ("/reset_prefix_cache", "/flush_cache"):
-            try:
-                r = await c.post(path)
-                if r.status_code == 200:
-                    return path
-            except httpx.HTTPError:
-                pass
+            r = await acontrol_call(f"POST {path}", base_url, lambda p=path: c.post(p), 30)
+            if r.status_code == 200:
+                return path
     return "unsupported"

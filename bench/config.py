@@ -202,6 +202,28 @@ class TargetSpec(BaseModel):
             raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000")
         return v.rstrip("/").removesuffix("/v1")
 
+    @field_validator("request_timeout_s")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--timeout must be a number of seconds > 0, got {v:g}; e.g. --timeout 600")
+        return v
+
+
+MAX_PLANNED_REQUESTS = 1_000_000  # one load point; beyond this the prompts alone need gigabytes
+
+
+def _finite(v: float | None, what: str, example: str) -> float | None:
+    if v is not None and not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {v}; e.g. {example}")
+    return v
+
+
+def _gpu_telemetry(v: str) -> str:
+    if v in ("auto", "off", "nvml") or re.match(r"^dcgm:https?://\S+$", v):
+        return v
+    raise ValueError(f"'{v}' is not a GPU telemetry source; use auto, off, nvml or dcgm:URL (a DCGM exporter, e.g. dcgm:http://gpu-box:9400/metrics)")
+
 
 class WorkloadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -250,6 +272,27 @@ class LoadSpec(BaseModel):
     @classmethod
     def _arr(cls, v):
         return Arrival.parse(v)
+
+    @field_validator("qps", "duration_s", "warmup")
+    @classmethod
+    def _finite(cls, v, info):
+        flag = {"qps": "--qps", "duration_s": "--duration", "warmup": "--warmup"}[info.field_name]
+        return _finite(v, flag, {"qps": "--qps 8", "duration_s": "--duration 60", "warmup": "--warmup 10s"}[info.field_name])
+
+    @model_validator(mode="after")
+    def _size(self):
+        warm_s = self.warmup if self.warmup_unit == "s" else 0.0
+        warm_r = int(self.warmup) if self.warmup_unit == "r" else 0
+        if self.requests is not None:
+            n, what = self.requests + warm_r, "--requests (+ warmup requests)"
+        elif self.qps is not None and self.duration_s is not None:
+            n, what = self.qps * (self.duration_s + warm_s), "--qps × (--duration + warmup)"
+        else:
+            return self
+        if n > MAX_PLANNED_REQUESTS:
+            raise ValueError(f"{what} plans {n:,.0f} requests, more than {MAX_PLANNED_REQUESTS:,} in one load point; "
+                             "lower --qps, --duration or --requests (or split the run into several points)")
+        return self
 
     @model_validator(mode="after")
     def _one_mode(self):
@@ -322,6 +365,11 @@ class RunSpec(BaseModel):
     scrape_metrics: bool = True
     gpu_telemetry: str = "auto"  # auto | off | nvml | dcgm:URL
     probe: ProbeRule | None = None  # sequential load point (sweeps); None: exactly --duration/--requests
+
+    @field_validator("gpu_telemetry")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        return _gpu_telemetry(v)
 
 
 def validation_message(e: ValidationError, prefix: str = "") -> str:
@@ -417,8 +465,8 @@ class SweepLoad(BaseModel):
         given = sum(x is not None for x in (self.qps, self.concurrency, self.auto))
         if given != 1:
             raise ValueError("give exactly one of qps: [..], concurrency: [..] or auto")
-        if self.qps is not None and (not self.qps or min(self.qps) <= 0):
-            raise ValueError("qps: give a non-empty list of positive rates")
+        if self.qps is not None and (not self.qps or min(self.qps) <= 0 or not all(math.isfinite(q) for q in self.qps)):
+            raise ValueError("qps: give a non-empty list of positive, finite rates, e.g. [2, 4, 8]")
         if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
             raise ValueError("concurrency: give a non-empty list of integers >= 1")
         return self
@@ -471,7 +519,19 @@ class SweepSpec(BaseModel):
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, v):
+        if v is not None and not isinstance(v, dict):
+            raise ValueError("write a mapping of KEY: VALUE, e.g. labels: {gpu: h100}")
         return {str(k): str(x) for k, x in (v or {}).items()}
+
+    @field_validator("duration_s")
+    @classmethod
+    def _duration(cls, v):
+        return _finite(v, "duration_s", "duration_s: 60")
+
+    @field_validator("gpu_telemetry")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        return _gpu_telemetry(v)
 
     @field_validator("name")
     @classmethod

@@ -42,6 +42,7 @@ class Source:
     has_lengths = True
     makes_items = False
     timed = False
+    wraps = False  # True: item(i) handles i >= size itself (else Workload wraps to row i mod size)
 
     def __init__(self):
         self.rows: list = []
@@ -227,6 +228,7 @@ class MTBench(Source):
 
     has_lengths = False
     makes_items = True
+    wraps = True
 
     def __init__(self, osl: int):
         super().__init__()
@@ -312,6 +314,10 @@ class UserFile(Source):
             raise SpecError(f"{p}:{ln}: give one of the columns prompt, messages or input_tokens")
         if msgs is not None and not (isinstance(msgs, list) and all(isinstance(m, dict) and "content" in m for m in msgs)):
             raise SpecError(f"{p}:{ln}: 'messages' must be a list of {{role, content}} objects")
+        for k, m in enumerate(msgs or []):
+            if not isinstance(m["content"], str):
+                raise SpecError(f"{p}:{ln}: messages[{k}].content must be a string (text), got {type(m['content']).__name__}; "
+                                "multimodal content is not supported: keep the text only")
         return {"prompt": prompt, "messages": msgs, "isl": isl, "osl": num("output_tokens"), "timestamp": num("timestamp", float),
                 "line": ln}
 

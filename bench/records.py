@@ -52,6 +52,7 @@ class RequestRecord:
     server_recv_ns: int = 0  # simulator ground truth (0 elsewhere)
     server_chunk_ns: list[int] = field(default_factory=list)
     output_text: str = ""  # kept only when needed (multi-turn history)
+    done_marker: bool = True  # False: the stream ended after its finish_reason without `data: [DONE]` (complete)
 
 
 _INT_LIST = pa.list_(pa.int64())

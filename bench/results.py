@@ -10,6 +10,9 @@ run.json schema history (RUN_SCHEMA_VERSION):
      spec (RunSpec, no secrets), target{url, model, api, server_version, server_kind, simulated, ...},
      environment{...}, workload{tokenizer, ...}, anchor{wall_ns, perf_ns}, started_at/ended_at (unix s),
      summary (metrics.summarize), telemetry{...}
+   additive, same version: spec.target.url and target.url redacted (`//***@`); workload.dataset_rows_reused
+     (short dataset wrapped around), workload.clipped_to_max_model_len counts requests sent;
+     summary.streams_without_done; requests.parquet column done_marker (absent in older files: True)
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ def new_run_id(spec) -> str:
 
 
 def new_run_doc(spec, run_id: str) -> dict:
+    from bench.client import redact_url
     from bench.telemetry.environment import collect_environment
 
+    spec_doc = spec.model_dump(mode="json")
+    spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])  # a password in the URL is never stored
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "kind": "run",
@@ -55,7 +61,7 @@ def new_run_doc(spec, run_id: str) -> dict:
         "status": "running",
         "error": None,
         "harness": harness_info(),
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec_doc,
         "seed": spec.seed,
         "labels": dict(spec.labels),
         "host": socket.gethostname(),

@@ -244,30 +244,53 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
     return mon
 
 
-def _redact_url(url: str) -> str:
-    import re
-
-    return re.sub(r"//[^/@]+@", "//***@", url)
+def one_line(e: BaseException) -> str:
+    """An exception as one line for run.json and the console: its type and first line."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, (RunFailed, SpecError, cl.TargetError)):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progress: Callable[[Progress], None] | None = None,
                     telemetry=None, extra: dict | None = None) -> dict:
-    """Discover the target, build the workload, drive it, save. Returns the run.json document."""
+    """Discover the target, build the workload, drive it, save. Returns the run.json document.
+
+    Status rule: `complete` only when the point was measured as planned; any exception leaves `failed`
+    with its reason (one line, secrets redacted) and raises RunFailed; Ctrl-C leaves `interrupted`."""
     from bench import results
-    from bench.metrics import summarize
 
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = results.new_run_doc(spec, run_dir.name)
     doc.update(extra or {})
     results.write_run_doc(run_dir, doc)
-    tgt = spec.target
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        info = await cl.discover(tgt.url, headers)
-    except cl.TargetError as e:
-        doc.update(status="failed", error=str(e))
-        results.write_run_doc(run_dir, doc)
-        raise RunFailed(str(e)) from None
+        return await _run_point(spec, run_dir, doc, api_key, on_progress, telemetry)
+    except asyncio.CancelledError:
+        if doc.get("status") == "running":
+            doc.update(status="interrupted", error="interrupted (Ctrl-C or signal) before the load started", ended_at=time.time())
+            results.write_run_doc(run_dir, doc)
+        raise
+    except Exception as e:
+        msg = cl.redact(one_line(e), [api_key, *cl.url_secrets(spec.target.url)])
+        if doc.get("status") in ("running", "complete"):
+            doc.update(status="failed", error=msg, ended_at=time.time())
+            results.write_run_doc(run_dir, doc)
+        if isinstance(e, RunFailed):
+            raise
+        raise RunFailed(msg) from e
+
+
+async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | None, on_progress, telemetry) -> dict:
+    from bench import results
+    from bench.metrics import summarize
+
+    tgt = spec.target
+    if api_key and cl.url_secrets(tgt.url):
+        raise cl.TargetError("--url carries a password and an API key is set: both would go in the Authorization header; "
+                             "give only one (drop user:password@ from --url, or unset --api-key / the key's env var)")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    info = await cl.discover(tgt.url, headers)
     model = tgt.model or info.get("default_model")
     if not model:
         msg = f"{tgt.url} serves {len(info.get('models', []))} models ({', '.join(info.get('models', [])[:5])}); pick one with --model"
@@ -279,7 +302,7 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         doc.update(status="failed", error=msg)
         results.write_run_doc(run_dir, doc)
         raise RunFailed(msg)
-    doc["target"] = {"url": _redact_url(tgt.url), "model": model, "api": tgt.api, **{k: v for k, v in info.items() if k != "default_model"}}
+    doc["target"] = {"url": cl.redact_url(tgt.url), "model": model, "api": tgt.api, **{k: v for k, v in info.items() if k != "default_model"}}
     if spec.scrape_metrics:  # never start behind an earlier point's queue (cancelled requests still being served)
         from bench.telemetry.prometheus import wait_idle
 
@@ -303,14 +326,16 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         doc.update(status="failed", error=msg)
         results.write_run_doc(run_dir, doc)
         raise RunFailed(msg)
-    n_pre = wl.size if wl.size is not None else (
-        spec.load.requests + (int(spec.load.warmup) if spec.load.warmup_unit == "r" else 0) if spec.load.requests else
-        int(math.ceil((spec.load.qps or 0) * ((spec.load.duration_s or 0) + (spec.load.warmup if spec.load.warmup_unit == "s" else 0)) * 1.2)) + 64)
-    if wl.size is not None and spec.load.requests:
-        n_pre = min(n_pre, spec.load.requests)
-    if wl.size is None:
-        n_pre = min(n_pre, 5000)  # later items are built as they are sent
-    items = [wl.item(i) for i in range(n_pre)] if (spec.load.qps is not None or wl.size is not None) else [wl.item(i) for i in range(min(64, spec.load.requests or 64))]
+    load = spec.load
+    planned = (load.requests + (int(load.warmup) if load.warmup_unit == "r" else 0) if load.requests else
+               int(math.ceil((load.qps or 0) * ((load.duration_s or 0) + (load.warmup if load.warmup_unit == "s" else 0)) * 1.2)) + 64)
+    if load.qps is not None and not load.replay:
+        n_pre = min(planned, 5000)  # a dataset shorter than the schedule wraps around (Workload.item); later items are built as sent
+    elif wl.size is not None:
+        n_pre = min(wl.size, planned) if load.requests else wl.size
+    else:
+        n_pre = min(64, load.requests or 64)
+    items = [wl.item(i) for i in range(n_pre)]
     fixes = await asyncio.to_thread(wl.verify, items)
     doc["workload"] = {"tokenizer": tok_kind, "prompt_overhead_tokens": builder.overhead, "verified_fixes": fixes,
                        "clipped_to_max_model_len": wl.clipped, "max_model_len": wspec.max_model_len,
@@ -359,6 +384,8 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         await drive(spec, wl, items, http, prepare, writer, progress, monitor=probe_mon)
     except asyncio.CancelledError:
         status, error = "interrupted", "interrupted (Ctrl-C or signal); results up to that moment are saved"
+    except Exception as e:  # the point was not measured as planned: never `complete`
+        status, error = "failed", cl.redact(one_line(e), http.secrets)
     finally:
         mon.cancel()  # the watch covers the measurement, not the shutdown work below
         gc.set_threshold(*gc_threshold)
@@ -371,8 +398,11 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         await http.aclose()
         await asyncio.to_thread(writer.close)
         recs = read_records(run_dir)
-        if wl.clipped:
-            doc["workload"]["clipped_to_max_model_len"] = wl.clipped
+        sent = {r.index for r in recs}
+        n_clipped, n_reused = len(wl.clipped_idx & sent), len(wl.reused & sent)  # requests sent, not prompts built
+        doc["workload"]["clipped_to_max_model_len"] = n_clipped
+        if wl.size is not None and not load.replay:
+            doc["workload"]["dataset_rows_reused"] = n_reused
         window = None
         if load.duration_s is not None and not load.replay and load.warmup_unit == "s" and probe_mon.t0:
             window = probe_mon.window_ns(perf_ns())
@@ -386,9 +416,13 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         doc["client_health"] = {"loop_stalls": stalls.report()}
         if stalls.n:
             summary["warnings"].append(stalls.warning())
-        if wl.clipped:
-            summary["warnings"].append(f"clipped: {wl.clipped} requests were shortened to fit max_model_len={wspec.max_model_len}; "
+        summary["streams_without_done"] = sum(1 for r in recs if r.ok and not r.done_marker)
+        if n_clipped:
+            summary["warnings"].append(f"clipped: {n_clipped} requests were shortened to fit max_model_len={wspec.max_model_len}; "
                                        "serve a longer context or filter the trace")
+        if n_reused:
+            summary["warnings"].append(f"dataset wrapped around: it has {wl.size} rows and {n_reused} requests reused rows from the "
+                                       "start; give a longer dataset or fewer --requests/--duration for distinct prompts")
         if telemetry is not None and doc.get("telemetry"):
             from bench.telemetry import attach_to_summary
 
@@ -476,9 +510,11 @@ def execute_run(spec: RunSpec, run_dir: Path, api_key: str | None = None, on_pro
             pass
     try:
         return loop.run_until_complete(main)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # interrupted during setup: run_async marked run.json `interrupted`
         from bench import results
 
+        if not (run_dir / "run.json").is_file():  # before run_async wrote anything
+            return {"run_id": run_dir.name, "status": "interrupted", "error": "interrupted (Ctrl-C or signal) before the run started"}
         return results.read_run_doc(run_dir)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -297,11 +297,14 @@ class SweepRunner:
         self.lifetime_hint: dict[str, float] = {}  # cell -> request lifetime (E2E p50, s) of its last probe
 
     def _doc(self, status: str, extra: dict | None = None) -> None:
+        from bench.client import redact_url
         from bench.results import harness_info, write_json
 
         self.dir.mkdir(parents=True, exist_ok=True)
+        spec_doc = self.spec.model_dump(mode="json")
+        spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])
         doc = {"schema_version": 1, "kind": "sweep", "name": self.spec.name, "status": status, "harness": harness_info(),
-               "spec": self.spec.model_dump(mode="json"), "updated_at": time.time(), **(extra or {})}
+               "spec": spec_doc, "updated_at": time.time(), **(extra or {})}
         write_json(self.dir / "sweep.json", doc)
 
     def measure(self, cell_idx: int, mode: str, value: float, repeat: int = 0, seed_offset: int = 0, role: str = "grid") -> dict:
@@ -387,10 +390,10 @@ class SweepRunner:
     def run(self) -> dict:
         spec = self.spec
         self._doc("running")
-        self._start_sim()
         searches = []
-        status = "complete"
+        status, error = "complete", None
         try:
+            self._start_sim()
             for ci, _cell in enumerate(spec.cells):
                 for rep in range(spec.repeats):
                     if spec.load.auto is not None:
@@ -400,8 +403,13 @@ class SweepRunner:
                         mode = "qps" if spec.load.qps is not None else "concurrency"
                         for v in values:
                             self.measure(ci, mode, v, rep)
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt):
             status = "interrupted"
+        except Exception as e:  # e.g. the target is unreachable: the sweep did not measure what it set out to
+            from bench.runner import one_line
+
+            status, error = "failed", one_line(e)
+            raise
         finally:
             if self.sim_proc is not None:
                 import subprocess
@@ -412,7 +420,7 @@ class SweepRunner:
                 except subprocess.TimeoutExpired:
                     self.sim_proc.kill()
                     self.sim_proc.wait(10)
-            self._doc(status, {"searches": searches, "measured": self.measured, "skipped": self.skipped})
+            self._doc(status, {"searches": searches, "measured": self.measured, "skipped": self.skipped, "error": error})
         return {"status": status, "dir": self.dir, "measured": self.measured, "skipped": self.skipped, "searches": searches}
 
     def _search(self, ci: int, rep: int) -> dict:

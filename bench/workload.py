@@ -59,13 +59,20 @@ class ServerTokenizer(Tokenizer):
         self.model = model
 
     def _post(self, payload: dict) -> int:
-        r = self.http.post("/tokenize", json={"model": self.model, **payload})
+        from bench.client import control_call, redact
+
+        base = str(self.http.base_url)
+        r = control_call("POST /tokenize", base, lambda: self.http.post("/tokenize", json={"model": self.model, **payload}), 30)
         if r.status_code != 200:
-            raise SpecError(f"/tokenize answered HTTP {r.status_code}: {r.text[:200]}; pass --tokenizer PATH to count locally")
-        obj = r.json()
-        if self.max_model_len is None and obj.get("max_model_len"):
-            self.max_model_len = int(obj["max_model_len"])
-        return int(obj["count"]) if "count" in obj else len(obj["tokens"])
+            body = redact(r.text[:200].replace("\n", " "), [self.http.headers.get("authorization")])
+            raise SpecError(f"/tokenize answered HTTP {r.status_code}: {body}; pass --tokenizer PATH to count locally")
+        try:
+            obj = r.json()
+            if self.max_model_len is None and obj.get("max_model_len"):
+                self.max_model_len = int(obj["max_model_len"])
+            return int(obj["count"]) if "count" in obj else len(obj["tokens"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise SpecError(f"/tokenize returned no token count ({r.text[:80]!r}); pass --tokenizer PATH to count locally") from None
 
     def count(self, text: str) -> int:
         return self._post({"prompt": text})
@@ -75,16 +82,20 @@ class ServerTokenizer(Tokenizer):
 
     @staticmethod
     def available(base_url: str, model: str, headers: dict | None = None) -> bool:
+        from bench.client import ControlPlaneError, control_call
+
         try:
-            r = httpx.post(base_url + "/tokenize", json={"model": model, "prompt": "hello"}, headers=headers or {}, timeout=10)
+            r = control_call("POST /tokenize", base_url, lambda: httpx.post(base_url + "/tokenize", json={"model": model, "prompt": "hello"},
+                                                                            headers=headers or {}, timeout=10), 10)
             return r.status_code == 200 and ("count" in r.json() or "tokens" in r.json())
-        except (httpx.HTTPError, ValueError):
+        except (ControlPlaneError, ValueError, AttributeError):
             return False
 
 
 class LocalTokenizer(Tokenizer):
     """A local Hugging Face tokenizer (`tokenizer.json`, or a model dir holding it). Chat counting needs
-    the template in tokenizer_config.json; rendering it uses jinja2."""
+    the template: `chat_template` in tokenizer_config.json, or `chat_template.jinja` beside it (where
+    transformers saves it today); rendering it uses jinja2."""
 
     def __init__(self, path: str):
         from tokenizers import Tokenizer as HFTok
@@ -97,6 +108,9 @@ class LocalTokenizer(Tokenizer):
         cfg = tj.parent / "tokenizer_config.json"
         self.config = json.loads(cfg.read_text()) if cfg.is_file() else {}
         self.bos = self.config.get("bos_token") if isinstance(self.config.get("bos_token"), str) else None
+        jinja = tj.parent / "chat_template.jinja"
+        if not self.config.get("chat_template") and jinja.is_file():
+            self.config["chat_template"] = jinja.read_text()
 
     def count(self, text: str) -> int:
         return len(self.tok.encode(text, add_special_tokens=True).ids)
@@ -106,7 +120,8 @@ class LocalTokenizer(Tokenizer):
 
         tpl = self.config.get("chat_template")
         if not tpl:
-            raise SpecError("--tokenizer has no chat_template; use --api completions or the server's /tokenize")
+            raise SpecError("--tokenizer has no chat template (neither chat_template in tokenizer_config.json nor chat_template.jinja); "
+                            "use --api completions or the server's /tokenize")
         text = jinja2.Environment().from_string(tpl).render(messages=messages, add_generation_prompt=True, bos_token=self.bos or "")
         return len(self.tok.encode(text, add_special_tokens=False).ids)
 
@@ -204,13 +219,19 @@ def clip_lengths(isl: np.ndarray, osl: np.ndarray, max_len: int | None) -> tuple
 
 # ------------------------------------------------------------------ synthetic workload
 class Workload:
-    """Deterministic item generator: item(i) depends only on (seed, i)."""
+    """Deterministic item generator: item(i) depends only on (seed, i).
+
+    A finite dataset shorter than the schedule wraps around: item i uses row i mod N (as `vllm bench
+    serve` oversamples a short dataset to the requested count, and GuideLLM cycles its data). Items
+    built from a reused row are remembered (`reused`) so the run can state how many it sent."""
 
     def __init__(self, spec: WorkloadSpec, builder: PromptBuilder | None, seed: int, api: str = "completions"):
         from bench import datasets
 
         self.spec, self.builder, self.seed, self.api = spec, builder, seed, api
-        self.clipped = 0
+        self.clipped = 0  # items built with clipped lengths
+        self.clipped_idx: set[int] = set()  # their indices (the run counts those actually sent)
+        self.reused: set[int] = set()  # indices of items built from a wrapped-around dataset row
         self.source = None
         if spec.dataset or spec.isl.kind == "trace":
             self.source = datasets.open_source(spec.dataset or f"trace:{spec.isl.trace}", spec, seed)
@@ -234,7 +255,19 @@ class Workload:
         return isl, osl
 
     def item(self, i: int) -> WorkItem:
-        rng = np.random.default_rng([self.seed, i])
+        n = self.size
+        row = i % n if (n and i >= n and not self.source.wraps) else i
+        clipped_before = self.clipped
+        # rng from i, not the row: a reused row of `input_tokens` gets new text (no accidental cache hits)
+        it = self._build(row, np.random.default_rng([self.seed, i]))
+        if row != i:
+            self.reused.add(i)
+            it.index = i
+        if self.clipped > clipped_before:
+            self.clipped_idx.add(i)
+        return it
+
+    def _build(self, i: int, rng: np.random.Generator) -> WorkItem:
         if self.source is not None and self.source.makes_items:
             it = self.source.item(i, rng, self)
         else:

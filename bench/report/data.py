@@ -37,18 +37,35 @@ METHODS = [
 ]
 
 
+COST_COLUMNS = ("usd_per_gpu_hour", "usd_per_m_output", "usd_per_m_blended", "usd_per_1k_requests", "j_per_output_token",
+                "replicas_at_peak", "cost_note")
+
+
 def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = None) -> dict:
     df = load_points(paths)
     knees = knee_table(df)
     catalog = load_catalog(catalog_path)
     cost_rows = []
     for r in knees.to_dict("records"):
-        sku = find_sku(catalog, r.get("gpu") or "")
-        if r.get("feasible") and sku is not None:
-            cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization})
+        gpu = r.get("gpu") or ""
+        sku = find_sku(catalog, gpu)
+        if not r.get("feasible"):
+            cost_rows.append({**r, "cost_note": "no knee: no load met the SLOs, so there is no cost at the SLO"})
+        elif not gpu:
+            cost_rows.append({**r, "cost_note": "no GPU label on these results: rerun with --label gpu=SKU (a name in the catalog) to price them"})
+        elif sku is None:
+            where = catalog_path or "bench/catalog/gpus.yaml"
+            cost_rows.append({**r, "cost_note": f"no price for GPU '{gpu}' in the catalog: add it to {where} or pass --catalog"})
         else:
-            cost_rows.append({**r, "cost_note": "no SKU in the catalog for this GPU label" if sku is None else "no knee"})
+            try:
+                cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization})
+            except ValueError as e:  # the SKU lacks the chosen pricing tier
+                cost_rows.append({**r, "cost_note": str(e)})
     knees_cost = pd.DataFrame(cost_rows)
+    for col in COST_COLUMNS:  # every cell the templates read exists (NaN renders as "—")
+        if col not in knees_cost:
+            knees_cost[col] = float("nan")
+    knees_cost["cost_note"] = knees_cost["cost_note"].astype(object).where(knees_cost["cost_note"].notna(), None)
     envs, warnings, workloads = [], [], []
     for p in paths:
         dirs = find_run_dirs([p])
@@ -73,6 +90,9 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
             warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in s.get("warnings", [])]
         if r.get("note"):
             warnings.append(f"{r['sweep']} / {r['cell']}: {r['note']}")
-    return {"points": df, "knees": knees_cost, "env": envs, "workloads": workloads, "warnings": warnings,
+    notes = [f"{r['sweep']} / {r['cell']}: {r['cost_note']}" for r in knees_cost.to_dict("records") if r.get("cost_note")]
+    if not cm.peak_qps:
+        notes.append("replicas: pass --peak-qps (peak traffic in req/s) or set peak_qps in --cost to size the fleet")
+    return {"points": df, "knees": knees_cost, "cost_notes": notes, "env": envs, "workloads": workloads, "warnings": warnings,
             "simulated": bool(df["simulated"].any()), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cost_model": cm,
             "methods": METHODS, "cells": sorted(df["cell"].unique())}

@@ -48,7 +48,7 @@ def render_report(paths: list[Path], out_root: Path, name: str, cm: CostModel, c
                              undefined=jinja2.ChainableUndefined)
     ctx = {"name": name, "knees": data["knees"].to_dict("records"), "env": data["env"], "env_cols": list(data["env"][0]) if data["env"] else [],
            "workloads": data["workloads"], "warnings": data["warnings"], "simulated": data["simulated"], "generated": data["generated"],
-           "cm": cm, "methods": data["methods"], "figures": figures, "sources": [str(p) for p in paths], "f": f, "pct": pct,
+           "cm": cm, "cost_notes": data["cost_notes"], "methods": data["methods"], "figures": figures, "sources": [str(p) for p in paths], "f": f, "pct": pct,
            "compare": compare}
     (out / "index.html").write_text(env.get_template("index.html.j2").render(**ctx))
     (out / "summary.md").write_text(env.get_template("summary.md.j2").render(**ctx))

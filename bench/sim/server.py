@@ -347,8 +347,39 @@ def _stamp_arrivals() -> None:
     web_protocol.RequestHandler.data_received = data_received
 
 
+def exit_with_parent() -> None:
+    """When started by a harness process (TRILEMMA_SIM_PARENT=its pid), exit with it, even after a
+    `kill -9` of the parent: Linux delivers SIGTERM on the parent's death (prctl PR_SET_PDEATHSIG), and a
+    watcher thread checks the parent pid every 0.5 s where prctl is unavailable."""
+    import os
+    import signal
+    import threading
+
+    parent = os.environ.get("TRILEMMA_SIM_PARENT")
+    if not parent or not parent.isdigit():
+        return
+    pid = int(parent)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if os.getppid() != pid:  # the parent died before prctl took effect
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def serve(profile: Profile, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
-    """Run the simulated server until interrupted."""
+    """Run the simulated server until interrupted (or until the harness that started it is gone)."""
+    exit_with_parent()
     _stamp_arrivals()
     srv = SimServer(profile, **kw)
     mode = "deterministic calibration mode" if kw.get("deterministic") else f"profile {profile.name} ({profile.gpu})"
