@@ -203,7 +203,8 @@ def slo_verdict(m: list[RequestRecord], slo: SLO) -> dict:
     if slo.metric != "itl":
         vals = vals + [math.inf] * n_fail
     v = stats.percentile([min(x, 1e30) for x in vals], slo.pct) if vals else math.nan
-    v = math.inf if v >= 1e29 else v
+    # a percentile interpolated towards a failure (clamped to 1e30) is infinite, not e.g. 1e28 ms
+    v = math.inf if v > max((x for x in vals if math.isfinite(x)), default=0.0) else v
     within = sum(1 for x in vals if x <= slo.threshold_ms)
     return {
         "slo": slo.name,
