@@ -77,21 +77,132 @@ def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
-def bootstrap_ratio_ci(base, new, stat, n_boot: int = 2000, conf: float = 0.95, seed: int = 0):
-    """CI for stat(new)/stat(base) − 1 by resampling each sample independently (percentile bootstrap)."""
+class Sample:
+    """Per-request latency values grouped for resampling: `values` (ms), `cluster` (the request each value
+    belongs to, 0..n_requests−1; TTFT/TPOT/E2E have one value per request, ITL one per token gap) and `run`
+    (the run of each request, 0..R−1; repeats of one load point are separate runs)."""
+
+    def __init__(self, values, cluster=None, run=None):
+        self.values = np.asarray(values, dtype=np.float64)
+        self.cluster = np.arange(self.values.size) if cluster is None else np.asarray(cluster, dtype=np.int64)
+        n_cl = int(self.cluster.max()) + 1 if self.cluster.size else 0
+        self.run = np.zeros(n_cl, dtype=np.int64) if run is None else np.asarray(run, dtype=np.int64)
+        if self.run.size != n_cl:
+            raise ValueError(f"run ids: {self.run.size} given for {n_cl} requests")
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.run.size)
+
+    @property
+    def n_runs(self) -> int:
+        return int(np.unique(self.run).size)
+
+
+def _cluster_counts(rng, run: np.ndarray, m: int) -> np.ndarray:
+    """(m, n_requests) resampling counts. One run: requests drawn with replacement (multinomial). R ≥ 2 runs:
+    two stages — R runs drawn with replacement, then within each drawn run its requests with replacement —
+    so the interval includes run-to-run variance (a run shares one queue; its requests are not independent)."""
+    n = run.size
+    runs = np.unique(run)
+    if runs.size == 1:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=m)
+    members = [np.flatnonzero(run == u) for u in runs]
+    counts = np.zeros((m, n), dtype=np.int64)
+    picks = rng.integers(0, runs.size, (m, runs.size))
+    for j in range(runs.size):
+        for u, idx in enumerate(members):
+            rows = np.flatnonzero(picks[:, j] == u)
+            if rows.size:
+                counts[np.ix_(rows, idx)] += rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=rows.size)
+    return counts
+
+
+def bootstrap_percentiles(sample: Sample, p: float, n_boot: int = 1000, seed: int = 0,
+                          max_bytes: int = 64 * 2**20) -> np.ndarray:
+    """n_boot bootstrap replicates of the p-th percentile (numpy's linear estimator) of `sample`, resampling
+    whole requests (and runs, when there are several): a request's ITL gaps share its batch and its level, so
+    resampling gaps one by one understates the spread.
+
+    A replicate never materialises the resampled values: values are sorted once; a resample is a vector of
+    per-request counts, each value weighted by its request's count; the k-th order statistic of the resample is
+    found on the cumulative weights. Work goes in chunks of replicates whose arrays stay under `max_bytes`
+    (~20 bytes per value and replicate), so memory is O(values) whatever n_boot is."""
     rng = np.random.default_rng(seed)
-    b = np.asarray(base, dtype=np.float64)
-    c = np.asarray(new, dtype=np.float64)
-    if b.size == 0 or c.size == 0:
+    order = np.argsort(sample.values, kind="stable")
+    v = sample.values[order]
+    cl = sample.cluster[order]
+    g = v.size
+    out = np.empty(n_boot)
+    if g == 0:
+        out.fill(math.nan)
+        return out
+    chunk = int(max(1, min(n_boot, max_bytes // (20 * max(g, sample.n_requests)))))
+    q = p / 100.0
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        counts = _cluster_counts(rng, sample.run, m)
+        cw = np.cumsum(counts[:, cl], axis=1)  # (m, g): resample size up to each sorted value
+        del counts
+        total = cw[:, -1]
+        h = (total - 1) * q
+        k = np.floor(h).astype(np.int64)
+        frac = h - k
+        # row-wise searchsorted on one flat, still sorted array: offset row i by i·(max total + 1)
+        off = (np.arange(m, dtype=np.int64) * (int(total.max()) + 1))[:, None]
+        flat = (cw + off).ravel()
+        del cw
+        j0 = np.searchsorted(flat, k + off[:, 0], side="right") - np.arange(m) * g
+        j1 = np.searchsorted(flat, np.minimum(k + 1, total - 1) + off[:, 0], side="right") - np.arange(m) * g
+        del flat
+        out[start:start + m] = v[j0] + frac * (v[j1] - v[j0])
+    return out
+
+
+def bootstrap_ratio_ci(base: Sample, new: Sample, p: float, n_boot: int = 1000, conf: float = 0.95, seed: int = 0,
+                       max_bytes: int = 64 * 2**20) -> tuple[float, tuple[float, float]]:
+    """Point estimate and percentile-bootstrap CI of P_p(new)/P_p(base) − 1, the two sides resampled
+    independently by request (and run), memory bounded (bootstrap_percentiles)."""
+    if base.values.size == 0 or new.values.size == 0:
         return math.nan, (math.nan, math.nan)
-    point = stat(c) / stat(b) - 1
-    bi = rng.integers(0, b.size, (n_boot, b.size))
-    ci_ = rng.integers(0, c.size, (n_boot, c.size))
-    sb = np.apply_along_axis(stat, 1, b[bi])
-    sc = np.apply_along_axis(stat, 1, c[ci_])
-    r = sc / sb - 1
+    pb, pn = np.percentile(base.values, p), np.percentile(new.values, p)
+    point = float(pn / pb - 1) if pb else math.nan
+    rb = bootstrap_percentiles(base, p, n_boot, seed, max_bytes)
+    rn = bootstrap_percentiles(new, p, n_boot, seed + 1, max_bytes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = rn / rb - 1
+    r = r[np.isfinite(r)]
+    if r.size < n_boot // 2:
+        return point, (math.nan, math.nan)
     a = (1 - conf) / 2
-    return float(point), (float(np.quantile(r, a)), float(np.quantile(r, 1 - a)))
+    return point, (float(np.quantile(r, a)), float(np.quantile(r, 1 - a)))
+
+
+def newcombe_diff_ci(k_base: int, n_base: int, k_new: int, n_new: int, conf: float = 0.95) -> tuple[float, float, float]:
+    """Difference of two proportions p_new − p_base with Newcombe's hybrid score interval (method 10: the
+    two Wilson intervals combined), which keeps its level near 0 and 1 where the Wald interval collapses.
+    Returns (difference, lo, hi); nan when a side has no trials."""
+    if n_base == 0 or n_new == 0:
+        return math.nan, math.nan, math.nan
+    pb, pn = k_base / n_base, k_new / n_new
+    lb, ub = _st.binomtest(k_base, n_base).proportion_ci(conf, method="wilson")
+    ln, un = _st.binomtest(k_new, n_new).proportion_ci(conf, method="wilson")
+    d = pn - pb
+    return d, d - math.sqrt((pn - ln) ** 2 + (ub - pb) ** 2), d + math.sqrt((un - pn) ** 2 + (pb - lb) ** 2)
+
+
+def mean_ratio_ci(base, new, conf: float = 0.95) -> tuple[float, float, float]:
+    """Relative change of the mean of per-run values (e.g. throughput of R repeats): mean(new)/mean(base) − 1
+    with a Welch t interval of the difference, divided by mean(base). Needs ≥ 2 runs per side, else nans."""
+    b, c = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    if b.size < 2 or c.size < 2 or not b.mean():
+        return math.nan, math.nan, math.nan
+    mb = b.mean()
+    if np.ptp(b) == 0 and np.ptp(c) == 0:
+        d = c.mean() / mb - 1
+        return float(d), float(d), float(d)
+    ci = _st.ttest_ind(c, b, equal_var=False).confidence_interval(conf)
+    return float(c.mean() / mb - 1), float(ci.low / mb), float(ci.high / mb)
 
 
 def trend_slope(t, y) -> tuple[float, float]:

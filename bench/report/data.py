@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.cost import CostModel, cost_at_knee, find_sku, load_catalog
+from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
 from bench.knee import knee_table, load_points
 from bench.results import find_run_dirs, read_run_doc
 
@@ -22,23 +22,28 @@ METHODS = [
              "saturation (completions < offered, TTFT trend, errors) fails a probe"),
     ("Attainment", "fraction of requests meeting every SLO, with a Clopper-Pearson 95% interval"),
     ("Energy", "Δ of the GPU energy counter over the window (NVML or DCGM), else the integral of sampled power (flagged); J/token = E/(in+out tokens)"),
-    ("$/M tokens", "H·G·1e6/(3600·X·U): H $/GPU-h, G GPUs per replica, X tok/s at the knee, U utilisation; output-attributed uses X_out"),
+    ("$/M tokens", "H·G·1e6/(3600·X·U): H $/GPU-h, G GPUs per replica (label gpus=N, NVML processes, or --gpus-per-replica; never assumed), "
+                   "X tok/s measured at the knee, U utilisation; output-attributed uses X_out. Each price is shown beside the knee load it is priced at"),
     ("Blended", "input/output split at price ratio k = P_out/P_in, weighted 3:1"),
-    ("Replicas", "ceil(peak req/s × (1 + headroom) / knee req/s)"),
+    ("Replicas", "ceil(peak req/s × (1 + headroom) / knee req/s), with the knee's measured req/s — the same rate $/1k requests uses"),
 ]
 
 
-def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = None) -> dict:
-    df = load_points(paths)
+def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = None, gpus_per_replica: float | None = None) -> dict:
+    df = load_points(paths, gpus_per_replica)
     knees = knee_table(df)
     catalog = load_catalog(catalog_path)
     cost_rows = []
     for r in knees.to_dict("records"):
         sku = find_sku(catalog, r.get("gpu") or "")
-        if r.get("feasible") and sku is not None:
-            cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization})
+        if not r.get("feasible"):
+            cost_rows.append({**r, "cost_note": "no knee: no tested load met the SLOs"})
+        elif sku is None:
+            cost_rows.append({**r, "cost_note": f"no SKU in the catalog for GPU label '{r.get('gpu') or ''}'"})
+        elif not gpus_known(r):
+            cost_rows.append({**r, "cost_note": GPUS_UNKNOWN})
         else:
-            cost_rows.append({**r, "cost_note": "no SKU in the catalog for this GPU label" if sku is None else "no knee"})
+            cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization, "cost_note": ""})
     knees_cost = pd.DataFrame(cost_rows)
     envs, warnings, workloads = [], [], []
     for p in paths:
