@@ -99,14 +99,20 @@ class Sample:
         return int(np.unique(self.run).size)
 
 
+def _uniform_counts(rng, n: int, m: int) -> np.ndarray:
+    """(m, n) counts of n draws with replacement from n items, per row (= multinomial(n, 1/n), but vectorised)."""
+    idx = rng.integers(0, n, (m, n)) + (np.arange(m, dtype=np.int64) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=m * n).reshape(m, n)
+
+
 def _cluster_counts(rng, run: np.ndarray, m: int) -> np.ndarray:
-    """(m, n_requests) resampling counts. One run: requests drawn with replacement (multinomial). R ≥ 2 runs:
-    two stages — R runs drawn with replacement, then within each drawn run its requests with replacement —
-    so the interval includes run-to-run variance (a run shares one queue; its requests are not independent)."""
+    """(m, n_requests) resampling counts. One run: requests drawn with replacement. R ≥ 2 runs: two stages —
+    R runs drawn with replacement, then within each drawn run its requests with replacement — so the interval
+    includes run-to-run variance (a run shares one queue; its requests are not independent)."""
     n = run.size
     runs = np.unique(run)
     if runs.size == 1:
-        return rng.multinomial(n, np.full(n, 1.0 / n), size=m)
+        return _uniform_counts(rng, n, m)
     members = [np.flatnonzero(run == u) for u in runs]
     counts = np.zeros((m, n), dtype=np.int64)
     picks = rng.integers(0, runs.size, (m, runs.size))
@@ -114,7 +120,7 @@ def _cluster_counts(rng, run: np.ndarray, m: int) -> np.ndarray:
         for u, idx in enumerate(members):
             rows = np.flatnonzero(picks[:, j] == u)
             if rows.size:
-                counts[np.ix_(rows, idx)] += rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=rows.size)
+                counts[np.ix_(rows, idx)] += _uniform_counts(rng, idx.size, rows.size)
     return counts
 
 
@@ -127,7 +133,7 @@ def bootstrap_percentiles(sample: Sample, p: float, n_boot: int = 1000, seed: in
     A replicate never materialises the resampled values: values are sorted once; a resample is a vector of
     per-request counts, each value weighted by its request's count; the k-th order statistic of the resample is
     found on the cumulative weights. Work goes in chunks of replicates whose arrays stay under `max_bytes`
-    (~20 bytes per value and replicate), so memory is O(values) whatever n_boot is."""
+    (~32 bytes per value and replicate), so memory is O(values) whatever n_boot is."""
     rng = np.random.default_rng(seed)
     order = np.argsort(sample.values, kind="stable")
     v = sample.values[order]
@@ -137,24 +143,23 @@ def bootstrap_percentiles(sample: Sample, p: float, n_boot: int = 1000, seed: in
     if g == 0:
         out.fill(math.nan)
         return out
-    chunk = int(max(1, min(n_boot, max_bytes // (20 * max(g, sample.n_requests)))))
+    chunk = int(max(1, min(n_boot, max_bytes // (32 * max(g, sample.n_requests)))))
     q = p / 100.0
     for start in range(0, n_boot, chunk):
         m = min(chunk, n_boot - start)
         counts = _cluster_counts(rng, sample.run, m)
-        cw = np.cumsum(counts[:, cl], axis=1)  # (m, g): resample size up to each sorted value
+        small = np.int32 if sample.values.size * sample.n_requests < 2**31 else np.int64  # resample sizes fit: half the bandwidth
+        cw = np.cumsum(counts.astype(small)[:, cl], axis=1, dtype=np.int64 if small is np.int64 else np.int32)  # (m, g) sizes up to each value
         del counts
         total = cw[:, -1]
         h = (total - 1) * q
         k = np.floor(h).astype(np.int64)
         frac = h - k
-        # row-wise searchsorted on one flat, still sorted array: offset row i by i·(max total + 1)
-        off = (np.arange(m, dtype=np.int64) * (int(total.max()) + 1))[:, None]
-        flat = (cw + off).ravel()
+        j0 = np.empty(m, dtype=np.int64)
+        j1 = np.empty(m, dtype=np.int64)
+        for i in range(m):  # order statistics k and k+1 of replicate i (0-based) on its cumulative weights
+            j0[i], j1[i] = np.searchsorted(cw[i], (k[i], min(k[i] + 1, total[i] - 1)), side="right")
         del cw
-        j0 = np.searchsorted(flat, k + off[:, 0], side="right") - np.arange(m) * g
-        j1 = np.searchsorted(flat, np.minimum(k + 1, total - 1) + off[:, 0], side="right") - np.arange(m) * g
-        del flat
         out[start:start + m] = v[j0] + frac * (v[j1] - v[j0])
     return out
 
