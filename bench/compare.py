@@ -9,7 +9,9 @@ A regression is any of these rules (threshold t, e.g. 5%); each check says which
 - latency:    a percentile of new/base − 1 whose 95% interval lies wholly above +t. Interval: percentile
               bootstrap resampling *requests* (an ITL percentile is recomputed over the resampled requests'
               gaps: gaps of one request are correlated), and runs first when a point has repeats, so run-to-run
-              variance is included (stats.bootstrap_percentiles; memory bounded).
+              variance is included (stats.bootstrap_percentiles; memory bounded). Same spec and seed in an open
+              loop (the CI gate): request i has the same schedule and prompt on both sides, so both sides take
+              the same resample of requests (paired) and the schedule's noise cancels.
 - errors:     failed-request rate higher, Newcombe 95% interval of p_new − p_base wholly above 0.
 - knee:       lost (new side has no feasible load where base had one), or lower: the new knee's bracket upper
               end (the lowest failing load) below base knee × (1 − t). Knees in different units never compare.
@@ -94,20 +96,35 @@ class _Records:
         self.failed = sum(1 for rs in self.runs for r in rs if not r.ok)
 
     def sample(self, metric: str) -> stats.Sample:
+        """Values with their request (cluster) and run. Every measured request keeps its cluster slot, failed or
+        not, so request i means the same scheduled request on two paired sides."""
         vals, cluster, run = [], [], []
         cid = 0
         for ri, recs in enumerate(self.runs):
-            for r in recs:
-                if not r.ok:
-                    continue
-                v = metrics.itl_ms(r) if metric == "itl" else [x for x in (_PER_REQUEST[metric](r),) if not math.isnan(x)]
-                if not v:
-                    continue
-                vals += v
-                cluster += [cid] * len(v)
+            for r in sorted(recs, key=lambda r: r.index):
+                if r.ok:
+                    v = metrics.itl_ms(r) if metric == "itl" else [x for x in (_PER_REQUEST[metric](r),) if not math.isnan(x)]
+                    vals += v
+                    cluster += [cid] * len(v)
                 run.append(ri)
                 cid += 1
         return stats.Sample(vals, cluster, run)
+
+    def schedule(self) -> list[list[tuple]]:
+        """Per run: (scheduled offset in ms, ISL, OSL) of each measured request, in index order."""
+        out = []
+        for recs in self.runs:
+            rs = sorted(recs, key=lambda r: r.index)
+            t0 = rs[0].intended_ns if rs else 0
+            out.append([(round((r.intended_ns - t0) / 1e6), r.isl, r.osl) for r in rs])
+        return out
+
+
+def paired(rb: _Records, rn: _Records, mode: str) -> bool:
+    """Same spec and seed in an open loop: every request was scheduled at the same offset with the same prompt
+    and output lengths on both sides (to the millisecond), so requests pair one to one. A closed loop's send
+    times depend on the server, so its requests never pair."""
+    return mode == "qps" and rb.schedule() == rn.schedule()
 
 
 def _min_requests(p: float) -> int:
@@ -132,22 +149,23 @@ def latency_verdict(lo: float, hi: float, thr: float) -> tuple[str, str]:
 
 def _latency_rows(cell, mode, load, rb: _Records, rn: _Records, pcts, slo_metrics, thr, n_boot) -> list[dict]:
     rows = []
+    pair = paired(rb, rn, mode)
     for metric, p in pcts:
         sb, sn = rb.sample(metric), rn.sample(metric)
         row = {"cell": cell, "mode": mode, "load": load, "metric": f"{metric}_p{p:g}", "rule": "latency",
                "slo_relevant": (metric, p) in slo_metrics or (metric == "itl" and ("tpot", p) in slo_metrics),
-               "n_base": sb.n_requests, "n_new": sn.n_requests, "runs_base": sb.n_runs, "runs_new": sn.n_runs,
+               "n_base": sb.n_measured, "n_new": sn.n_measured, "runs_base": sb.n_runs, "runs_new": sn.n_runs,
                "base": float(np.percentile(sb.values, p)) if sb.values.size else math.nan,
                "new": float(np.percentile(sn.values, p)) if sn.values.size else math.nan, "delta": math.nan,
                "ci_lo": math.nan, "ci_hi": math.nan}
         need = _min_requests(p)
-        if min(sb.n_requests, sn.n_requests) < need:
+        if min(sb.n_measured, sn.n_measured) < need:
             row.update(delta=row["new"] / row["base"] - 1 if row["base"] else math.nan, verdict=UNDECIDED,
-                       why=f"too few requests ({sb.n_requests} base, {sn.n_requests} new; p{p:g} needs ≥ {need} per side)")
+                       why=f"too few requests ({sb.n_measured} base, {sn.n_measured} new; p{p:g} needs ≥ {need} per side)")
         else:
-            point, (lo, hi) = stats.bootstrap_ratio_ci(sb, sn, p, n_boot=n_boot)
+            point, (lo, hi) = stats.bootstrap_ratio_ci(sb, sn, p, n_boot=n_boot, paired=pair)
             v, why = latency_verdict(lo, hi, thr)
-            row.update(delta=point, ci_lo=lo, ci_hi=hi, verdict=v, why=why)
+            row.update(delta=point, ci_lo=lo, ci_hi=hi, verdict=v, why=why + (" (paired requests)" if pair else ""))
         rows.append(row)
     return rows
 

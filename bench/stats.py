@@ -95,6 +95,11 @@ class Sample:
         return int(self.run.size)
 
     @property
+    def n_measured(self) -> int:
+        """Requests that contribute at least one value (a failed request has none)."""
+        return int(np.unique(self.cluster).size)
+
+    @property
     def n_runs(self) -> int:
         return int(np.unique(self.run).size)
 
@@ -124,8 +129,12 @@ def _cluster_counts(rng, run: np.ndarray, m: int) -> np.ndarray:
     return counts
 
 
+def _chunk(max_bytes: int, n_boot: int, *samples: Sample) -> int:
+    return int(max(1, min(n_boot, max_bytes // (32 * max(max(s.values.size, s.n_requests) for s in samples)))))
+
+
 def bootstrap_percentiles(sample: Sample, p: float, n_boot: int = 1000, seed: int = 0,
-                          max_bytes: int = 64 * 2**20) -> np.ndarray:
+                          max_bytes: int = 64 * 2**20, chunk: int | None = None) -> np.ndarray:
     """n_boot bootstrap replicates of the p-th percentile (numpy's linear estimator) of `sample`, resampling
     whole requests (and runs, when there are several): a request's ITL gaps share its batch and its level, so
     resampling gaps one by one understates the spread.
@@ -143,7 +152,7 @@ def bootstrap_percentiles(sample: Sample, p: float, n_boot: int = 1000, seed: in
     if g == 0:
         out.fill(math.nan)
         return out
-    chunk = int(max(1, min(n_boot, max_bytes // (32 * max(g, sample.n_requests)))))
+    chunk = chunk or _chunk(max_bytes, n_boot, sample)
     q = p / 100.0
     for start in range(0, n_boot, chunk):
         m = min(chunk, n_boot - start)
@@ -165,15 +174,21 @@ def bootstrap_percentiles(sample: Sample, p: float, n_boot: int = 1000, seed: in
 
 
 def bootstrap_ratio_ci(base: Sample, new: Sample, p: float, n_boot: int = 1000, conf: float = 0.95, seed: int = 0,
-                       max_bytes: int = 64 * 2**20) -> tuple[float, tuple[float, float]]:
-    """Point estimate and percentile-bootstrap CI of P_p(new)/P_p(base) − 1, the two sides resampled
-    independently by request (and run), memory bounded (bootstrap_percentiles)."""
+                       max_bytes: int = 64 * 2**20, paired: bool = False) -> tuple[float, tuple[float, float]]:
+    """Point estimate and percentile-bootstrap CI of P_p(new)/P_p(base) − 1, resampling requests (and runs),
+    memory bounded (bootstrap_percentiles). Independent sides by default. `paired`: request i of base and
+    request i of new had the same scheduled send and prompt (same spec and seed, open loop), so both sides
+    take the same resample of request indices — the schedule's own noise cancels and the interval measures
+    the server's difference. Needs identical request/run layout on both sides."""
     if base.values.size == 0 or new.values.size == 0:
         return math.nan, (math.nan, math.nan)
+    if paired and (base.n_requests != new.n_requests or not np.array_equal(base.run, new.run)):
+        raise ValueError("paired bootstrap needs the same requests and runs on both sides")
     pb, pn = np.percentile(base.values, p), np.percentile(new.values, p)
     point = float(pn / pb - 1) if pb else math.nan
-    rb = bootstrap_percentiles(base, p, n_boot, seed, max_bytes)
-    rn = bootstrap_percentiles(new, p, n_boot, seed + 1, max_bytes)
+    chunk = _chunk(max_bytes, n_boot, base, new)
+    rb = bootstrap_percentiles(base, p, n_boot, seed, max_bytes, chunk)
+    rn = bootstrap_percentiles(new, p, n_boot, seed if paired else seed + 1, max_bytes, chunk)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = rn / rb - 1
     r = r[np.isfinite(r)]

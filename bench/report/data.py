@@ -64,7 +64,7 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
                           "slos": ", ".join(f"{s['metric']}_p{s['pct']:g} ≤ {s['threshold_ms']:g} ms" for s in spec.get("slos", [])),
                           "api": (spec.get("target") or {}).get("api"), "arrival": (spec.get("load") or {}).get("arrival")})
     for r in knees.to_dict("records"):
-        if r.get("knee_run_dir"):
+        if isinstance(r.get("knee_run_dir"), str):  # NaN in rows without a knee
             s = read_run_doc(Path(r["knee_run_dir"])).get("summary") or {}
             warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in s.get("warnings", [])]
         if r.get("note"):

@@ -23,7 +23,7 @@ CAPTIONS = {
 
 def f(x, nd: int = 1) -> str:
     try:
-        if x is None or (isinstance(x, float) and math.isnan(x)):
+        if x is None or isinstance(x, jinja2.Undefined) or (isinstance(x, float) and math.isnan(x)):  # a column this row lacks
             return "—"
         if isinstance(x, float) and math.isinf(x):
             return "∞ (failures)" if x > 0 else "−∞"
