@@ -301,13 +301,13 @@ def sweep(
     knee_cmd([res["dir"]], plots=plots)
 
 
-def knee_cmd(results: list[Path], plots: bool = True) -> None:
+def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from bench.knee import fmt, knee_table, load_points, write_knee
 
-    df = load_points(results)
+    df = load_points(results, gpus_per_replica)
     knees = knee_table(df)
     out_dir = (results[0] if len(results) == 1 else Path("results")) / "knee"
     files = write_knee(df, knees, out_dir)
@@ -346,9 +346,10 @@ def knee_cmd(results: list[Path], plots: bool = True) -> None:
 def knee(
     results: List[Path] = typer.Argument(..., help="Sweep or run result directories"),
     plots: bool = typer.Option(True, help="Write PNG/SVG knee plots"),
+    gpus_per_replica: Optional[float] = typer.Option(None, min=1, help="GPUs per replica for runs that do not record it (label gpus=N)"),
 ) -> None:
     """Per workload cell: the highest load meeting the SLOs, its bracket, and the throughput there."""
-    knee_cmd(results, plots)
+    knee_cmd(results, plots, gpus_per_replica)
 
 
 
@@ -372,6 +373,7 @@ def report(
     pricing: Optional[str] = typer.Option(None, help="on_demand | reserved | spot | owned"),
     utilization: Optional[float] = typer.Option(None, help="Share of knee throughput actually sold (0-1)"),
     peak_qps: Optional[float] = typer.Option(None, help="Peak traffic (req/s) for replica sizing"),
+    gpus_per_replica: Optional[float] = typer.Option(None, min=1, help="GPUs per replica for runs that do not record it (label gpus=N)"),
 ) -> None:
     """Write reports/<name>/index.html (self-contained), summary.md and the figures."""
     from bench.report.render import render_report
@@ -382,11 +384,11 @@ def report(
         from bench.compare import CompareError, compare
 
         try:
-            c = compare([results[0]], [results[1]])
+            c = compare([results[0]], [results[1]], gpus_per_replica=gpus_per_replica)
             cmp = {"title": f"{results[1].name} vs {results[0].name}", "knees": c["knees"]}
-        except CompareError:
-            cmp = None
-    path = render_report(results, out, name or "-vs-".join(p.name for p in results), cm, catalog, cmp)
+        except CompareError as e:
+            cmp = {"title": f"{results[1].name} vs {results[0].name}", "knees": [], "refused": str(e)}
+    path = render_report(results, out, name or "-vs-".join(p.name for p in results), cm, catalog, cmp, gpus_per_replica)
     typer.echo(f"report: {path / 'index.html'}\nsummary: {path / 'summary.md'}")
 
 
@@ -396,16 +398,17 @@ def compare_cmd(
     base: Path = typer.Argument(..., help="Baseline results (sweep or run directory)"),
     new: Path = typer.Argument(..., help="New results (other SKU or engine version)"),
     threshold: str = typer.Option("5%", help="Smallest change that counts"),
-    fail_on_regression: Optional[str] = typer.Option(None, help="Exit 1 if an SLO metric or the knee regresses beyond this (e.g. 5%)"),
+    fail_on_regression: Optional[str] = typer.Option(None, help="Exit 1 if any regression rule fires beyond this (e.g. 5%): latency, errors, knee, throughput"),
+    allow_mismatch: bool = typer.Option(False, help="Compare even when workload, arrivals, load unit, SLOs, model, API or OSL differ"),
+    gpus_per_replica: Optional[float] = typer.Option(None, min=1, help="GPUs per replica for runs that do not record it (label gpus=N)"),
+    boot: int = typer.Option(1000, min=200, help="Bootstrap resamples per interval"),
     cost: Optional[Path] = typer.Option(None, help="Cost model YAML for the side-by-side cost at the SLO"),
 ) -> None:
-    """Deltas with bootstrap confidence intervals and a verdict per cell and metric; a CI gate."""
+    """Regression gate: deltas with 95% intervals per cell, load and metric; exit 1 on a regression, 2 if not comparable."""
     from rich.console import Console
-    from rich.table import Table
 
     from bench.compare import CompareError, compare
-    from bench.cost import cost_at_knee, find_sku, load_catalog
-    from bench.report.render import f, pct
+    from bench.report.console import print_compare
 
     def frac(s: str, what: str) -> float:
         try:
@@ -415,42 +418,12 @@ def compare_cmd(
 
     thr = frac(fail_on_regression or threshold, "--fail-on-regression" if fail_on_regression else "--threshold")
     try:
-        res = compare([base], [new], thr)
+        res = compare([base], [new], thr, boot, allow_mismatch=allow_mismatch, gpus_per_replica=gpus_per_replica)
     except CompareError as e:
         fail(str(e))
-    con = Console(width=max(150, Console().width))
-    for e in res["env"]:
-        con.print(f"[yellow]differs:[/] {e['field']}: {e['base']}  →  {e['new']}")
-    t = Table(title=f"{new.name} vs {base.name} (threshold ±{thr:.0%}, 95% bootstrap CI)", title_justify="left")
-    for c in ("cell", "load", "metric", "base", "new", "delta", "95% CI", "verdict"):
-        t.add_column(c)
-    for r in res["rows"].to_dict("records") if len(res["rows"]) else []:
-        col = "red" if r["verdict"] == "worse" else "green" if r["verdict"] == "better" else ""
-        t.add_row(r["cell"], f(r["load"], 2), r["metric"] + (" (SLO)" if r["slo_relevant"] else ""), f(r["base"], 2), f(r["new"], 2),
-                  pct(r["delta"]), f"[{pct(r['ci_lo'])}, {pct(r['ci_hi'])}]" if r["ci_lo"] == r["ci_lo"] else "—",
-                  f"[{col}]{r['verdict']}[/]" if col else r["verdict"])
-    if len(res["rows"]):
-        con.print(t)
-    else:
-        con.print("no offered load was measured on both sides (adaptive searches probe different rates): latency deltas need a "
-                  "grid sweep such as sweeps/vllm-regression.yaml; knees are compared below")
-    cm = _cost_model(cost)
-    cat = load_catalog()
-    for k in res["knees"]:
-        con.print(f"knee {k['cell']}: {f(k['base'], 2)} → {f(k['new'], 2)} req/s ({pct(k['delta'])}) — {k['verdict']}")
-        if k.get("base_row") and k["base_row"].get("gpu") != k["new_row"].get("gpu"):
-            for side in ("base_row", "new_row"):
-                row = k[side]
-                sku = find_sku(cat, row.get("gpu") or "")
-                if sku:
-                    c = cost_at_knee(row, sku, cm)
-                    con.print(f"   {row['gpu']}: ${c['usd_per_gpu_hour']:.2f}/GPU-h → ${c['usd_per_m_output']:.3f}/M output tokens, "
-                              f"${c['usd_per_m_blended']:.3f}/M blended at the SLO ({cm.pricing})")
-    if fail_on_regression is not None:
-        if res["regressions"]:
-            names = ", ".join(f"{r['cell']} {r.get('metric', 'knee')}" for r in res["regressions"])
-            fail(f"regression beyond {thr:.0%}: {names}", 1)
-        con.print(f"[green]no regression beyond {thr:.0%}[/]")
+    print_compare(res, f"{new.name} vs {base.name}", _cost_model(cost), Console(width=max(150, Console().width)))
+    if fail_on_regression is not None and res["regressions"]:
+        fail(f"regression beyond {thr:.0%}: " + "; ".join(sorted({f"{r['rule']} rule ({r['metric']})" for r in res["regressions"]})), 1)
 
 
 def main() -> None:

@@ -1,20 +1,23 @@
-"""⑦ Two result sets -> deltas with confidence and a verdict.
+"""⑦ Two result sets -> deltas with confidence, and a regression verdict a CI gate can trust.
 
-Use cases: two GPU SKUs on one workload, or two engine versions on one SKU (a CI gate). Cells are
-matched by name and must have the same workload (else we refuse). Environment differences are listed,
-never merged silently.
+Use cases: two GPU SKUs on one workload, or two engine versions on one SKU (the CI gate). The setup must be
+the same on both sides — workload, arrival process, load unit (req/s or concurrency), SLOs, model, API, output
+length — else `compare` refuses (CompareError listing every difference) unless allow_mismatch. Hardware (gpu
+label, GPUs per replica) and the engine/server version are what a comparison is for: listed, never refused.
 
-Per cell and common offered load, latency metrics are compared by a percentile bootstrap of
-stat(new)/stat(base) − 1 over the per-request values (requests of repeats pooled): verdict *worse* when
-the change is significant (its 95% interval excludes 0) and larger than +threshold, *better*
-symmetrically, else *no significant change*. (Bootstrap intervals for p99 at small n are optimistic — METHODS.md §2 — so p99 verdicts need
-≥ ~1000 requests per point to be trusted.) The knee is compared through its search bracket: a
-regression needs the new bracket to lie wholly below the base knee by more than the threshold.
-
-Compare results of the same spec and seed (a CI gate does): arrivals and prompts are then identical and
-the difference is the server's. Requests within one run share a queue and are correlated, so the
-per-request bootstrap understates run-to-run variance: with different seeds, expect p50 TTFT to move
-several percent between identical servers — use repeats, or a larger threshold.
+A regression is any of these rules (threshold t, e.g. 5%); each check says which rule it is:
+- latency:    a percentile of new/base − 1 whose 95% interval lies wholly above +t. Interval: percentile
+              bootstrap resampling *requests* (an ITL percentile is recomputed over the resampled requests'
+              gaps: gaps of one request are correlated), and runs first when a point has repeats, so run-to-run
+              variance is included (stats.bootstrap_percentiles; memory bounded). Same spec and seed in an open
+              loop (the CI gate): request i has the same schedule and prompt on both sides, so both sides take
+              the same resample of requests (paired) and the schedule's noise cancels.
+- errors:     failed-request rate higher, Newcombe 95% interval of p_new − p_base wholly above 0.
+- knee:       lost (new side has no feasible load where base had one), or lower: the new knee's bracket upper
+              end (the lowest failing load) below base knee × (1 − t). Knees in different units never compare.
+- throughput: output tok/s at a common load lower, mean ± Welch t interval over R ≥ 2 runs per side wholly
+              below −t. One run per side cannot decide it (a run shares one queue): "undecided, needs repeats ≥ 2".
+A check whose interval cannot decide (straddles the threshold, too few samples) is "undecided", never a pass.
 """
 
 from __future__ import annotations
@@ -26,96 +29,266 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics, stats
-from bench.knee import knee_table, load_points
+from bench.knee import knee_table, load_points, workload_key
 from bench.records import read_records
+from bench.results import read_run_doc
 
-LATENCY = [("ttft", 50), ("ttft", 99), ("tpot", 50), ("itl", 50), ("itl", 99), ("e2e", 50)]
-ENV_KEYS = ("gpu", "server_kind", "server_version", "model", "api", "harness", "simulated")
+LATENCY = [("ttft", 50.0), ("ttft", 99.0), ("tpot", 50.0), ("itl", 50.0), ("itl", 99.0), ("e2e", 50.0)]
+INTENDED = ("gpu", "gpus", "server_kind", "server_version", "harness", "simulated")  # shown, never refused
+WORSE, BETTER, UNDECIDED = "worse", "better", "undecided"
 
 
 class CompareError(ValueError):
     pass
 
 
-def _values(run_dirs: list[str], metric: str) -> np.ndarray:
-    vals: list[float] = []
-    for d in run_dirs:
-        recs = [r for r in read_records(Path(d)) if not r.warmup and r.error_kind != "cancelled"]
-        vals += metrics.metric_values(recs, metric)
-    return np.asarray(vals, dtype=np.float64)
+def setup_of(doc: dict, mode: str) -> dict[str, str]:
+    """What must be equal for two points to be compared: everything that shapes the load, not the server."""
+    spec = doc.get("spec") or {}
+    w, load, tgt = spec.get("workload") or {}, spec.get("load") or {}, spec.get("target") or {}
+    return {
+        "workload": workload_key(w) + "".join(f" {k}={w[k]}" for k in ("max_model_len", "window_s") if w.get(k) is not None)
+                    + (f" speedup={w['speedup']}" if w.get("speedup", 1.0) != 1.0 else ""),
+        "output length": f"osl={w.get('osl')} ignore_eos={tgt.get('ignore_eos', True)}",
+        "arrival": str(load.get("arrival", "poisson")) + (" (trace replay)" if load.get("replay") else ""),
+        "load unit": "req/s" if mode == "qps" else "concurrency",
+        "max concurrency": str(load.get("max_concurrency")),
+        "SLOs": ", ".join(sorted(f"{s['metric']}_p{s['pct']:g}<={s['threshold_ms']:g}ms" for s in spec.get("slos", []))) or "none",
+        "model": str((doc.get("target") or {}).get("model") or tgt.get("model")),
+        "API": str(tgt.get("api")),
+    }
 
 
-def _verdict(delta: float, lo: float, hi: float, thr: float) -> str:
-    """Latency (higher is worse): *worse* when the change is significant (the 95% CI excludes 0) and
-    its point estimate exceeds +threshold; *better* symmetrically; else no significant change."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "n/a"
-    if lo > 0 and delta > thr:
-        return "worse"
-    if hi < 0 and delta < -thr:
-        return "better"
-    return "no significant change"
+def setup_differences(b: pd.DataFrame, n: pd.DataFrame) -> list[dict]:
+    def side(df):
+        out: dict[str, set] = {}
+        for d, mode in zip(df["run_dir"], df["mode"]):
+            for k, v in setup_of(read_run_doc(Path(d)), mode).items():
+                out.setdefault(k, set()).add(v)
+        return out
+
+    sb, sn = side(b), side(n)
+    return [{"field": k, "base": " | ".join(sorted(sb[k])), "new": " | ".join(sorted(sn.get(k, set())))} for k in sb if sb[k] != sn.get(k)]
 
 
-def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: int = 1000) -> dict:
-    b, n = load_points(base_paths), load_points(new_paths)
-    env = []
-    for k in ENV_KEYS:
+def intended_differences(b: pd.DataFrame, n: pd.DataFrame) -> list[dict]:
+    out = []
+    for k in INTENDED:
         bv, nv = sorted(map(str, b[k].dropna().unique())), sorted(map(str, n[k].dropna().unique()))
         if bv != nv:
-            env.append({"field": k, "base": ", ".join(bv), "new": ", ".join(nv)})
+            out.append({"field": k, "base": ", ".join(bv) or "—", "new": ", ".join(nv) or "—"})
+    return out
+
+
+# ------------------------------------------------------------------ samples
+_PER_REQUEST = {"ttft": metrics.ttft_ms, "tpot": metrics.tpot_ms, "e2e": metrics.e2e_ms}
+
+
+class _Records:
+    """Per-request values of a set of runs (one load point and its repeats), read once."""
+
+    def __init__(self, run_dirs: list[str]):
+        self.runs = []
+        for d in run_dirs:
+            recs = [r for r in read_records(Path(d)) if not r.warmup and r.error_kind != "cancelled"]
+            self.runs.append(recs)
+        self.n = sum(len(r) for r in self.runs)
+        self.failed = sum(1 for rs in self.runs for r in rs if not r.ok)
+
+    def sample(self, metric: str) -> stats.Sample:
+        """Values with their request (cluster) and run. Every measured request keeps its cluster slot, failed or
+        not, so request i means the same scheduled request on two paired sides."""
+        vals, cluster, run = [], [], []
+        cid = 0
+        for ri, recs in enumerate(self.runs):
+            for r in sorted(recs, key=lambda r: r.index):
+                if r.ok:
+                    v = metrics.itl_ms(r) if metric == "itl" else [x for x in (_PER_REQUEST[metric](r),) if not math.isnan(x)]
+                    vals += v
+                    cluster += [cid] * len(v)
+                run.append(ri)
+                cid += 1
+        return stats.Sample(vals, cluster, run)
+
+    def schedule(self) -> list[list[tuple]]:
+        """Per run: (scheduled offset in ms, ISL, OSL) of each measured request, in index order."""
+        out = []
+        for recs in self.runs:
+            rs = sorted(recs, key=lambda r: r.index)
+            t0 = rs[0].intended_ns if rs else 0
+            out.append([(round((r.intended_ns - t0) / 1e6), r.isl, r.osl) for r in rs])
+        return out
+
+
+def paired(rb: _Records, rn: _Records, mode: str) -> bool:
+    """Same spec and seed in an open loop: every request was scheduled at the same offset with the same prompt
+    and output lengths on both sides (to the millisecond), so requests pair one to one. A closed loop's send
+    times depend on the server, so its requests never pair."""
+    return mode == "qps" and rb.schedule() == rn.schedule()
+
+
+def _min_requests(p: float) -> int:
+    """Requests per side before a percentile is judged: ≥ 30, and enough for the sample maximum to bound the
+    percentile at 95% (METHODS.md §2: p99 → 299); below that a bootstrap interval for a tail is optimistic."""
+    return max(30, stats.min_samples_for_percentile(p) if p > 50 else 0)
+
+
+def latency_verdict(lo: float, hi: float, thr: float) -> tuple[str, str]:
+    """Higher latency is worse. worse: the interval lies above +thr; better: below −thr; within: the interval
+    stays under +thr (no regression beyond it); else undecided."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return UNDECIDED, "no interval"
+    if lo > thr:
+        return WORSE, f"95% interval [{100 * lo:+.1f}%, {100 * hi:+.1f}%] above +{100 * thr:g}%"
+    if hi < -thr:
+        return BETTER, f"95% interval below −{100 * thr:g}%"
+    if hi <= thr:
+        return "within", f"95% interval stays under +{100 * thr:g}%"
+    return UNDECIDED, f"95% interval [{100 * lo:+.1f}%, {100 * hi:+.1f}%] straddles +{100 * thr:g}%"
+
+
+def _latency_rows(cell, mode, load, rb: _Records, rn: _Records, pcts, slo_metrics, thr, n_boot) -> list[dict]:
+    rows = []
+    pair = paired(rb, rn, mode)
+    for metric, p in pcts:
+        sb, sn = rb.sample(metric), rn.sample(metric)
+        row = {"cell": cell, "mode": mode, "load": load, "metric": f"{metric}_p{p:g}", "rule": "latency",
+               "slo_relevant": (metric, p) in slo_metrics or (metric == "itl" and ("tpot", p) in slo_metrics),
+               "n_base": sb.n_measured, "n_new": sn.n_measured, "runs_base": sb.n_runs, "runs_new": sn.n_runs,
+               "base": float(np.percentile(sb.values, p)) if sb.values.size else math.nan,
+               "new": float(np.percentile(sn.values, p)) if sn.values.size else math.nan, "delta": math.nan,
+               "ci_lo": math.nan, "ci_hi": math.nan}
+        need = _min_requests(p)
+        if min(sb.n_measured, sn.n_measured) < need:
+            row.update(delta=row["new"] / row["base"] - 1 if row["base"] else math.nan, verdict=UNDECIDED,
+                       why=f"too few requests ({sb.n_measured} base, {sn.n_measured} new; p{p:g} needs ≥ {need} per side)")
+        else:
+            point, (lo, hi) = stats.bootstrap_ratio_ci(sb, sn, p, n_boot=n_boot, paired=pair)
+            v, why = latency_verdict(lo, hi, thr)
+            row.update(delta=point, ci_lo=lo, ci_hi=hi, verdict=v, why=why + (" (paired requests)" if pair else ""))
+        rows.append(row)
+    return rows
+
+
+def _error_row(cell, mode, load, rb: _Records, rn: _Records) -> dict:
+    d, lo, hi = stats.newcombe_diff_ci(rb.failed, rb.n, rn.failed, rn.n)
+    row = {"cell": cell, "mode": mode, "load": load, "metric": "error rate", "rule": "errors", "slo_relevant": True,
+           "n_base": rb.n, "n_new": rn.n, "base": rb.failed / rb.n if rb.n else math.nan, "new": rn.failed / rn.n if rn.n else math.nan,
+           "delta": d, "ci_lo": lo, "ci_hi": hi, "failed_base": rb.failed, "failed_new": rn.failed}
+    if not math.isfinite(lo):
+        row.update(verdict=UNDECIDED, why="no requests on one side")
+    elif lo > 0:
+        row.update(verdict=WORSE, why=f"{rn.failed}/{rn.n} failed vs {rb.failed}/{rb.n}; 95% interval of the increase "
+                                      f"[{100 * lo:+.2f}, {100 * hi:+.2f}] points excludes 0")
+    elif hi < 0:
+        row.update(verdict=BETTER, why=f"{rn.failed}/{rn.n} failed vs {rb.failed}/{rb.n}")
+    elif rn.failed / rn.n <= rb.failed / rb.n:
+        row.update(verdict="within", why=f"{rn.failed}/{rn.n} failed vs {rb.failed}/{rb.n}: not higher")
+    else:
+        row.update(verdict=UNDECIDED, why=f"{rn.failed}/{rn.n} failed vs {rb.failed}/{rb.n}: higher, but the 95% interval "
+                                          f"[{100 * lo:+.2f}, {100 * hi:+.2f}] points includes 0")
+    return row
+
+
+def _throughput_row(cell, mode, load, tb: list[float], tn: list[float], thr: float) -> dict:
+    mb, mn = float(np.mean(tb)), float(np.mean(tn))
+    row = {"cell": cell, "mode": mode, "load": load, "metric": "output tok/s", "rule": "throughput", "slo_relevant": False,
+           "n_base": len(tb), "n_new": len(tn), "runs_base": len(tb), "runs_new": len(tn), "base": mb, "new": mn,
+           "delta": mn / mb - 1 if mb else math.nan, "ci_lo": math.nan, "ci_hi": math.nan}
+    if min(len(tb), len(tn)) < 2:
+        row.update(verdict=UNDECIDED, why=f"needs repeats ≥ 2 per side (have {len(tb)} base, {len(tn)} new)")
+        return row
+    d, lo, hi = stats.mean_ratio_ci(tb, tn)
+    row.update(delta=d, ci_lo=lo, ci_hi=hi)
+    if hi < -thr:  # lower throughput is worse
+        row.update(verdict=WORSE, why=f"mean of {len(tn)} vs {len(tb)} runs; 95% interval [{100 * lo:+.1f}%, {100 * hi:+.1f}%] below −{100 * thr:g}%")
+    elif lo > thr:
+        row.update(verdict=BETTER, why=f"95% interval above +{100 * thr:g}%")
+    elif lo >= -thr:
+        row.update(verdict="within", why=f"95% interval stays above −{100 * thr:g}%")
+    else:
+        row.update(verdict=UNDECIDED, why=f"95% interval [{100 * lo:+.1f}%, {100 * hi:+.1f}%] straddles −{100 * thr:g}%")
+    return row
+
+
+def _knee_row(cell: str, mode: str, rb: pd.Series | None, rn: pd.Series | None, thr: float) -> dict:
+    unit = "req/s" if mode == "qps" else "concurrency"
+    k = {"cell": cell, "mode": mode, "unit": unit, "rule": "knee", "metric": f"knee ({unit})", "base": None, "new": None,
+         "delta": math.nan, "bracket_hi_base": None, "bracket_hi_new": None}
+    if rb is None or rn is None:
+        k.update(verdict=UNDECIDED, why=f"measured in {unit} on one side only: knees in different units are not compared")
+        return k
+
+    def hi(r):
+        return float(r["bracket_hi"]) if r.get("bracket_hi") is not None and pd.notna(r.get("bracket_hi")) else None
+
+    k.update(base=rb.get("knee") if rb["feasible"] else None, new=rn.get("knee") if rn["feasible"] else None,
+             bracket_hi_base=hi(rb), bracket_hi_new=hi(rn), base_row=rb.to_dict(), new_row=rn.to_dict())
+    if rb["feasible"] and not rn["feasible"]:
+        k.update(verdict=WORSE, why=f"knee lost: base sustains {rb['knee']:g} {unit}; new meets the SLOs at no tested load ({rn['note']})")
+    elif not rb["feasible"] and not rn["feasible"]:
+        k.update(verdict=UNDECIDED, why="no feasible knee on either side")
+    elif not rb["feasible"]:
+        k.update(verdict=BETTER, why=f"base had no feasible load; new sustains {rn['knee']:g} {unit}")
+    else:
+        b, n = float(rb["knee"]), float(rn["knee"])
+        k["delta"] = n / b - 1
+        nh, bh = hi(rn), hi(rb)
+        if nh is not None and nh < b * (1 - thr):
+            k.update(verdict=WORSE, why=f"new bracket [{n:g}, {nh:g}] lies below base knee {b:g} × (1 − {100 * thr:g}%)")
+        elif bh is not None and n > bh * (1 + thr):
+            k.update(verdict=BETTER, why=f"new knee {n:g} above base bracket [{b:g}, {bh:g}]")
+        elif nh is None and n >= b * (1 - thr):
+            k.update(verdict="within", why=f"new knee {n:g} with every tested load passing (base {b:g})")
+        elif nh is not None and n >= b * (1 - thr) and (bh is None or nh >= bh * (1 - thr)):
+            k.update(verdict="within", why=f"brackets [{b:g}, {bh if bh is not None else '>'}] and [{n:g}, {nh:g}] overlap within {100 * thr:g}%")
+        else:
+            k.update(verdict=UNDECIDED, why=f"brackets [{b:g}, {bh if bh is not None else '>'}] and [{n:g}, {nh if nh is not None else '>'}] "
+                                            f"cannot resolve a {100 * thr:g}% change: sweep a finer grid")
+    return k
+
+
+def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: int = 1000, *, allow_mismatch: bool = False,
+            gpus_per_replica: float | None = None) -> dict:
+    """Compare two result sets; see the module docstring for the rules. Raises CompareError when they cannot
+    be compared (no common cell, different setups without allow_mismatch)."""
+    b, n = load_points(base_paths, gpus_per_replica), load_points(new_paths, gpus_per_replica)
     common = [c for c in dict.fromkeys(b["cell"]) if c in set(n["cell"])]
     if not common:
         raise CompareError(f"no workload cell in common (base: {', '.join(b['cell'].unique())}; new: {', '.join(n['cell'].unique())}); "
                            "compare results of the same sweep spec")
-    for c in common:
-        wb, wn = set(b.loc[b.cell == c, "workload"]), set(n.loc[n.cell == c, "workload"])
-        if wb != wn:
-            raise CompareError(f"cell '{c}' has different workloads (base: {'; '.join(wb)} vs new: {'; '.join(wn)}); refusing to compare")
-    slo_metrics = {(s.metric, s.pct) for lst in list(b["_slos"]) + list(n["_slos"]) for s in lst}
+    mismatch = setup_differences(b[b["cell"].isin(common)], n[n["cell"].isin(common)])
+    if mismatch and not allow_mismatch:
+        diffs = "; ".join(f"{d['field']}: {d['base']} vs {d['new']}" for d in mismatch)
+        raise CompareError(f"different setups, refusing to compare — {diffs} (compare like with like, or pass --allow-mismatch)")
+    slo_metrics = {(s.metric, float(s.pct)) for lst in list(b["_slos"]) + list(n["_slos"]) for s in lst}
+    pcts = LATENCY + sorted(slo_metrics - set(LATENCY))
     rows = []
     for c in common:
         gb, gn = b[(b.cell == c) & (b.role != "baseline")], n[(n.cell == c) & (n.role != "baseline")]
-        for load in sorted(set(gb["load"])):
-            match = gn[np.isclose(gn["load"], load, rtol=1e-3)]
-            if match.empty:
+        for (mode, load), pb in gb.groupby(["mode", "load"]):
+            pn = gn[(gn["mode"] == mode) & np.isclose(gn["load"].astype(float), float(load), rtol=1e-3)]
+            if pn.empty:
                 continue
-            bd, nd = list(gb.loc[gb["load"] == load, "run_dir"]), list(match["run_dir"])
-            for metric, pct in LATENCY:
-                vb, vn = _values(bd, metric), _values(nd, metric)
-                if vb.size < 10 or vn.size < 10:
-                    continue
-                stat = (lambda a, p=pct: np.percentile(a, p))
-                point, (lo, hi) = stats.bootstrap_ratio_ci(vb, vn, stat, n_boot=n_boot)
-                rows.append({"cell": c, "load": load, "metric": f"{metric}_p{pct}", "base": float(stat(vb)), "new": float(stat(vn)),
-                             "delta": point, "ci_lo": lo, "ci_hi": hi, "verdict": _verdict(point, lo, hi, threshold),
-                             "slo_relevant": (metric, float(pct)) in slo_metrics or (metric == "itl" and ("tpot", float(pct)) in slo_metrics)})
-            tb, tn = gb.loc[gb["load"] == load, "output_tps"].mean(), match["output_tps"].mean()
-            rows.append({"cell": c, "load": load, "metric": "output_tps", "base": tb, "new": tn, "delta": tn / tb - 1 if tb else math.nan,
-                         "ci_lo": math.nan, "ci_hi": math.nan, "verdict": "n/a (one run per side)", "slo_relevant": False})
+            rb, rn = _Records(list(pb["run_dir"])), _Records(list(pn["run_dir"]))
+            rows += _latency_rows(c, mode, load, rb, rn, pcts, slo_metrics, threshold, n_boot)
+            rows.append(_error_row(c, mode, load, rb, rn))
+            rows.append(_throughput_row(c, mode, load, list(pb["output_tps"]), list(pn["output_tps"]), threshold))
     kb, kn = knee_table(b), knee_table(n)
     knees = []
     for c in common:
-        rb, rn = kb[kb.cell == c], kn[kn.cell == c]
-        if rb.empty or rn.empty:
-            continue
-        rb, rn = rb.iloc[0], rn.iloc[0]
-        if not (rb["feasible"] and rn["feasible"]):
-            knees.append({"cell": c, "base": rb.get("knee"), "new": rn.get("knee"), "delta": math.nan,
-                          "verdict": "n/a (no knee on one side)"})
-            continue
-        d = rn["knee"] / rb["knee"] - 1
-        nb_hi = rn["bracket_hi"] if pd.notna(rn["bracket_hi"]) else math.inf
-        bb_hi = rb["bracket_hi"] if pd.notna(rb["bracket_hi"]) else math.inf
-        if nb_hi <= rb["knee"] and d < -threshold:
-            v = "worse"
-        elif rn["knee"] >= bb_hi and d > threshold:
-            v = "better"
-        else:
-            v = "no significant change"
-        knees.append({"cell": c, "base": rb["knee"], "new": rn["knee"], "delta": d, "verdict": v, "base_row": rb.to_dict(),
-                      "new_row": rn.to_dict()})
-    table = pd.DataFrame(rows)
-    regressions = [r for r in rows if r["verdict"] == "worse" and r["slo_relevant"]] + [k for k in knees if k["verdict"] == "worse"]
-    return {"env": env, "rows": table, "knees": knees, "regressions": regressions, "threshold": threshold,
+        modes = list(dict.fromkeys(list(kb.loc[kb.cell == c, "mode"]) + list(kn.loc[kn.cell == c, "mode"])))
+        for mode in modes:
+            xb, xn = kb[(kb.cell == c) & (kb["mode"] == mode)], kn[(kn.cell == c) & (kn["mode"] == mode)]
+            knees.append(_knee_row(c, mode, xb.iloc[0] if len(xb) else None, xn.iloc[0] if len(xn) else None, threshold))
+    checks = rows + knees
+    return {"env": intended_differences(b, n), "mismatch": mismatch, "rows": pd.DataFrame(rows), "knees": knees, "threshold": threshold,
+            "regressions": [r for r in checks if r["verdict"] == WORSE],
+            "undecided": [r for r in checks if r["verdict"] == UNDECIDED],
             "base": [str(p) for p in base_paths], "new": [str(p) for p in new_paths]}
+
+
+def check_label(r: dict) -> str:
+    """'cell c, 10 req/s, ttft_p50 (latency rule)' — names where a check is and which rule it is."""
+    where = f"{r['cell']}" + (f", {r['load']:g} {'req/s' if r['mode'] == 'qps' else 'concurrent'}" if "load" in r else "")
+    return f"{where}: {r['metric']} ({r['rule']} rule)"

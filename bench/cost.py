@@ -155,9 +155,20 @@ def capacity_plan(knee_qps: float, usd_per_replica_hour: float, cm: CostModel) -
     return out
 
 
+GPUS_UNKNOWN = ("GPUs per replica unknown: label the run gpus=N or pass --gpus-per-replica N "
+                "($/M and $/1k requests need it; assuming 1 would under-price a multi-GPU replica)")
+
+
+def gpus_known(knee: dict) -> bool:
+    g = knee.get("gpus")
+    return g is not None and isinstance(g, (int, float)) and math.isfinite(g) and g > 0
+
+
 def cost_at_knee(knee: dict, sku: Sku, cm: CostModel) -> dict:
-    """All cost figures for one knee row (knee.knee_table)."""
-    g = float(knee.get("gpus") or 1)
+    """All cost figures for one knee row (knee.knee_table). The row must say its GPUs per replica (G)."""
+    if not gpus_known(knee):
+        raise ValueError(GPUS_UNKNOWN)
+    g = float(knee["gpus"])
     power = knee.get("avg_power_w")
     power_per_gpu = power / g if power else None
     hc = gpu_hour_cost(sku, cm, power_per_gpu)

@@ -28,6 +28,30 @@ def workload_key(w: dict) -> str:
     return " ".join(f"{k}={w.get(k)}" for k in keys if w.get(k) not in (None, 0, ""))
 
 
+def gpus_per_replica(doc: dict) -> tuple[float | None, str]:
+    """GPUs per replica (G in $/M) and where it came from: the run's `gpus` label; else the GPUs on which NVML
+    saw a compute process during the run (environment.gpus[].compute_processes, a single replica on this
+    host); else unknown (None) — never assumed 1, which would price a multi-GPU replica G times too low."""
+    lab = (doc.get("labels") or {}).get("gpus")
+    if lab not in (None, ""):
+        try:
+            g = float(lab)
+        except ValueError:
+            raise ValueError(f"{doc.get('run_id')}: label gpus='{lab}' is not a number; label gpus=N (GPUs per replica)") from None
+        if g > 0:
+            return g, "label"
+    inv = [g for g in (doc.get("environment") or {}).get("gpus") or [] if "compute_processes" in g]
+    busy = sum(1 for g in inv if g["compute_processes"])
+    if busy:
+        return float(busy), "nvml processes"
+    return None, "unknown"
+
+
+def readable_why(why: str) -> str:
+    """Verdict reasons print an infinite SLO value (failures count as infinitely slow) as 'inf ms'."""
+    return why.replace(" inf ms", " ∞ (failures)")
+
+
 def point_row(run_dir: Path, doc: dict) -> dict:
     s = doc.get("summary") or {}
     spec = doc.get("spec") or {}
@@ -45,10 +69,12 @@ def point_row(run_dir: Path, doc: dict) -> dict:
     e = s.get("energy") or {}
     sweep = run_dir.parent.parent.name if run_dir.parent.name == "points" else run_dir.name
     labels = doc.get("labels") or {}
+    gpus, gpus_source = gpus_per_replica(doc)
     return {
         "sweep": sweep, "cell": cell, "mode": mode, "workload": workload_key(spec.get("workload") or {}), "load": value, "role": pt.get("role", "run"), "repeat": pt.get("repeat", 0),
         "seed": doc.get("seed"), "status": doc.get("status"), "run_dir": str(run_dir),
-        "gpu": labels.get("gpu") or (tgt.get("sim") or {}).get("profile") or "", "gpus": float(labels.get("gpus", 1) or 1),
+        "gpu": labels.get("gpu") or (tgt.get("sim") or {}).get("profile") or "", "gpus": gpus if gpus is not None else math.nan,
+        "gpus_source": gpus_source,
         "server_kind": tgt.get("server_kind"), "server_version": tgt.get("server_version"), "simulated": bool(tgt.get("simulated")),
         "model": tgt.get("model"), "request_throughput": s.get("request_throughput"), "output_tps": s.get("output_tps"),
         "input_tps": s.get("input_tps"), "total_tps": s.get("total_tps"), "achieved_send_qps": s.get("achieved_send_qps"),
@@ -72,8 +98,9 @@ def point_row(run_dir: Path, doc: dict) -> dict:
     }
 
 
-def load_points(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per measured point (runs and sweep points) under the given result paths."""
+def load_points(paths: list[str | Path], gpus_per_replica: float | None = None) -> pd.DataFrame:
+    """One row per measured point (runs and sweep points) under the given result paths. `gpus_per_replica`
+    (the --gpus-per-replica flag) fills in points whose run does not say it (label, NVML)."""
     rows = []
     for d in find_run_dirs(paths):
         doc = read_run_doc(d)
@@ -83,6 +110,10 @@ def load_points(paths: list[str | Path]) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no completed points under {', '.join(map(str, paths))}; run `trilemma run` or `trilemma sweep` first")
     df = pd.DataFrame(rows)
+    if gpus_per_replica is not None:
+        unknown = df["gpus"].isna()
+        df.loc[unknown, "gpus"] = float(gpus_per_replica)
+        df.loc[unknown, "gpus_source"] = "--gpus-per-replica"
     rules = {}
     for p in paths:
         sj = Path(p) / "sweep.json"
@@ -95,7 +126,7 @@ def load_points(paths: list[str | Path]) -> pd.DataFrame:
                 for summ, slos, sw in zip(df["_summary"], df["_slos"], df["sweep"])]
     # undecided (and client-unhealthy) points are neither PASS nor FAIL: never the knee, never its bound
     df["verdict"] = [v if v in ("PASS", "FAIL") else "UNDECIDED" for v, _ in verdicts]
-    df["why"] = [w for _, w in verdicts]
+    df["why"] = [readable_why(w) for _, w in verdicts]
     df["binding_slo"] = [binding_slo(s) for s in df["_summary"]]
     return df
 
@@ -114,6 +145,7 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
         knee = max(passing) if passing else None
         undecided = [x for x, v in by_load.items() if (knee is None or x > knee) and (above is None or x < above)]
         row = {"sweep": sweep, "cell": cell, "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],
+               "gpus_source": g["gpus_source"].iloc[0],
                "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0]),
                "undecided_loads": ", ".join(f"{x:g}" for x in undecided)}
         und = f"; undecided between: {row['undecided_loads']} {mode}" if undecided else ""
@@ -150,4 +182,9 @@ def write_knee(df_points: pd.DataFrame, knees: pd.DataFrame, out_dir: Path) -> l
 
 
 def fmt(x, nd=1) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.{nd}f}"
+    """A number for a table: '—' when missing, '∞ (failures)' when infinite (an SLO percentile reaching failed requests)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞ (failures)" if x > 0 else "−∞"
+    return f"{x:,.{nd}f}"

@@ -13,6 +13,9 @@ run.json schema history (RUN_SCHEMA_VERSION):
    additive, same version: spec.target.url and target.url redacted (`//***@`); workload.dataset_rows_reused
      (short dataset wrapped around), workload.clipped_to_max_model_len counts requests sent;
      summary.streams_without_done; requests.parquet column done_marker (absent in older files: True)
+  JSON has no nan/inf: both are written as null. The one field that can be infinite is an SLO's
+  aggregate value, `summary.slos[].value_ms` (failed requests count as infinitely slow, so a p99.9 with
+  one failure in 200 is inf); `read_run_doc` reads a null there with n > 0 back as inf (nan needs n = 0).
 """
 
 from __future__ import annotations
@@ -95,9 +98,21 @@ def read_run_doc(run_dir: Path) -> dict:
     p = Path(run_dir) / "run.json"
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir}: no run.json here; give a directory written by `trilemma run` or `trilemma sweep`")
-    doc = json.loads(p.read_text())
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); the run was cut while writing — measure it again") from None
     if doc.get("schema_version", 0) > RUN_SCHEMA_VERSION:
         raise ValueError(f"{p}: schema {doc['schema_version']} is newer than this trilemma understands; upgrade trilemma")
+    restore_infinite(doc)
+    return doc
+
+
+def restore_infinite(doc: dict) -> dict:
+    """Undo write_json's inf → null where a value can only be infinite: an SLO value over n > 0 requests."""
+    for v in (doc.get("summary") or {}).get("slos") or []:
+        if v.get("value_ms") is None and (v.get("n") or 0) > 0:
+            v["value_ms"] = math.inf
     return doc
 
 

@@ -72,3 +72,76 @@ def print_summary(doc: dict, console: Console | None = None) -> None:
         c.print(f"[dim]note: {n}[/]")
     for w in s.get("warnings", []):
         c.print(f"[yellow]warning:[/] {w}")
+
+
+def _pct(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:+.1f}%"
+
+
+_COLOUR = {"worse": "red", "better": "green", "undecided": "yellow"}
+
+
+def print_compare(res: dict, title: str, cm, c: Console) -> None:
+    """compare.compare's result: intended differences, every check with its samples and interval, the knees,
+    the cost at each knee (with the load it is priced at), and which regression rules fired."""
+    from bench.compare import check_label
+    from bench.cost import GPUS_UNKNOWN, cost_at_knee, find_sku, gpus_known, load_catalog
+    from bench.knee import fmt
+
+    thr = res["threshold"]
+    for e in res["env"]:
+        c.print(f"[cyan]differs (compared for):[/] {e['field']}: {e['base']}  →  {e['new']}")
+    for e in res["mismatch"]:
+        c.print(f"[red]setup differs (--allow-mismatch):[/] {e['field']}: {e['base']}  →  {e['new']}")
+    rows = res["rows"].to_dict("records") if len(res["rows"]) else []
+    if rows:
+        t = Table(title=f"{title} (threshold ±{thr:.0%}; latency over successful requests; 95% intervals: bootstrap over requests/runs, Newcombe, Welch t)",
+                  title_justify="left")
+        for col in ("cell", "load", "check", "base", "new", "delta", "95% CI", "n base/new", "verdict", "why"):
+            t.add_column(col)
+        for r in rows:
+            unit = "req/s" if r["mode"] == "qps" else "conc"
+            err = r["rule"] == "errors"
+            val = (lambda x: f"{100 * x:.2f}%") if err else (lambda x: fmt(x, 2))
+            delta = f"{100 * r['delta']:+.2f} pts" if err and math.isfinite(r["delta"]) else _pct(r["delta"])
+            ci = (f"[{100 * r['ci_lo']:+.2f}, {100 * r['ci_hi']:+.2f}] pts" if err else f"[{_pct(r['ci_lo'])}, {_pct(r['ci_hi'])}]") \
+                if isinstance(r["ci_lo"], float) and math.isfinite(r["ci_lo"]) else "—"
+            col = _COLOUR.get(r["verdict"], "")
+            t.add_row(r["cell"], f"{r['load']:g} {unit}", r["metric"] + (" (SLO)" if r["slo_relevant"] and r["rule"] == "latency" else ""),
+                      val(r["base"]), val(r["new"]), delta, ci, f"{r['n_base']}/{r['n_new']}" + (" runs" if r["rule"] == "throughput" else ""),
+                      f"[{col}]{r['verdict']}[/]" if col else r["verdict"], r["why"])
+        c.print(t)
+    else:
+        c.print("no offered load was measured on both sides (adaptive searches probe different loads): latency, error-rate and "
+                "throughput checks need a grid sweep such as sweeps/vllm-regression.yaml; knees are compared below")
+    cat = load_catalog()
+    for k in res["knees"]:
+        col = _COLOUR.get(k["verdict"], "")
+        side = {s: "none" if k.get(f"{s}_row") and not k[f"{s}_row"].get("feasible") else fmt(k[s], 2) for s in ("base", "new")}
+        c.print(f"knee {k['cell']} ({k['unit']}): {side['base']} → {side['new']} ({_pct(k['delta'])}) — "
+                + (f"[{col}]{k['verdict']}[/]" if col else k["verdict"]) + f": {k['why']}")
+        for side in ("base_row", "new_row"):
+            row = k.get(side)
+            if not row or not row.get("feasible"):
+                continue
+            sku = find_sku(cat, row.get("gpu") or "")
+            at = f"at knee {fmt(row['knee'], 2)} {k['unit']} ({fmt(row.get('knee_qps'), 2)} req/s, {fmt(row.get('output_tps'))} out tok/s measured)"
+            if sku is None:
+                c.print(f"   {row['sweep']}: no cost — no SKU in the catalog for GPU label '{row.get('gpu') or ''}'")
+            elif not gpus_known(row):
+                c.print(f"   {row['sweep']} ({row['gpu']}) {at}: no $/M — {GPUS_UNKNOWN}")
+            else:
+                x = cost_at_knee(row, sku, cm)
+                c.print(f"   {row['sweep']} ({row['gpu']}, {x['gpus_per_replica']:g} GPUs/replica) {at}: ${x['usd_per_gpu_hour']:.2f}/GPU-h → "
+                        f"${x['usd_per_m_output']:.3f}/M output, ${x['usd_per_m_blended']:.3f}/M blended, "
+                        f"${x['usd_per_1k_requests']:.4f}/1k requests ({cm.pricing}, utilisation {cm.utilization:.0%})")
+    for r in res["regressions"]:
+        c.print(f"[red]REGRESSION[/] {check_label(r)} — {r['why']}")
+    if not res["regressions"]:
+        und = res["undecided"]
+        msg = f"[green]no regression beyond {thr:.0%}[/] among the decided checks"
+        if und:
+            rules = sorted({r["rule"] for r in und})
+            msg += (f"; {len(und)} undecided ({', '.join(rules)}) — not a pass for those: "
+                    + "; ".join(sorted({f"{r['metric']}: {r['why']}" for r in und})[:6]))
+        c.print(msg)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.cost import CostModel, cost_at_knee, find_sku, load_catalog
+from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
 from bench.knee import knee_table, load_points
 from bench.results import find_run_dirs, read_run_doc
 
@@ -31,9 +31,10 @@ METHODS = [
     ("Attainment", "fraction of requests meeting every SLO, with a Clopper-Pearson 95% interval"),
     ("Energy", "the GPU energy counter interpolated at the window's edges (NVML or DCGM), else the integral of sampled power; "
                "J/token = that energy / the tokens produced in the same window (warmup and drain excluded from both)"),
-    ("$/M tokens", "H·G·1e6/(3600·X·U): H $/GPU-h, G GPUs per replica, X tok/s at the knee, U utilisation; output-attributed uses X_out"),
+    ("$/M tokens", "H·G·1e6/(3600·X·U): H $/GPU-h, G GPUs per replica (label gpus=N, NVML processes, or --gpus-per-replica; never assumed), "
+                   "X tok/s measured at the knee, U utilisation; output-attributed uses X_out. Each price is shown beside the knee load it is priced at"),
     ("Blended", "input/output split at price ratio k = P_out/P_in, weighted 3:1"),
-    ("Replicas", "ceil(peak req/s × (1 + headroom) / knee req/s)"),
+    ("Replicas", "ceil(peak req/s × (1 + headroom) / knee req/s), with the knee's measured req/s — the same rate $/1k requests uses"),
 ]
 
 
@@ -41,8 +42,8 @@ COST_COLUMNS = ("usd_per_gpu_hour", "usd_per_m_output", "usd_per_m_blended", "us
                 "replicas_at_peak", "cost_note")
 
 
-def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = None) -> dict:
-    df = load_points(paths)
+def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = None, gpus_per_replica: float | None = None) -> dict:
+    df = load_points(paths, gpus_per_replica)
     knees = knee_table(df)
     catalog = load_catalog(catalog_path)
     cost_rows = []
@@ -50,15 +51,17 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
         gpu = r.get("gpu") or ""
         sku = find_sku(catalog, gpu)
         if not r.get("feasible"):
-            cost_rows.append({**r, "cost_note": "no knee: no load met the SLOs, so there is no cost at the SLO"})
+            cost_rows.append({**r, "cost_note": "no knee: no load was decided PASS, so there is no cost at the SLO"})
         elif not gpu:
             cost_rows.append({**r, "cost_note": "no GPU label on these results: rerun with --label gpu=SKU (a name in the catalog) to price them"})
         elif sku is None:
             where = catalog_path or "bench/catalog/gpus.yaml"
             cost_rows.append({**r, "cost_note": f"no price for GPU '{gpu}' in the catalog: add it to {where} or pass --catalog"})
+        elif not gpus_known(r):
+            cost_rows.append({**r, "cost_note": GPUS_UNKNOWN})
         else:
             try:
-                cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization})
+                cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization, "cost_note": ""})
             except ValueError as e:  # the SKU lacks the chosen pricing tier
                 cost_rows.append({**r, "cost_note": str(e)})
     knees_cost = pd.DataFrame(cost_rows)
@@ -85,7 +88,7 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
                           "slos": ", ".join(f"{s['metric']}_p{s['pct']:g} ≤ {s['threshold_ms']:g} ms" for s in spec.get("slos", [])),
                           "api": (spec.get("target") or {}).get("api"), "arrival": (spec.get("load") or {}).get("arrival")})
     for r in knees.to_dict("records"):
-        if r.get("knee_run_dir"):
+        if isinstance(r.get("knee_run_dir"), str):  # NaN in rows without a knee
             s = read_run_doc(Path(r["knee_run_dir"])).get("summary") or {}
             warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in s.get("warnings", [])]
         if r.get("note"):

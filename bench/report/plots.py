@@ -121,22 +121,21 @@ def plot_cost_energy(knees: pd.DataFrame, out: Path) -> list[Path]:
     labels = [f"{r.sweep}\n{r.cell}" for r in k.itertuples()]
     colors = [COLORS[i % len(COLORS)] for i in range(len(k))]
     sim = " (SIMULATED)" if k["simulated"].any() else ""
-    priced = k[k["usd_per_m_output"].notna()] if "usd_per_m_output" in k else k.iloc[:0]
-    if not priced.empty:
-        k_all, k = k, priced
-        labels = [f"{r.sweep}\n{r.cell}" for r in k.itertuples()]
+    has = k["usd_per_m_output"].notna().to_numpy() if "usd_per_m_output" in k else None
+    if has is not None and has.any():  # rows without a price (GPUs per replica unknown, no SKU) are left out, not drawn as 0
+        kp = k[has]
+        lp = [lab for lab, h in zip(labels, has) if h]
+        cp = [c for c, h in zip(colors, has) if h]
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for ax, col, title in ((axes[0], "usd_per_m_output", "$ per M output tokens at the SLO knee"),
                                (axes[1], "usd_per_m_blended", "blended $ per M tokens (3:1 in:out) at the knee")):
-            bars = ax.bar(labels, k[col], color=colors[:len(k)])
+            bars = ax.bar(lp, kp[col], color=cp)
             ax.bar_label(bars, fmt="$%.3f", fontsize=8)
             ax.set_title(title)
             ax.set_ylabel("$/M tokens")
-        fig.suptitle(f"Cost at the SLO{sim} — pricing: {k['pricing'].iloc[0]}, utilisation {k['utilization'].iloc[0]:.0%}")
+        fig.suptitle(f"Cost at the SLO{sim} — pricing: {kp['pricing'].iloc[0]}, utilisation {kp['utilization'].iloc[0]:.0%}")
         files += _save(fig, out, "cost_per_slo")
         plt.close(fig)
-        k = k_all
-        labels = [f"{r.sweep}\n{r.cell}" for r in k.itertuples()]
     if k["j_per_output_token"].notna().any():
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         bars = axes[0].bar(labels, k["j_per_output_token"], color=colors)

@@ -23,8 +23,10 @@ CAPTIONS = {
 
 def f(x, nd: int = 1) -> str:
     try:
-        if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        if x is None or isinstance(x, jinja2.Undefined) or (isinstance(x, float) and math.isnan(x)):  # a column this row lacks
             return "—"
+        if isinstance(x, float) and math.isinf(x):
+            return "∞ (failures)" if x > 0 else "−∞"
         return f"{float(x):,.{nd}f}"
     except (TypeError, ValueError):
         return str(x)
@@ -35,8 +37,8 @@ def pct(x) -> str:
 
 
 def render_report(paths: list[Path], out_root: Path, name: str, cm: CostModel, catalog: Path | None = None,
-                  compare: dict | None = None) -> Path:
-    data = report_data(paths, cm, catalog)
+                  compare: dict | None = None, gpus_per_replica: float | None = None) -> Path:
+    data = report_data(paths, cm, catalog, gpus_per_replica)
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     slo_lines = {s.name: s.threshold_ms for lst in data["points"]["_slos"] for s in lst}

@@ -62,6 +62,10 @@ def gpu_inventory(module=None) -> list[dict]:
                 d["power_limit_w"] = nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000
             except Exception:
                 d["power_limit_w"] = None
+            try:  # GPUs running a compute process = the serving replica's GPUs when it runs on this host (G in $/M)
+                d["compute_processes"] = len(nv.nvmlDeviceGetComputeRunningProcesses(h))
+            except Exception:
+                pass
             out.append(d)
     finally:
         try:
