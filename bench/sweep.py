@@ -85,7 +85,7 @@ def _pct(name: str) -> float:
 
 
 def _fmt_ms(v) -> str:
-    return "inf (failures)" if v is None or v == math.inf else f"{v:.1f} ms"
+    return "∞ (failures)" if v is None or v == math.inf else f"{v:.1f} ms"
 
 
 def _exceed(v: dict) -> str:

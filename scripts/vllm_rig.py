@@ -55,10 +55,10 @@ def server_env() -> dict:
             "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def server_cmd(py: Path, model: Path, port: int) -> list[str]:
+def server_cmd(py: Path, model: Path, port: int, max_num_seqs: int = 64) -> list[str]:
     return [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", SERVED_NAME,
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "bfloat16",
-            "--enable-prefix-caching", "--max-num-seqs", "64", "--uvicorn-log-level=warning"]
+            "--enable-prefix-caching", "--max-num-seqs", str(max_num_seqs), "--uvicorn-log-level=warning"]
 
 
 def _background_priority() -> None:
@@ -76,12 +76,13 @@ def _background_priority() -> None:
     os.nice(19)
 
 
-def start_server(port: int | None = None, log: Path | None = None, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
+def start_server(port: int | None = None, log: Path | None = None, timeout_s: float = 300,
+                 max_num_seqs: int = 64) -> tuple[subprocess.Popen, str]:
     v, m = setup()
     port = port or free_port()
     log = log or (CACHE / f"vllm-{port}.log")
     with open(log, "w") as logf:  # the child keeps its own descriptor
-        p = subprocess.Popen(server_cmd(v / "bin" / "python", m, port), stdout=logf, stderr=subprocess.STDOUT, env=server_env(),
+        p = subprocess.Popen(server_cmd(v / "bin" / "python", m, port, max_num_seqs), stdout=logf, stderr=subprocess.STDOUT, env=server_env(),
                              preexec_fn=_background_priority)
     url = f"http://127.0.0.1:{port}"
     import urllib.request
