@@ -132,6 +132,7 @@ class SimRequest:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: float = 0.0
     first_token_t: float = 0.0
+    aborted: bool = False  # the client went away (the server dropped it from waiting/running)
 
 
 class Engine:
@@ -237,6 +238,8 @@ class Engine:
             self.steps += 1
             now = time.monotonic()
             finished = []
+            decoders = [r for r in decoders if not r.aborted]  # aborted while this step ran
+            prefills = [(r, take) for r, take in prefills if not r.aborted]
             for r in decoders:
                 r.generated += 1
                 r.pending += 1

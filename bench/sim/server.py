@@ -104,7 +104,7 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_get("/version", self.version)
-        app.router.add_get("/health", lambda r: web.Response(text=""))
+        app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/reset_prefix_cache", self.reset_prefix)
         app.on_startup.append(self._start)
@@ -112,7 +112,16 @@ class SimServer:
 
     async def _start(self, app) -> None:
         if not self.deterministic:
-            app["engine_task"] = asyncio.ensure_future(self.engine.run())
+            self.engine_task = asyncio.ensure_future(self.engine.run())
+
+    async def health(self, request) -> web.Response:
+        """Unhealthy (500, with the reason) once the engine loop has stopped: a server that accepts requests
+        it will never serve must not look healthy."""
+        t = getattr(self, "engine_task", None)
+        if t is not None and t.done():
+            exc = t.exception() if not t.cancelled() else None
+            return web.Response(status=500, text=f"engine stopped: {exc!r}")
+        return web.Response(text="")
 
     async def models(self, request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "trilemma-sim",
@@ -319,6 +328,7 @@ class SimServer:
 
     def _abort(self, req: SimRequest) -> None:
         e = self.engine
+        req.aborted = True  # the step in progress may hold it: the engine skips it when the step ends
         if req in e.waiting:
             e.waiting.remove(req)
         elif req in e.running:
