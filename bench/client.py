@@ -238,6 +238,8 @@ async def send_streaming(client: StreamClient, req: Prepared, rec: RequestRecord
                         return
                     async for chunk in resp.content.iter_any():
                         append((perf_ns(), chunk))
+                        if not rec.first_byte_ns:  # while in flight: a probe may stop on a TTFT known to be over
+                            rec.first_byte_ns = reads[0][0]
                 rec.end_ns = perf_ns()
             except aiohttp.ClientConnectorError as e:
                 rec.end_ns, rec.error_kind, rec.error = perf_ns(), "connect", f"cannot connect: {e}"[:300]

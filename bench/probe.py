@@ -8,8 +8,8 @@ The monitor watches a running load point (it is told of every request sent and e
   sequential probe then looks at growing intervals and stops when every SLO is decided *pass* and
   steady state is shown, or at once when an SLO is decided *fail* or the server is saturated (early abort:
   failing probes are the most expensive GPU time of a search); otherwise at the maximum, undecided.
-Requests still in flight count where they are already known: a TTFT or E2E older than its threshold is an
-exceedance. The decision that stopped the probe is kept (`report()`), since an aborted probe's in-flight
+Requests still in flight count where they are already known: no response byte after the TTFT threshold,
+or alive past the E2E threshold, is an exceedance. The decision that stopped the probe is kept (`report()`), since an aborted probe's in-flight
 requests are cancelled and the summary computed afterwards no longer sees them.
 """
 
@@ -201,20 +201,18 @@ class ProbeMonitor:
             self._stop(now, kind, why)
 
     def _inflight_known(self, slo: SLO, now: int) -> tuple[list[float], list[bool]]:
-        """Samples already known from requests in flight: a TTFT seen, or a TTFT/E2E older than its threshold."""
+        """Exceedances already certain for requests still in flight: no response byte yet (so no first token)
+        after the TTFT threshold, or alive past the E2E threshold. Nothing else is known until the stream
+        ends (chunks are parsed afterwards), so nothing else is counted."""
         if slo.metric not in ("ttft", "e2e"):
             return [], []
-        ts, os_ = [], []
+        ts = []
         for r in self.inflight.values():
-            if r.intended_ns < self.warm_until:
+            if r.intended_ns < self.warm_until or (slo.metric == "ttft" and r.first_byte_ns):
                 continue
-            if slo.metric == "ttft" and r.chunk_ns:
+            if (now - r.intended_ns) / 1e6 > slo.threshold_ms:
                 ts.append((r.intended_ns - self.t0) / 1e9)
-                os_.append((r.chunk_ns[0] - r.intended_ns) / 1e6 > slo.threshold_ms)
-            elif (now - r.intended_ns) / 1e6 > slo.threshold_ms:
-                ts.append((r.intended_ns - self.t0) / 1e9)
-                os_.append(True)
-        return ts, os_
+        return ts, [True] * len(ts)
 
     def _stop(self, now: int, kind: str, why: str) -> None:
         if self.stop_at is None:

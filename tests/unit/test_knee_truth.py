@@ -134,6 +134,9 @@ class FakeServer:
             rec.chunk_tokens = [1] * 8
             rec.end_ns = t + self.life * MS + extra
             live.append((mon.started(rec), rec))
+            for _, r in live:  # the client stamps the first byte as it arrives
+                if not r.first_byte_ns and r.chunk_ns[0] <= t:
+                    r.first_byte_ns = r.chunk_ns[0]
             for slot, r in [x for x in live if x[1].end_ns <= t]:
                 mon.finished(slot, r)
             live = [x for x in live if x[1].end_ns > t]
