@@ -136,7 +136,7 @@ class ProbeMonitor:
         if not rule.sequential and win_s >= target:
             self._stop(now, "schedule", f"window {win_s:.1f} s (>= {target:.1f} s: minimum and {rule.window_lifetimes:g} lifetimes)")
             return
-        if win_s < (target if rule.sequential else rule.min_duration_s):
+        if win_s < rule.min_duration_s:  # looks start at the minimum window: a FAIL needs no steady state
             return
         if self.next_look_s is not None and win_s < self.next_look_s:
             return

@@ -161,12 +161,13 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
         history.setdefault(x, []).append((v, full))
 
     lam = 2 * r_s if r_s > 0 else 1.0
-    while probes < auto.max_probes:  # ladder up until a probe fails
+    while probes < auto.max_probes:  # ladder up until a probe fails, or shows exceedances it cannot yet judge
         v, s = yield ("qps", lam, "ladder", 0)
         probes += 1
-        record(lam, v, False)
-        if v == FAIL:
-            tput_fail = s.get("request_throughput")
+        troubled = v == INCONCLUSIVE and any((x.get("exceed") or {}).get("k") for x in s.get("slos", []))
+        record(lam, v, troubled)  # an undecided screen with exceedances bounds the bisection like a full undecided probe
+        if v == FAIL or troubled:
+            tput_fail = s.get("request_throughput") if v == FAIL else None
             break
         lam *= ladder
     confirmed: set[float] = set()
@@ -371,6 +372,8 @@ class SweepRunner:
 
     def _hint(self, key: dict, summary: dict) -> None:
         life = (summary.get("steady_state") or {}).get("lifetime_s")
+        if (summary.get("probe") or {}).get("stopped") in ("fail", "saturated"):
+            return  # an aborted probe's lifetimes are a queue's, not the next probe's
         if life:
             self.lifetime_hint[key["cell"]["name"] or str(key["cell"])] = life
 
