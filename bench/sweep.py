@@ -133,7 +133,8 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
     "r_single", "tput_at_first_fail", "probes", "note", "undecided"}; the knee is always a load decided PASS.
 
     Baseline and ladder probes only screen for a decisive failure (a p99 cannot be proven at a low rate in
-    a short window); the ladder climbs ×`ladder` until one fails. Bisection then looks for the highest load
+    a short window); the ladder climbs ×`ladder` until one fails, or is undecided with signs of trouble
+    (exceedances, or requests living 1.5× longer than one at a time: a queue). Bisection then looks for the highest load
     a full probe decides PASS: an undecided full probe bounds it from above like a failure, a load that was
     only screened must be decided by a full probe before it can be the knee, and the knee is confirmed with
     a new seed."""
@@ -142,6 +143,7 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
     v, s = yield ("concurrency", 1, "baseline", 0)
     probes += 1
     r_s = s.get("request_throughput") or 0.0
+    base_life = (s.get("steady_state") or {}).get("lifetime_s") or 0.0  # one request at a time: no queue
     if v == FAIL:
         return {"feasible": False, "knee_qps": None, "bracket": None, "r_single": r_s, "tput_at_first_fail": None, "probes": probes,
                 "note": "even one request at a time misses the SLO: no load can meet it", "undecided": []}
@@ -164,7 +166,9 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
     while probes < auto.max_probes:  # ladder up until a probe fails, or shows exceedances it cannot yet judge
         v, s = yield ("qps", lam, "ladder", 0)
         probes += 1
-        troubled = v == INCONCLUSIVE and any((x.get("exceed") or {}).get("k") for x in s.get("slos", []))
+        life = (s.get("steady_state") or {}).get("lifetime_s") or 0.0
+        troubled = v == INCONCLUSIVE and (any((x.get("exceed") or {}).get("k") for x in s.get("slos", []))
+                                          or (base_life > 0 and life > 1.5 * base_life))  # requests live longer: a queue
         record(lam, v, troubled)  # an undecided screen with exceedances bounds the bisection like a full undecided probe
         if v == FAIL or troubled:
             tput_fail = s.get("request_throughput") if v == FAIL else None
