@@ -41,6 +41,8 @@ def test_ideal_server_rates_equal_offered_for_a_probe_of_three_lifetimes(ideal, 
     s = summary_of(tmp_path)
     assert s["request_throughput"] == pytest.approx(20.0, rel=0.02)
     assert s["output_tps"] == pytest.approx(320.0, rel=0.02)
+    arr = s["throughput"]["arrivals"]  # the realized count, independent of the offered rate
+    assert arr["request_throughput"] == pytest.approx(20.0, rel=0.02) and arr["output_tps"] == pytest.approx(320.0, rel=0.02)
     assert s["n_failed"] == 0 and not s["saturation"]["saturated"]
     if warmup == "0":  # the completion count in the window is the biased estimator the arrivals one replaces
         assert s["throughput"]["departures"]["request_throughput"] < 0.8 * 20
