@@ -79,7 +79,7 @@ def point_row(run_dir: Path, doc: dict) -> dict:
         "model": tgt.get("model"), "request_throughput": s.get("request_throughput"), "output_tps": s.get("output_tps"),
         "input_tps": s.get("input_tps"), "total_tps": s.get("total_tps"), "achieved_send_qps": s.get("achieved_send_qps"),
         "ttft_p50": _lat(s, "ttft", "p50"), "ttft_p90": _lat(s, "ttft", "p90"), "ttft_p99": _lat(s, "ttft", "p99"),
-        "tpot_p50": _lat(s, "tpot", "p50"), "tpot_p99": _lat(s, "tpot", "p99"), "itl_p50": _lat(s, "itl", "p50"),
+        "tpot_p50": _lat(s, "tpot", "p50"), "tpot_p90": _lat(s, "tpot", "p90"), "tpot_p99": _lat(s, "tpot", "p99"), "itl_p50": _lat(s, "itl", "p50"), "itl_p90": _lat(s, "itl", "p90"),
         "itl_p99": _lat(s, "itl", "p99"), "e2e_p50": _lat(s, "e2e", "p50"), "e2e_p99": _lat(s, "e2e", "p99"),
         "send_lag_p99": _lat(s, "send_lag", "p99"), "attainment": s.get("attainment"),
         "attainment_lo": (s.get("attainment_ci") or [None, None])[0], "attainment_hi": (s.get("attainment_ci") or [None, None])[1],

@@ -45,13 +45,22 @@ def plot_all(df: pd.DataFrame, knees: pd.DataFrame, out: Path, slo_lines: dict[s
     files: list[Path] = []
     sim = " (SIMULATED)" if df["simulated"].any() else ""
 
-    # 1. latency vs offered load
+    # 1. latency vs offered load, at the percentile each SLO names (p99 where no SLO names one)
+    def col(metric: str) -> str:
+        pct = next((n.split("_p")[1] for n in slo_lines if n.startswith(metric + "_p")), "99")
+        c = f"{metric}_p{pct}"
+        return c if c in df else f"{metric}_p99"
+
+    ttft_c = col("ttft")
+    tail_metric = "tpot" if any(n.startswith("tpot") for n in slo_lines) else "itl"
+    tail_c = col(tail_metric)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, color, g, sw, cell in _series(df):
-        axes[0].plot(g["load"], g["ttft_p99"], "o-", color=color, label=f"{label} p99")
+        axes[0].plot(g["load"], g[ttft_c], "o-", color=color, label=f"{label} {ttft_c.split('_')[1]}")
         axes[0].plot(g["load"], g["ttft_p50"], "o--", color=color, alpha=0.5, label=f"{label} p50")
-        axes[1].plot(g["load"], g["itl_p99"], "o-", color=color, label=f"{label} ITL p99")
-        axes[1].plot(g["load"], g["tpot_p50"], "s--", color=color, alpha=0.5, label=f"{label} TPOT p50")
+        axes[1].plot(g["load"], g[tail_c], "o-", color=color, label=f"{label} {tail_c.replace('_', ' ').upper()}")
+        other = "tpot_p50" if tail_metric == "itl" else "itl_p50"
+        axes[1].plot(g["load"], g[other], "s--", color=color, alpha=0.5, label=f"{label} {other.replace('_', ' ').upper()}")
         k = knees[(knees["sweep"] == sw) & (knees["cell"] == cell) & (knees["mode"] == "qps")]
         if len(k) and k["feasible"].iloc[0]:
             hi = k["bracket_hi"].iloc[0]
