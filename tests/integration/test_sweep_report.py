@@ -52,7 +52,7 @@ def regression_results(tmp_path_factory):
     engine (as a CI gate runs: same spec, same seed -> same arrivals and prompts; only the server differs)."""
     root = tmp_path_factory.mktemp("cmp")
     base = dict(cells=[{"name": "c", "isl": 64, "osl": 32}], load={"qps": [5, 10]}, requests=200, warmup="10r",
-                slos={"ttft_p50": "200ms", "tpot_p50": "60ms"}, labels={"gpu": "test-device"})
+                slos={"ttft_p50": "200ms", "tpot_p50": "60ms"}, labels={"gpu": "test-device", "gpus": "1"})
     for name, slow, seed in (("base", 1.0, 0), ("same", 1.0, 0), ("slower", 1.1, 0)):
         spec = write_spec(root / f"{name}.yaml", name=name, seed=seed,
                           target={"sim": {"profile": "tiny-test", "slowdown": slow, "seed": seed}}, **base)
@@ -113,3 +113,4 @@ def test_report_renders_in_headless_chromium(regression_results, tmp_path):
 
     img = Image.open(shot).convert("RGB").resize((130, 260))
     assert len(img.getcolors(maxcolors=1 << 16) or []) > 50  # a rendered page, not a blank one
+

@@ -17,10 +17,11 @@ pytestmark = pytest.mark.vllm
 
 
 def completed_points(d: Path) -> dict:
+    """Complete points the knee uses: a point re-measured with a longer window (undecided) is superseded."""
     out = {}
     for rj in (d / "points").glob("*/run.json"):
         doc = json.loads(rj.read_text())
-        if doc.get("status") == "complete":
+        if doc.get("status") == "complete" and not doc.get("superseded_by"):
             out[rj.parent.name] = doc["started_at"]
     return out
 
@@ -47,7 +48,8 @@ def test_grid_sweep_resumes_after_kill(vllm_server, tmp_path):
     after = completed_points(d)
     assert len(after) == 6  # no point lost
     assert all(after[h] == t for h, t in before.items())  # none measured twice
-    assert f"{6 - len(before)} points measured, {len(before)} reused" in p.stderr
+    m = __import__("re").search(r"(\d+) points measured, (\d+) reused", p.stderr)
+    assert m and int(m.group(2)) >= len(before), p.stderr  # every finished point reused (undecided ones with their extension)
     assert "SLO knee per cell" in p.stdout
     k = trilemma("knee", d)
     table = __import__("pandas").read_csv(d / "knee" / "knee.csv")
@@ -60,4 +62,4 @@ def test_grid_sweep_resumes_after_kill(vllm_server, tmp_path):
         assert doc["target"]["prefix_cache_reset"] == "/reset_prefix_cache"
         hits.setdefault(doc["point"]["cell_label"], []).append(doc["summary"]["prefix_cache"]["hit_rate"])
     assert all(h is not None and h < 0.05 for c in ("short", "long") for h in hits[c]), hits
-    assert all(h > 0.4 for h in hits["shared"]), hits
+    assert all(h > 0.2 for h in hits["shared"]), hits  # 192 of 256 prompt tokens shared by 2 groups
