@@ -16,12 +16,13 @@ from tests.integration.conftest import ROOT, trilemma
 pytestmark = pytest.mark.vllm
 
 
-def completed_points(d: Path) -> dict:
-    """Complete points the knee uses: a point re-measured with a longer window (undecided) is superseded."""
+def completed_points(d: Path, current: bool = True) -> dict:
+    """Complete points; `current`: only those the knee uses (a point re-measured with a longer window
+    because it was undecided is superseded by the re-measurement)."""
     out = {}
     for rj in (d / "points").glob("*/run.json"):
         doc = json.loads(rj.read_text())
-        if doc.get("status") == "complete" and not doc.get("superseded_by"):
+        if doc.get("status") == "complete" and not (current and doc.get("superseded_by")):
             out[rj.parent.name] = doc["started_at"]
     return out
 
@@ -42,12 +43,13 @@ def test_grid_sweep_resumes_after_kill(vllm_server, tmp_path):
     time.sleep(2)  # kill in the middle of the next point
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = completed_points(d)
-    assert 2 <= len(before) < 6
+    before = completed_points(d, current=False)
+    assert 2 <= len(completed_points(d)) < 6  # killed mid-sweep
     p = trilemma("sweep", spec, "--out", tmp_path)
     after = completed_points(d)
     assert len(after) == 6  # no point lost
-    assert all(after[h] == t for h, t in before.items())  # none measured twice
+    after_all = completed_points(d, current=False)
+    assert all(after_all[h] == t for h, t in before.items())  # none measured twice
     m = __import__("re").search(r"(\d+) points measured, (\d+) reused", p.stderr)
     assert m and int(m.group(2)) >= len(before), p.stderr  # every finished point reused (undecided ones with their extension)
     assert "SLO knee per cell" in p.stdout
