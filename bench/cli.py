@@ -193,6 +193,8 @@ def sim(
     slowdown: float = typer.Option(1.0, help="Multiply every engine step time (1.1 = a 10% slower engine)"),
     error_rate: float = typer.Option(0.0, help="Fraction of requests answered with HTTP 500"),
     cut_rate: float = typer.Option(0.0, help="Fraction of streams cut mid-response"),
+    delay_ms: float = typer.Option(0.0, help="Added before each request reaches the engine: TTFT and E2E rise by it, ITL not "
+                                             "(a slower API front end)"),
 ) -> None:
     """Run the built-in SIMULATED server (continuous-batching engine model) — demo target and test server."""
     from bench.sim.engine import load_profile
@@ -200,9 +202,12 @@ def sim(
 
     if not 1 <= port <= 65535:
         fail(f"--port {port}: give a TCP port between 1 and 65535, e.g. --port 8000")
+    for flag, v, hi in (("--error-rate", error_rate, 1.0), ("--cut-rate", cut_rate, 1.0), ("--delay-ms", delay_ms, 6e5)):
+        if not 0 <= v <= hi:
+            fail(f"{flag} {v:g}: give a value between 0 and {hi:g}")
     prof = load_profile(profile, slowdown)
     try:
-        serve(prof, host, port, model=model, deterministic=deterministic, seed=seed, error_rate=error_rate, cut_rate=cut_rate)
+        serve(prof, host, port, model=model, deterministic=deterministic, seed=seed, error_rate=error_rate, cut_rate=cut_rate, delay_ms=delay_ms)
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick a free port with --port")
 

@@ -104,11 +104,12 @@ class _Records:
             for r in sorted(recs, key=lambda r: r.index):
                 if r.ok:
                     v = metrics.itl_ms(r) if metric == "itl" else [x for x in (_PER_REQUEST[metric](r),) if not math.isnan(x)]
-                    vals += v
-                    cluster += [cid] * len(v)
+                    vals.append(np.asarray(v, dtype=np.float64))
+                    cluster.append(np.full(len(v), cid, dtype=np.int64))
                 run.append(ri)
                 cid += 1
-        return stats.Sample(vals, cluster, run)
+        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt))
+        return stats.Sample(cat(vals, np.float64), cat(cluster, np.int64), run)
 
     def schedule(self) -> list[list[tuple]]:
         """Per run: (scheduled offset in ms, ISL, OSL) of each measured request, in index order."""
@@ -285,7 +286,9 @@ def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: 
     return {"env": intended_differences(b, n), "mismatch": mismatch, "rows": pd.DataFrame(rows), "knees": knees, "threshold": threshold,
             "regressions": [r for r in checks if r["verdict"] == WORSE],
             "undecided": [r for r in checks if r["verdict"] == UNDECIDED],
-            "base": [str(p) for p in base_paths], "new": [str(p) for p in new_paths]}
+            "base": [str(p) for p in base_paths], "new": [str(p) for p in new_paths],
+            "interrupted": [f"{side}: {r.sweep} / {r.cell} at {r.load:g} {'req/s' if r.mode == 'qps' else 'concurrent'}"
+                            for side, df in (("base", b), ("new", n)) for r in df[df["status"] == "interrupted"].itertuples()]}
 
 
 def check_label(r: dict) -> str:

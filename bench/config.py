@@ -410,6 +410,10 @@ class SimTarget(BaseModel):
     profile: str = "h100-llama3-8b"
     slowdown: float = Field(1.0, gt=0)
     seed: int = 0
+    # planted faults (regression-gate tests, demos of a broken upgrade)
+    error_rate: float = Field(0.0, ge=0, le=1)  # fraction of requests answered HTTP 500
+    cut_rate: float = Field(0.0, ge=0, le=1)  # fraction of streams cut mid-response
+    delay_ms: float = Field(0.0, ge=0, le=600_000)  # added before the engine: TTFT/E2E up, ITL unchanged
 
 
 class SweepTarget(TargetSpec):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.config import SLO, CellSpec, WorkloadSpec
-from bench.results import find_run_dirs, read_run_doc
+from bench.results import find_run_dirs, read_run_doc, settle
 from bench.sweep import PASS, binding_slo, verdict
 
 
@@ -103,12 +103,15 @@ def load_points(paths: list[str | Path], gpus_per_replica: float | None = None) 
     (the --gpus-per-replica flag) fills in points whose run does not say it (label, NVML)."""
     rows = []
     for d in find_run_dirs(paths):
-        doc = read_run_doc(d)
-        if doc.get("status") not in ("complete",) or not doc.get("summary") or doc.get("superseded_by"):
+        doc = settle(d, read_run_doc(d))  # a killed run: interrupted, its summary rebuilt from the saved requests
+        if doc.get("superseded_by") or not doc.get("summary"):
             continue
-        rows.append(point_row(d, doc))
+        # interrupted points are read and marked (never a PASS: the probe did not run as planned); failed ones are not
+        if doc.get("status") == "complete" or (doc.get("status") == "interrupted" and doc["summary"].get("n_measured")):
+            rows.append(point_row(d, doc))
     if not rows:
-        raise FileNotFoundError(f"no completed points under {', '.join(map(str, paths))}; run `trilemma run` or `trilemma sweep` first")
+        raise FileNotFoundError(f"no completed or interrupted points with measured requests under {', '.join(map(str, paths))}; "
+                                "run `trilemma run` or `trilemma sweep` first")
     df = pd.DataFrame(rows)
     if gpus_per_replica is not None:
         unknown = df["gpus"].isna()
@@ -127,6 +130,10 @@ def load_points(paths: list[str | Path], gpus_per_replica: float | None = None) 
     # undecided (and client-unhealthy) points are neither PASS nor FAIL: never the knee, never its bound
     df["verdict"] = [v if v in ("PASS", "FAIL") else "UNDECIDED" for v, _ in verdicts]
     df["why"] = [readable_why(w) for _, w in verdicts]
+    cut = df["status"] == "interrupted"  # a decisive FAIL stands (early abort may stop any probe); a pass needs the whole probe
+    df.loc[cut & (df["verdict"] == "PASS"), "why"] = "interrupted before the probe ended — " + df.loc[cut & (df["verdict"] == "PASS"), "why"]
+    df.loc[cut & (df["verdict"] == "PASS"), "verdict"] = "UNDECIDED"
+    df.loc[cut & (df["verdict"] != "UNDECIDED"), "why"] = "interrupted — " + df.loc[cut & (df["verdict"] != "UNDECIDED"), "why"]
     df["binding_slo"] = [binding_slo(s) for s in df["_summary"]]
     return df
 
@@ -147,8 +154,11 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
         row = {"sweep": sweep, "cell": cell, "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],
                "gpus_source": g["gpus_source"].iloc[0],
                "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0]),
-               "undecided_loads": ", ".join(f"{x:g}" for x in undecided)}
+               "undecided_loads": ", ".join(f"{x:g}" for x in undecided),
+               "interrupted_loads": ", ".join(f"{x:g}" for x in sorted(set(g.loc[g["status"] == "interrupted", "load"])))}
         und = f"; undecided between: {row['undecided_loads']} {mode}" if undecided else ""
+        if row["interrupted_loads"]:
+            und += f"; INTERRUPTED points (read as measured, never a pass): {row['interrupted_loads']} {mode}"
         if knee is None:
             first = g.sort_values("load").iloc[0]
             row.update(feasible=False, knee=None, bracket_hi=above,

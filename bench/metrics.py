@@ -21,12 +21,12 @@ NS_MS = 1e-6
 
 def ttft_ms(r: RequestRecord) -> float:
     """TTFT = arrival of the first token-bearing chunk − intended send."""
-    return (r.chunk_ns[0] - r.intended_ns) * NS_MS if r.chunk_ns else math.nan
+    return (r.chunk_ns[0] - r.intended_ns) * NS_MS if len(r.chunk_ns) else math.nan
 
 
 def ttft_from_send_ms(r: RequestRecord) -> float:
     """TTFT from the actual send = first token chunk − actual send (what vllm bench serve reports)."""
-    return (r.chunk_ns[0] - r.sent_ns) * NS_MS if r.chunk_ns else math.nan
+    return (r.chunk_ns[0] - r.sent_ns) * NS_MS if len(r.chunk_ns) else math.nan
 
 
 def e2e_ms(r: RequestRecord) -> float:
@@ -36,25 +36,30 @@ def e2e_ms(r: RequestRecord) -> float:
 
 def tpot_ms(r: RequestRecord) -> float:
     """TPOT = (E2E − TTFT) / (output_tokens − 1), per request; nan for fewer than 2 output tokens."""
-    if r.output_tokens < 2 or not r.chunk_ns:
+    if r.output_tokens < 2 or not len(r.chunk_ns):
         return math.nan
     return (e2e_ms(r) - ttft_ms(r)) / (r.output_tokens - 1)
 
 
-def itl_ms(r: RequestRecord) -> list[float]:
+_NONE = np.empty(0, dtype=np.float64)
+
+
+def _tokens_after_first(r: RequestRecord) -> np.ndarray:
+    return np.maximum(1, np.asarray(r.chunk_tokens[1:len(r.chunk_ns)], dtype=np.int64))
+
+
+def itl_ms(r: RequestRecord) -> np.ndarray:
     """ITL = gaps between token arrivals. A chunk carrying k tokens, arriving g ms after the previous
     chunk, contributes k gaps of g/k. Extra tokens of the first chunk contribute none (no earlier chunk)."""
-    out: list[float] = []
-    for i in range(1, len(r.chunk_ns)):
-        k = max(1, r.chunk_tokens[i])
-        g = (r.chunk_ns[i] - r.chunk_ns[i - 1]) * NS_MS / k
-        out.extend([g] * k)
-    return out
+    if len(r.chunk_ns) < 2:
+        return _NONE
+    k = _tokens_after_first(r)
+    return np.repeat(np.diff(np.asarray(r.chunk_ns, dtype=np.int64)) * NS_MS / k, k)
 
 
-def chunk_gaps_ms(r: RequestRecord) -> list[float]:
+def chunk_gaps_ms(r: RequestRecord) -> np.ndarray:
     """Raw gaps between consecutive token-bearing chunks (no per-token split)."""
-    return [(b - a) * NS_MS for a, b in zip(r.chunk_ns, r.chunk_ns[1:])]
+    return np.diff(np.asarray(r.chunk_ns, dtype=np.int64)) * NS_MS
 
 
 def send_lag_ms(r: RequestRecord) -> float:
@@ -86,8 +91,11 @@ def window_throughput(recs: list[RequestRecord], t0: int, t1: int) -> dict:
     Rates are these counts / (t1 − t0): the server's completion rate, right past saturation."""
     ok = [r for r in recs if r.ok]
     done = sum(1 for r in ok if t0 <= r.end_ns < t1)
-    out_tok = sum(k for r in ok for t, k in zip(r.chunk_ns, r.chunk_tokens) if t0 <= t < t1)
-    in_tok = sum((r.prompt_tokens if r.prompt_tokens >= 0 else r.isl) for r in ok if r.chunk_ns and t0 <= r.chunk_ns[0] < t1)
+    out_tok = 0
+    for r in ok:
+        c = np.asarray(r.chunk_ns, dtype=np.int64)
+        out_tok += int(np.asarray(r.chunk_tokens, dtype=np.int64)[(c >= t0) & (c < t1)].sum())
+    in_tok = sum((r.prompt_tokens if r.prompt_tokens >= 0 else r.isl) for r in ok if len(r.chunk_ns) and t0 <= r.chunk_ns[0] < t1)
     return {"requests": done, "output_tokens": out_tok, "input_tokens": in_tok}
 
 
@@ -98,6 +106,18 @@ def arrival_throughput(m: list[RequestRecord]) -> dict:
     ok = [r for r in m if r.ok]
     return {"requests": len(ok), "output_tokens": sum(max(0, r.output_tokens) for r in ok),
             "input_tokens": sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)}
+
+
+def time_avg_in_flight(starts, ends, t0: int, t1: int) -> float:
+    """Exact time-average of requests in flight over [t0, t1) (each lifetime clipped to the window;
+    end 0 = still in flight at t1)."""
+    if t1 <= t0:
+        return math.nan
+    st = np.asarray(starts, dtype=np.int64)
+    en = np.asarray(ends, dtype=np.int64)
+    en = np.where(en > 0, en, t1)
+    busy = np.clip(np.minimum(en, t1) - np.maximum(st, t0), 0, None)
+    return float(busy.sum()) / (t1 - t0)
 
 
 def in_flight_timeline(starts, ends, t0: int, t1: int, points: int = 240) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +213,7 @@ def request_meets(r: RequestRecord, slos: list[SLO]) -> bool:
             v = e2e_ms(r)
         else:
             g = itl_ms(r)
-            if not g:
+            if not len(g):
                 continue
             v = stats.percentile(g, s.pct)
         if not v <= s.threshold_ms:
@@ -202,7 +222,8 @@ def request_meets(r: RequestRecord, slos: list[SLO]) -> bool:
 
 
 def latency_stats(values, pcts=(50, 90, 95, 99)) -> dict:
-    a = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    a = np.asarray(values, dtype=np.float64)
+    a = a[~np.isnan(a)]
     d = {"n": int(a.size), "mean": float(a.mean()) if a.size else math.nan}
     for p in pcts:
         d[f"p{p:g}"] = stats.percentile(a, p)
@@ -212,12 +233,23 @@ def latency_stats(values, pcts=(50, 90, 95, 99)) -> dict:
     return d
 
 
-def metric_values(recs: list[RequestRecord], metric: str) -> list[float]:
-    ok = [r for r in recs if r.ok]
+def partial(r: RequestRecord) -> bool:
+    """Cancelled (interrupt, aborted probe) after its first token: its TTFT and the gaps so far are measured."""
+    return r.error_kind == "cancelled" and len(r.chunk_ns) > 0
+
+
+def metric_values(recs: list[RequestRecord], metric: str) -> np.ndarray:
+    """Successful requests' values; TTFT and ITL also take what a cancelled request measured before it was
+    cancelled (leaving out its TTFT would drop the longest waits of an interrupted probe)."""
+    if metric in ("ttft", "itl", "ttft_from_send"):
+        ok = [r for r in recs if r.ok or partial(r)]
+    else:
+        ok = [r for r in recs if r.ok]
     if metric == "itl":
-        return [g for r in ok for g in itl_ms(r)]
+        return np.concatenate([itl_ms(r) for r in ok]) if ok else _NONE
     fn = {"ttft": ttft_ms, "tpot": tpot_ms, "e2e": e2e_ms, "ttft_from_send": ttft_from_send_ms}[metric]
-    return [v for v in map(fn, ok) if not math.isnan(v)]
+    a = np.fromiter(map(fn, ok), np.float64, len(ok))
+    return a[~np.isnan(a)]
 
 
 def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offered_qps: float | None = None,
@@ -229,14 +261,17 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
 
     Throughput: while the server keeps up, the offered rate × the share of requests completed, with their
     mean tokens ("offered"; for an open loop) or the requests sent in the window that completed per second
-    of window ("arrivals") — both unbiased for any window length; the completion rate inside the window
+    of window ("arrivals") — both unbiased for any window length; for a closed loop (bursty sends), Little's
+    law: time-average in flight / mean lifetime ("little"); the completion rate inside the window
     ("departures") once it does not keep up (saturated), where arrivals would overstate it."""
     slos = slos or []
     if window_ns is None:
         t0, t1, kind = measurement_window_ns(recs)
     else:
         (t0, t1), kind = window_ns, "schedule"
-    m = [r for r in recs if not r.warmup and r.error_kind != "cancelled" and (kind != "schedule" or t0 <= r.intended_ns < t1)]
+    sent_in = [r for r in recs if not r.warmup and (kind != "schedule" or t0 <= r.intended_ns < t1)]
+    m = [r for r in sent_in if r.error_kind != "cancelled"]
+    mc = m + [r for r in sent_in if partial(r)]  # + what cancelled requests measured (TTFT, gaps so far)
     ok = [r for r in m if r.ok]
     window_s = (t1 - t0) / 1e9 if t1 > t0 else math.nan
     out_tok = sum(r.output_tokens for r in ok)
@@ -259,6 +294,18 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
 
     estimator = "departures" if ss.get("saturated") or aborted else "arrivals"
     chosen = rates(dep if estimator == "departures" else arr)
+    if estimator == "arrivals" and mode == "concurrency" and ok and window_s > 0:
+        # a closed loop sends when a request ends, so its sends come in bursts (a whole batch ends together
+        # at the batch limit): counting the sends that fall in a short window is off by up to one burst.
+        # Little's law is not: rate = time-average in flight / mean lifetime, both over the window.
+        st, en, _ = record_arrays(recs, set())
+        life_s = float(np.mean([e2e_ms(r) for r in m if r.end_ns > 0])) / 1e3
+        x = time_avg_in_flight(st, en, t0, t1) / life_s * len(ok) / len(m) if life_s > 0 else math.nan
+        if math.isfinite(x):
+            per_req = {k: arr[k] / arr["requests"] for k in ("output_tokens", "input_tokens")}
+            chosen = {"request_throughput": x, "output_tps": x * per_req["output_tokens"], "input_tps": x * per_req["input_tokens"],
+                      "total_tps": x * (per_req["output_tokens"] + per_req["input_tokens"])}
+            estimator = "little"
     if estimator == "arrivals" and mode == "qps" and offered_qps and m and ok:
         # a stable open loop delivers what it is offered: offered rate × share completed, with each completed
         # request's mean tokens — the realized arrival count only adds Poisson noise (±7% at 200 requests)
@@ -275,6 +322,7 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         "n_ok": len(ok),
         "n_failed": len(m) - len(ok),
         "n_cancelled": sum(1 for r in recs if r.error_kind == "cancelled"),
+        "n_cancelled_measured": len(mc) - len(m),  # cancelled after their first token: TTFT and gaps counted
         "errors": dict(Counter(r.error_kind or "empty" for r in m if not r.ok)),
         "window_s": window_s,
         "window_kind": kind,
@@ -293,7 +341,7 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     sends = sorted(r.intended_ns for r in m)
     s["achieved_send_qps"] = (len(sends) / window_s if kind == "schedule" and window_s > 0 else
                               (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else math.nan)
-    lat = {k: latency_stats(metric_values(m, k)) for k in ("ttft", "ttft_from_send", "tpot", "itl", "e2e")}
+    lat = {k: latency_stats(metric_values(mc, k)) for k in ("ttft", "ttft_from_send", "tpot", "itl", "e2e")}
     lat["send_lag"] = latency_stats([send_lag_ms(r) for r in m if r.sent_ns])
     s["latency_ms"] = lat
     s["interactivity_p50"] = interactivity(lat["tpot"]["p50"])
@@ -307,7 +355,7 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     s["goodput_rps"] = len(good) / window_s if window_s > 0 else math.nan
     s["attainment"] = len(good) / len(m) if m else math.nan
     s["attainment_ci"] = list(stats.clopper_pearson(len(good), len(m), conf))
-    s["slos"] = [slo_verdict(m, slo, t0, t1, conf) for slo in slos]
+    s["slos"] = [slo_verdict(mc, slo, t0, t1, conf) for slo in slos]
     s["slo_met"] = all(v["met"] for v in s["slos"]) if slos else None
     s["slo_confidence"] = conf
     turns = sorted({r.turn for r in m if r.turn >= 0})
@@ -324,17 +372,19 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     return s
 
 
-def over_samples(r: RequestRecord, slo: SLO) -> tuple[list[int], list[bool]]:
+def over_samples(r: RequestRecord, slo: SLO) -> tuple[np.ndarray | list[int], np.ndarray | list[bool]]:
     """The samples one request adds to an SLO's test: (time ns, over the threshold?). TTFT, TPOT and E2E
     give one per request at its intended send (a failed request counts as over: infinitely slow); ITL
     gives one per token gap at its arrival (a failed request's gaps so far)."""
     if slo.metric == "itl":
         g = itl_ms(r)
-        if not g:
+        if not len(g):
             return [], []
-        ts = [t for i in range(1, len(r.chunk_ns)) for t in [r.chunk_ns[i]] * max(1, r.chunk_tokens[i])]
-        return ts, [x > slo.threshold_ms for x in g]
-    if not r.ok:
+        return np.repeat(np.asarray(r.chunk_ns[1:], dtype=np.int64), _tokens_after_first(r)), g > slo.threshold_ms
+    if r.error_kind == "cancelled":  # censored: only a TTFT measured before the cancel is a sample
+        if slo.metric != "ttft" or not len(r.chunk_ns):
+            return [], []
+    elif not r.ok:
         return [r.intended_ns], [True]
     v = {"ttft": ttft_ms, "tpot": tpot_ms, "e2e": e2e_ms}[slo.metric](r)
     if math.isnan(v):
@@ -347,21 +397,19 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
     infinitely slow, so it reads inf once they reach the tail), and the decision — 'pass' / 'fail' /
     'undecided' — from the exceedance count and its interval (stats.percentile_decision)."""
     vals = metric_values(m, slo.metric)
-    n_fail = sum(1 for r in m if not r.ok)
+    n_fail = sum(1 for r in m if not r.ok and r.error_kind != "cancelled")
     if slo.metric != "itl":
-        vals = vals + [math.inf] * n_fail
+        vals = np.concatenate([vals, np.full(n_fail, math.inf)])
     v = stats.percentile_inf(vals, slo.pct)
-    ts: list[int] = []
-    over: list[bool] = []
-    for r in m:
-        t, o = over_samples(r, slo)
-        ts += t
-        over += o
+    pairs = [over_samples(r, slo) for r in m]
+    ts = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in pairs]) if pairs else np.empty(0, np.int64)
+    over = np.concatenate([np.asarray(p[1], dtype=bool) for p in pairs]) if pairs else np.empty(0, bool)
+    del pairs
     if t0 is None or t1 is None or t1 <= t0:
-        t0, t1 = (min(ts), max(ts) + 1) if ts else (0, 1)
-    n_b, k_b = stats.block_counts(np.asarray(ts, dtype=np.float64) / 1e9, over, t0 / 1e9, t1 / 1e9)
+        t0, t1 = (int(ts.min()), int(ts.max()) + 1) if ts.size else (0, 1)
+    n_b, k_b = stats.block_counts(ts / 1e9, over, t0 / 1e9, t1 / 1e9)
     decision, iv = stats.percentile_decision(n_b, k_b, slo.pct, conf)
-    within = sum(1 for x in vals if x <= slo.threshold_ms)
+    within = int(np.count_nonzero(vals <= slo.threshold_ms))
     return {
         "slo": slo.name,
         "threshold_ms": slo.threshold_ms,
@@ -369,7 +417,7 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
         "met": bool(v <= slo.threshold_ms),
         "decision": decision,
         "exceed": iv,
-        "fraction_within": within / len(vals) if vals else math.nan,
+        "fraction_within": within / len(vals) if len(vals) else math.nan,
         "n": len(vals),
     }
 

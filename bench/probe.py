@@ -74,11 +74,12 @@ class ProbeMonitor:
         t0 = self.t0
         for (mem, bt, ov), slo in zip(self.samples, self.slos):
             ts, over = over_samples(rec, slo)
-            m = (rec.intended_ns - t0) / 1e9
-            for t, o in zip(ts, over):
-                mem.append(m)
-                bt.append((t - t0) / 1e9)
-                ov.append(o)
+            n = len(ts)
+            if not n:
+                continue
+            mem.extend([(rec.intended_ns - t0) / 1e9] * n)
+            bt.frombytes(((np.asarray(ts, dtype=np.int64) - t0) / 1e9).tobytes())
+            ov.frombytes(np.asarray(over, dtype=np.int8).tobytes())
 
     # ------------------------------------------------------------------ estimates
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:

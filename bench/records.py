@@ -151,24 +151,59 @@ def compact(run_dir: Path) -> Path:
     return out
 
 
-def read_table(run_dir: Path) -> pa.Table:
-    """All records of a run: requests.parquet plus any parts left by a killed run."""
+# not needed to summarise a run: dropped by the compact reader
+_HEAVY = ("server_chunk_ns", "output_text")
+
+
+def read_table(run_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    """All records of a run: requests.parquet plus any parts left by a killed run (only `columns`, if given)."""
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
-    tables = []
-    if (run_dir / "requests.parquet").exists():
-        tables.append(pq.read_table(run_dir / "requests.parquet"))
+    files = [run_dir / "requests.parquet"] if (run_dir / "requests.parquet").exists() else []
     parts = run_dir / "requests.parts"
     if parts.exists():
-        tables += [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
+        files += sorted(parts.glob("part-*.parquet"))
+    tables = []
+    for f in files:
+        have = pq.read_schema(f).names
+        tables.append(pq.read_table(f, columns=[c for c in columns if c in have] if columns else None))
     if not tables:
         return records_to_table([])
     return pa.concat_tables(tables, promote_options="default")
 
 
-def read_records(run_dir: Path) -> list[RequestRecord]:
-    return table_to_records(read_table(run_dir))
+def compact_records(t: pa.Table) -> list[RequestRecord]:
+    """Records whose chunk lists are numpy views into one flat array per column (8 bytes a token, not the
+    ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory."""
+    import numpy as np
+
+    names = [f.name for f in fields(RequestRecord) if f.name in t.column_names and f.name not in _HEAVY]
+    lists = [n for n in ("chunk_ns", "chunk_tokens") if n in names]
+    scalars = {n: t.column(n).to_pylist() for n in names if n not in lists}
+    views: dict[str, list] = {}
+    for n in lists:
+        col = t.column(n).combine_chunks()
+        if col.null_count:
+            col = col.fill_null(pa.scalar([], type=col.type))
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        off = col.offsets.to_numpy()
+        views[n] = [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    out = []
+    for i in range(t.num_rows):
+        kw = {n: v[i] for n, v in scalars.items()}
+        kw.update({n: v[i] for n, v in views.items()})
+        out.append(RequestRecord(**kw))
+    return out
+
+
+def read_records(run_dir: Path, compact: bool = True) -> list[RequestRecord]:
+    """A run's records. compact (default): chunk times as numpy views, server timestamps and output text
+    left out (see compact_records); compact=False: every field as written (calibration, tools)."""
+    if not compact:
+        return table_to_records(read_table(run_dir))
+    cols = [f.name for f in fields(RequestRecord) if f.name not in _HEAVY]
+    return compact_records(read_table(run_dir, cols))
 
 
 def record_dict(r: RequestRecord) -> dict:

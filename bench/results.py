@@ -68,6 +68,7 @@ def new_run_doc(spec, run_id: str) -> dict:
         "seed": spec.seed,
         "labels": dict(spec.labels),
         "host": socket.gethostname(),
+        "pid": os.getpid(),  # with host: tells a run still measuring from one whose process was killed
         "environment": collect_environment(),
         "started_at": time.time(),
     }
@@ -105,6 +106,46 @@ def read_run_doc(run_dir: Path) -> dict:
     if doc.get("schema_version", 0) > RUN_SCHEMA_VERSION:
         raise ValueError(f"{p}: schema {doc['schema_version']} is newer than this trilemma understands; upgrade trilemma")
     restore_infinite(doc)
+    return doc
+
+
+def _process_gone(doc: dict, run_dir: Path, quiet_s: float = 60.0) -> bool:
+    """A `running` run whose process is gone: same host and its pid no longer alive; elsewhere (or no pid
+    recorded), nothing written for `quiet_s` (a live run flushes its requests every second)."""
+    pid = doc.get("pid")
+    if pid and doc.get("host") == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    newest = max((f.stat().st_mtime for f in Path(run_dir).rglob("*") if f.is_file()), default=0.0)
+    return time.time() - newest > quiet_s
+
+
+def settle(run_dir: Path, doc: dict) -> dict:
+    """The run document as `knee`, `report` and `compare` take it. A run left `running` by a process that
+    died (kill -9, OOM kill, power loss) is `interrupted`, its summary rebuilt from the requests saved
+    before the kill (at most the last second is lost); the document on disk is not changed."""
+    if doc.get("status") != "running" or doc.get("summary") or not _process_gone(doc, run_dir):
+        return doc
+    from bench.config import RunSpec
+    from bench.metrics import summarize
+    from bench.records import read_records
+
+    doc = dict(doc, status="interrupted", error="the run's process was killed; summary rebuilt from the requests saved before it",
+               recovered=True)
+    recs = read_records(Path(run_dir))
+    if not recs:
+        return doc
+    spec = RunSpec.model_validate(doc["spec"])
+    ld = spec.load
+    s = summarize(recs, spec.slos, offered_qps=ld.qps, mode="qps" if (ld.qps is not None or ld.replay) else "concurrency",
+                  expect_exact_osl=spec.target.ignore_eos, window_ns=tuple(doc["window_ns"]) if doc.get("window_ns") else None)
+    s["warnings"].append("interrupted: the process was killed; this summary was rebuilt from the requests saved before it")
+    doc["summary"] = s
     return doc
 
 

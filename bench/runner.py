@@ -458,12 +458,16 @@ def _reflag_warmup(run_dir: Path, recs: list[RequestRecord], warm_until_ns: int)
         w = r.intended_ns < warm_until_ns
         if w != r.warmup:
             r.warmup, changed = w, True
-    if changed:
+    if changed:  # rewrite the warmup column only (the records read back are compact: no server timestamps, no text)
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from bench.records import records_to_table
-
-        pq.write_table(records_to_table(recs), run_dir / "requests.parquet")
+        path = run_dir / "requests.parquet"
+        t = pq.read_table(path)
+        flags = {r.index: r.warmup for r in recs}
+        col = pa.array([flags.get(i, w) for i, w in zip(t.column("index").to_pylist(), t.column("warmup").to_pylist())])
+        pq.write_table(t.set_column(t.schema.get_field_index("warmup"), "warmup", col), path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
 
 
 def _prefix_cache_check(summary: dict, spec: RunSpec, doc: dict) -> None:

@@ -249,6 +249,9 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
     tgt = spec.target.model_dump(mode="json", exclude={"api_key_env"})
     if spec.target.sim is not None:
         tgt.pop("url", None)
+        for k in ("error_rate", "cut_rate", "delay_ms"):  # planted faults: part of the identity only when set
+            if not tgt["sim"].get(k):
+                tgt["sim"].pop(k, None)
     return {"cell": c.model_dump(mode="json"), "mode": mode, "value": round(float(value), 6), "repeat": repeat, "role": role.split("+")[0],
             "seed": probe_seed(spec, cell_idx, mode, value, role.split("+")[0], repeat, seed_offset, extend),
             "duration_s": spec.duration_s, "requests": spec.requests, "warmup": str(spec.warmup), "target": tgt,
@@ -392,7 +395,9 @@ class SweepRunner:
         from bench.sim.calibrate import start_sim
 
         sim = self.spec.target.sim
-        self.sim_proc, self.url = start_sim("--profile", sim.profile, "--slowdown", str(sim.slowdown), "--seed", str(sim.seed))
+        self.sim_proc, self.url = start_sim("--profile", sim.profile, "--slowdown", str(sim.slowdown), "--seed", str(sim.seed),
+                                             "--error-rate", str(sim.error_rate), "--cut-rate", str(sim.cut_rate),
+                                             "--delay-ms", str(sim.delay_ms))
 
     def run(self) -> dict:
         spec = self.spec

@@ -93,6 +93,8 @@ def print_compare(res: dict, title: str, cm, c: Console) -> None:
         c.print(f"[cyan]differs (compared for):[/] {e['field']}: {e['base']}  →  {e['new']}")
     for e in res["mismatch"]:
         c.print(f"[red]setup differs (--allow-mismatch):[/] {e['field']}: {e['base']}  →  {e['new']}")
+    if res.get("interrupted"):
+        c.print(f"[yellow]INTERRUPTED points included (read as measured, never a PASS):[/] {'; '.join(res['interrupted'])}")
     rows = res["rows"].to_dict("records") if len(res["rows"]) else []
     if rows:
         t = Table(title=f"{title} (threshold ±{thr:.0%}; latency over successful requests; 95% intervals: bootstrap over requests/runs, Newcombe, Welch t)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -93,9 +94,16 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
             warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in s.get("warnings", [])]
         if r.get("note"):
             warnings.append(f"{r['sweep']} / {r['cell']}: {r['note']}")
+    interrupted = [f"{r.sweep} / {r.cell} at {r.load:g} {'req/s' if r.mode == 'qps' else 'concurrent'}: {r.why}"
+                   for r in df[df["status"] == "interrupted"].sort_values(["sweep", "cell", "load"]).itertuples()]
+    for p in paths:
+        sj = Path(p) / "sweep.json"
+        if sj.is_file() and json.loads(sj.read_text()).get("status") == "interrupted":
+            interrupted.insert(0, f"sweep {Path(p).name} was interrupted before it ended: its knee rests on the points it finished "
+                                  "(run the same `trilemma sweep` command again to resume)")
     notes = [f"{r['sweep']} / {r['cell']}: {r['cost_note']}" for r in knees_cost.to_dict("records") if r.get("cost_note")]
     if not cm.peak_qps:
         notes.append("replicas: pass --peak-qps (peak traffic in req/s) or set peak_qps in --cost to size the fleet")
     return {"points": df, "knees": knees_cost, "cost_notes": notes, "env": envs, "workloads": workloads, "warnings": warnings,
-            "simulated": bool(df["simulated"].any()), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cost_model": cm,
+            "simulated": bool(df["simulated"].any()), "interrupted": interrupted, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cost_model": cm,
             "methods": METHODS, "cells": sorted(df["cell"].unique())}

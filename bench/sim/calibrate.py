@@ -111,7 +111,7 @@ def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, durat
                 ru0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 doc = execute_run(spec, Path(tmp) / f"r{i}")
                 ru1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-                recs = read_records(Path(tmp) / f"r{i}")
+                recs = read_records(Path(tmp) / f"r{i}", compact=False)
                 row = {"offered_qps": rate, **bias_figures(recs),
                        "achieved_qps": doc["summary"]["achieved_send_qps"],
                        "client_cpu_pct": 100 * ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / (w1 - w0),

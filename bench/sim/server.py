@@ -83,8 +83,9 @@ def error(status: int, message: str, kind: str = "BadRequestError") -> web.Respo
 
 class SimServer:
     def __init__(self, profile: Profile, *, model: str | None = None, deterministic: bool = False, seed: int = 0,
-                 error_rate: float = 0.0, cut_rate: float = 0.0):
+                 error_rate: float = 0.0, cut_rate: float = 0.0, delay_ms: float = 0.0):
         self.p = profile
+        self.delay_s = delay_ms / 1e3  # added before a request reaches the engine (a slower API front end)
         self.model = model or profile.model
         self.deterministic = deterministic
         self.seed = seed
@@ -220,6 +221,8 @@ class SimServer:
                               f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion).")
         if self.error_rate and self.rng.random() < self.error_rate:
             return error(500, "simulated internal server error", "InternalServerError")
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self.seq += 1
         seq = self.seq
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"

@@ -79,6 +79,13 @@ def test_ctrl_c_keeps_measured_results(sim_factory, tmp_path):
     assert df["ok"].sum() >= 10  # everything completed before Ctrl-C is kept
     assert set(df.loc[~df.ok, "error_kind"]) <= {"cancelled"}
     assert doc["summary"]["n_ok"] == df["ok"].sum()
+    # knee and report read the interrupted run, marked, and never call it a pass
+    k = subprocess.run([sys.executable, "-m", "bench.cli", "knee", str(d), "--no-plots"], cwd=ROOT, capture_output=True, text=True)
+    assert k.returncode == 0 and "INTERRUPTED" in k.stdout.replace("\n", ""), k.stdout + k.stderr
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(d), "--out", str(tmp_path / "rep")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "INTERRUPTED" in (tmp_path / "rep" / "summary.md").read_text()
 
 
 def test_kill_loses_at_most_the_last_second(sim_factory, tmp_path):
@@ -100,6 +107,16 @@ def test_kill_loses_at_most_the_last_second(sim_factory, tmp_path):
     assert len(ok) >= 15  # 5+ s of sending at 5 req/s
     # parts are flushed every second: the newest surviving record ended within ~1 s (+ write time) of the kill
     assert (kill_ns - max(r.end_ns for r in ok)) / 1e9 < 2.0
+    # the killed run (left `running` on disk) is read as interrupted, its summary rebuilt from the saved requests
+    from bench.knee import load_points
+
+    pts = load_points([run_dir(tmp_path)])
+    assert list(pts["status"]) == ["interrupted"] and list(pts["verdict"]) != ["PASS"]
+    assert pts["n_measured"].iloc[0] >= 10
+    assert json.loads((run_dir(tmp_path) / "run.json").read_text())["status"] == "running"  # readers do not rewrite it
+    cmp = subprocess.run([sys.executable, "-m", "bench.cli", "compare", str(run_dir(tmp_path)), str(run_dir(tmp_path))], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert cmp.returncode == 0 and "INTERRUPTED points included" in cmp.stdout, cmp.stdout + cmp.stderr
 
 
 def test_calibrate_reports_bias_and_safe_range():

@@ -57,7 +57,60 @@ def regression_results(tmp_path_factory):
         spec = write_spec(root / f"{name}.yaml", name=name, seed=seed,
                           target={"sim": {"profile": "tiny-test", "slowdown": slow, "seed": seed}}, **base)
         trilemma("sweep", spec, "--out", root)
+    # planted on the simulator: TTFT +10% (a slower API front end: a fixed delay before the engine, 10% of the
+    # base's TTFT p50 at 5 req/s), 30% of requests answered HTTP 500, and TTFT over its SLO at every load
+    pts = load_points([root / "base"]).set_index("load")
+    delay = round(0.10 * pts.loc[5.0, "_summary"]["latency_ms"]["ttft"]["p50"], 2)
+    for name, fault in (("ttft10", {"delay_ms": delay}), ("errors30", {"error_rate": 0.3}), ("noknee", {"delay_ms": 400})):
+        spec = write_spec(root / f"{name}.yaml", name=name, seed=0, target={"sim": {"profile": "tiny-test", "seed": 0, **fault}}, **base)
+        trilemma("sweep", spec, "--out", root)
     return root
+
+
+def test_planted_ttft_regression_fails_the_gate_on_the_latency_rule(regression_results):
+    """TTFT +10% planted in front of an unchanged engine: the gate exits 1 on TTFT, and the inter-token
+    latency (which the plant does not touch) is not called worse."""
+    r = regression_results
+    p = trilemma("compare", r / "base", r / "ttft10", "--fail-on-regression", "5%", check=False)
+    assert p.returncode == 1 and "latency rule" in p.stderr, p.stdout + p.stderr
+    assert re.search(r"REGRESSION c, 5 req/s: ttft_p50 \(latency rule\)", p.stdout), p.stdout
+    assert not re.search(r"itl_p50.*worse", p.stdout), p.stdout
+
+
+def test_planted_failures_fail_the_gate_on_the_error_rule(regression_results):
+    r = regression_results
+    p = trilemma("compare", r / "base", r / "errors30", "--fail-on-regression", "5%", check=False)
+    assert p.returncode == 1 and "errors rule" in p.stderr, p.stdout + p.stderr
+    m = re.search(r"REGRESSION c, 5 req/s: error rate \(errors rule\) — (\d+)/(\d+) failed vs 0/\d+", p.stdout)
+    assert m and 0.2 < int(m[1]) / int(m[2]) < 0.4, p.stdout
+
+
+def test_planted_lost_knee_fails_the_gate_on_the_knee_rule(regression_results):
+    r = regression_results
+    p = trilemma("compare", r / "base", r / "noknee", "--fail-on-regression", "5%", check=False)
+    assert p.returncode == 1 and "knee rule" in p.stderr, p.stdout + p.stderr
+    assert re.search(r"REGRESSION c: knee \(req/s\) \(knee rule\) — knee lost: base sustains 10 req/s", p.stdout.replace("\n", " ")), p.stdout
+
+
+@pytest.fixture(scope="module")
+def throughput_results(tmp_path_factory):
+    """Closed loop at the engine's batch limit, 3 repeats per side: base, and every engine step 1/0.9 x
+    longer (output tok/s -10%)."""
+    root = tmp_path_factory.mktemp("tps")
+    base = dict(cells=[{"name": "c", "isl": 64, "osl": 32}], load={"concurrency": [16]}, duration_s=8, repeats=3,
+                slos={"tpot_p50": "200ms"}, labels={"gpu": "test-device", "gpus": "1"})
+    for name, slow in (("base", 1.0), ("tps10", round(1 / 0.9, 4))):
+        spec = write_spec(root / f"{name}.yaml", name=name, seed=0, target={"sim": {"profile": "tiny-test", "slowdown": slow}}, **base)
+        trilemma("sweep", spec, "--out", root)
+    return root
+
+
+def test_planted_throughput_loss_with_repeats_fails_the_gate_on_the_throughput_rule(throughput_results):
+    r = throughput_results
+    p = trilemma("compare", r / "base", r / "tps10", "--fail-on-regression", "5%", check=False)
+    assert p.returncode == 1 and "throughput rule" in p.stderr, p.stdout + p.stderr
+    m = re.search(r"REGRESSION c, conc 16: output tok/s \(throughput rule\).*?([-−]\d+\.\d)%", p.stdout.replace("\n", " "))
+    assert m and -13 < float(m[1].replace("−", "-")) < -7, p.stdout
 
 
 def test_compare_flags_a_planted_slowdown(regression_results):

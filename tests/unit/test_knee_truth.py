@@ -164,3 +164,28 @@ def test_monitor_aborts_an_overloaded_probe_early():
     mon = ProbeMonitor(rule, parse_slos("ttft_p99=500ms"), "qps")
     elapsed = FakeServer(rate=20, ttft_ms=50, life_ms=600, growth=0.3).run(mon)  # TTFT grows 0.3 s per s
     assert mon.report()["stopped"] in ("fail", "saturated") and elapsed < 60
+
+
+def test_closed_loop_throughput_is_exact_where_counting_sends_is_off_by_a_burst():
+    """16 clients in lockstep against a server whose every request lives exactly 1 s (plus 2 ms of client
+    turnaround): the true rate is 16 / 1.002 req/s. Counting the sends in a 8.5 s window is off by one burst
+    of 16; Little's law (time-average in flight / mean lifetime) is exact."""
+    from bench.metrics import summarize
+
+    life, gap, recs, i = 1_000_000_000, 2_000_000, [], 0
+    for k in range(12):
+        for c in range(16):
+            t = k * (life + gap)
+            recs.append(RequestRecord(index=i, intended_ns=t, sent_ns=t, first_byte_ns=t + 1, end_ns=t + life,
+                                      chunk_ns=[t + life // 2, t + life], chunk_tokens=[1, 1], output_tokens=2, isl=8,
+                                      prompt_tokens=8, ok=True, warmup=k < 2))
+            i += 1
+    t0 = 2 * (life + gap)
+    t1 = t0 + int(8.5e9)
+    s = summarize(recs, window_ns=(t0, t1), mode="concurrency")
+    truth = 16 / ((life + gap) / 1e9)
+    assert s["throughput"]["estimator"] == "little"
+    assert s["request_throughput"] == pytest.approx(truth, rel=1e-3)
+    assert s["output_tps"] == pytest.approx(2 * truth, rel=1e-3)
+    counted = s["throughput"]["arrivals"]["request_throughput"]
+    assert abs(counted / truth - 1) > 0.05, counted  # the estimator it replaces: 9 bursts in 8.5 s

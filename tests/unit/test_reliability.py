@@ -146,3 +146,27 @@ def test_dataset_chat_content_must_be_text(tmp_path):
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": 5}]}) + "\n")
     with pytest.raises(SpecError, match=r"c.jsonl:1: messages\[1\].content must be a string"):
         UserFile(str(f), WorkloadSpec())
+
+
+def test_cancelled_requests_keep_what_they_measured_and_are_not_failures():
+    """An interrupt cancels two requests in flight: one after its first token (TTFT 900 ms, two gaps of 10 ms),
+    one still queued. The first one's TTFT and gaps are measured values; neither is a failure."""
+    from bench.config import parse_slos
+    from bench.metrics import summarize
+    from bench.records import RequestRecord
+
+    ms = 1_000_000
+    recs = [RequestRecord(index=i, intended_ns=i * 100 * ms, sent_ns=i * 100 * ms, end_ns=i * 100 * ms + 200 * ms,
+                          chunk_ns=[i * 100 * ms + 100 * ms, i * 100 * ms + 200 * ms], chunk_tokens=[1, 1], output_tokens=2,
+                          ok=True) for i in range(20)]
+    t = 20 * 100 * ms
+    recs.append(RequestRecord(index=20, intended_ns=t, sent_ns=t, end_ns=t + 920 * ms, chunk_ns=[t + 900 * ms, t + 910 * ms, t + 920 * ms],
+                              chunk_tokens=[1, 1, 1], error_kind="cancelled", error="run interrupted"))
+    recs.append(RequestRecord(index=21, intended_ns=t + ms, sent_ns=t + ms, end_ns=t + 920 * ms, error_kind="cancelled",
+                              error="run interrupted"))
+    s = summarize(recs, parse_slos({"ttft_p99": "500ms"}), window_ns=(0, t + 2 * ms), mode="concurrency")
+    assert s["n_failed"] == 0 and s["n_cancelled"] == 2 and s["n_cancelled_measured"] == 1
+    assert s["latency_ms"]["ttft"]["n"] == 21 and s["latency_ms"]["ttft"]["max"] == pytest.approx(900)
+    assert s["latency_ms"]["itl"]["n"] == 22 and s["latency_ms"]["e2e"]["n"] == 20
+    v = s["slos"][0]
+    assert v["n"] == 21 and v["exceed"]["k"] == 1, v  # the queued one is censored: no sample either way
