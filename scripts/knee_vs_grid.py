@@ -48,10 +48,10 @@ def table(d: Path):
 def point_estimate_knee(df) -> float | None:
     """Highest grid load whose measured percentiles meet every SLO, below the lowest that misses one."""
     meets = {}
-    for r in df.itertuples():
-        s = r._summary
+    for r in df.to_dict("records"):
+        s = r["_summary"]
         ok = all((s["latency_ms"].get(m) or {}).get("p99", float("inf")) <= thr for m, thr in (("ttft", 500.0), ("itl", 40.0)))
-        meets[r.load] = meets.get(r.load, True) and ok
+        meets[r["load"]] = meets.get(r["load"], True) and ok
     loads = sorted(meets)
     first_miss = next((x for x in loads if not meets[x]), None)
     ok = [x for x in loads if meets[x] and (first_miss is None or x < first_miss)]
@@ -88,9 +88,9 @@ def main() -> None:
     pe = point_estimate_knee(gdf)
     decided = float(gkt.iloc[0]["knee"]) if gkt.iloc[0]["feasible"] else None
     rows = []
-    for r in gdf.sort_values("load").itertuples():
-        s = r._summary
-        rows.append({"load": r.load, "verdict": r.verdict, "n": r.n_measured, "window_s": round(r.window_s, 1),
+    for r in gdf.sort_values("load").to_dict("records"):
+        s = r["_summary"]
+        rows.append({"load": r["load"], "verdict": r["verdict"], "n": r["n_measured"], "window_s": round(r["window_s"], 1),
                      "ttft_p99": round((s["latency_ms"].get("ttft") or {}).get("p99", float("nan")), 1),
                      "itl_p99": round((s["latency_ms"].get("itl") or {}).get("p99", float("nan")), 1)})
     res = {"profile": a.profile, "auto_knee": knee, "auto_minutes": round(auto_s / 60, 1), "auto_probes": auto_n,

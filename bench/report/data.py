@@ -23,8 +23,10 @@ METHODS = [
     ("SLO decision", "the share of samples over the threshold with a Clopper-Pearson interval on the effective sample size (time-block "
                      "design effect: correlated samples are not counted as independent); PASS when the interval lies below 1 − percentile, "
                      "FAIL when above, else undecided (never PASS); the 5% error is spent over the probe's looks"),
-    ("Throughput", "requests sent in the window that completed, and their tokens, per second of window (unbiased for any window length "
-                   "while the server keeps up); past saturation, completions and tokens arriving inside the window"),
+    ("Throughput", "open loop (req/s): the offered rate × the share completed, with their mean tokens; closed loop (concurrency): "
+                   "Little's law, time-average requests in flight / mean lifetime over the window (a closed loop sends in bursts, so "
+                   "counting sends in a short window is off by up to one burst); both unbiased for any window length while the server "
+                   "keeps up; past saturation, completions and tokens arriving inside the window"),
     ("Saturation", "completions vs arrivals a lifetime apart (interval below 0.95), or requests in flight rising (block-means trend, "
                    "corroborated by completions trailing arrivals)"),
     ("Knee", "highest load decided PASS with no failing load below it; bracket = [knee, lowest failing load]; undecided loads in between "

@@ -109,7 +109,7 @@ def test_planted_throughput_loss_with_repeats_fails_the_gate_on_the_throughput_r
     r = throughput_results
     p = trilemma("compare", r / "base", r / "tps10", "--fail-on-regression", "5%", check=False)
     assert p.returncode == 1 and "throughput rule" in p.stderr, p.stdout + p.stderr
-    m = re.search(r"REGRESSION c, conc 16: output tok/s \(throughput rule\).*?([-−]\d+\.\d)%", p.stdout.replace("\n", " "))
+    m = re.search(r"REGRESSION c, 16 concurrent: output tok/s \(throughput rule\).*?([-−]\d+\.\d)%", p.stdout.replace("\n", " "))
     assert m and -13 < float(m[1].replace("−", "-")) < -7, p.stdout
 
 

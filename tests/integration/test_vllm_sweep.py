@@ -65,3 +65,29 @@ def test_grid_sweep_resumes_after_kill(vllm_server, tmp_path):
         hits.setdefault(doc["point"]["cell_label"], []).append(doc["summary"]["prefix_cache"]["hit_rate"])
     assert all(h is not None and h < 0.05 for c in ("short", "long") for h in hits[c]), hits
     assert all(h > 0.2 for h in hits["shared"]), hits  # 192 of 256 prompt tokens shared by 2 groups
+
+
+def test_compare_same_server_is_no_regression_and_a_throttled_one_is(vllm_server, tmp_path):
+    """The CI gate on the real server: two sweeps of one vLLM server compare as no regression (exit 0); the same
+    server restarted with `--max-num-seqs 1` (one request at a time: at 8 req/s requests queue behind each other)
+    compares as a regression on the latency rule (exit 1). Same spec and seed on every side, as a CI gate runs it."""
+    base = {"target": {"url": vllm_server["url"]}, "cells": [{"name": "short", "isl": 64, "osl": 16}], "load": {"qps": [8]},
+            "requests": 240, "warmup": "20r", "seed": 0, "slos": {"ttft_p99": "500ms"}, "labels": {"gpu": "cpu", "gpus": "1"}}
+    for name in ("a", "b"):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump({"name": name, **base}))
+        trilemma("sweep", spec, "--out", tmp_path, "--no-plots")
+    same = trilemma("compare", tmp_path / "a", tmp_path / "b", "--fail-on-regression", "5%", check=False)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "REGRESSION" not in same.stdout
+    rig = vllm_server["rig"]
+    proc, url = rig.start_server(max_num_seqs=1)
+    try:
+        spec = tmp_path / "throttled.yaml"
+        spec.write_text(yaml.safe_dump({"name": "throttled", **base, "target": {"url": url}}))
+        trilemma("sweep", spec, "--out", tmp_path, "--no-plots")
+    finally:
+        rig.stop_server(proc)
+    worse = trilemma("compare", tmp_path / "a", tmp_path / "throttled", "--fail-on-regression", "5%", check=False)
+    assert worse.returncode == 1 and "latency rule" in worse.stderr, worse.stdout + worse.stderr
+    assert "REGRESSION short, 8 req/s: ttft_p50 (latency rule)" in worse.stdout, worse.stdout

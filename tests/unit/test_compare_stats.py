@@ -115,3 +115,11 @@ def test_latency_verdict_never_passes_an_interval_that_reaches_past_the_threshol
     assert latency_verdict(-0.03, 0.04, 0.05)[0] == "within"
     assert latency_verdict(-0.12, -0.06, 0.05)[0] == "better"
     assert latency_verdict(math.nan, math.nan, 0.05)[0] == "undecided"
+
+
+def test_a_sample_whose_last_requests_failed_resamples_them_as_requests_without_values():
+    """Requests 8 and 9 of 10 failed (no values): they still count as requests of the run."""
+    s = Sample(np.arange(8.0), np.arange(8), np.zeros(10, dtype=np.int64))
+    assert s.n_requests == 10 and s.n_measured == 8
+    reps = bootstrap_percentiles(s, 50, n_boot=50)
+    assert reps.shape == (50,) and np.isfinite(reps).all()

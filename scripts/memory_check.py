@@ -1,0 +1,89 @@
+"""Peak memory (max RSS, from /usr/bin/time -v) of the client where results grow: a long run and `compare`.
+
+    python scripts/memory_check.py run [--qps 150 --osl 256 --durations 60 300]
+        `trilemma run` against the simulator (started separately: its memory is not counted), one run per
+        duration; prints requests, peak RSS of the client, and whether the longer run peaked higher.
+    python scripts/memory_check.py compare
+        `trilemma compare` of two result sets at the scale of sweeps/vllm-regression.yaml (8 points x 630
+        requests, OSL 256: written synthetically), base vs new.
+
+Budgets (issues): a 9 k-request run (qps 150, OSL 256) peaks below 400 MB and a 5x longer one not higher;
+`compare` of vllm-regression-sized results stays below 500 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def peak_mb(cmd: list[str], ok_codes=(0,)) -> tuple[float, subprocess.CompletedProcess]:
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    if p.returncode not in ok_codes or not m:
+        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    return int(m[1]) / 1024, p
+
+
+def check_run(a) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.sim.calibrate import start_sim
+
+    rows = []
+    for dur in a.durations:
+        proc, url = start_sim("--profile", a.profile)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                mb, _ = peak_mb([sys.executable, "-m", "bench.cli", "run", "--url", url, "--qps", str(a.qps), "--duration", str(dur),
+                                 "--isl", str(a.isl), "--osl", str(a.osl), "--out", tmp, "--name", "mem"])
+                doc = json.loads(next(Path(tmp).glob("*/run.json")).read_text())
+                s = doc["summary"]
+                rows.append({"duration_s": dur, "requests": s["n_total"], "ok": s["n_ok"], "tokens": s["output_tokens"],
+                             "peak_rss_mb": round(mb, 1), "status": doc["status"]})
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            proc.kill()
+            proc.wait()
+    if len(rows) > 1:
+        print(f"longest/shortest peak: {rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x for "
+              f"{rows[-1]['requests'] / max(1, rows[0]['requests']):.1f}x the requests")
+
+
+def check_compare(a) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.config import SLO
+    from tests.synthetic import write_sweep
+
+    slos = [SLO(metric="ttft", pct=99, threshold_ms=500), SLO(metric="tpot", pct=50, threshold_ms=30),
+            SLO(metric="itl", pct=99, threshold_ms=50)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, seed in (("base", 0), ("new", 1)):
+            write_sweep(Path(tmp), name, loads=(2.0, 4.0, 8.0, 12.0, 2.5, 4.5, 8.5, 12.5), n=630, osl=256, slos=slos, seed=seed,
+                        labels={"gpu": "h100", "gpus": "1"})
+        mb, p = peak_mb([sys.executable, "-m", "bench.cli", "compare", f"{tmp}/base", f"{tmp}/new", "--fail-on-regression", "5%"], ok_codes=(0, 1))
+        print(json.dumps({"points_per_side": 8, "requests_per_point": 630, "osl": 256, "peak_rss_mb": round(mb, 1)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--qps", type=float, default=150)
+    r.add_argument("--isl", type=int, default=128)
+    r.add_argument("--osl", type=int, default=256)
+    r.add_argument("--durations", type=float, nargs="+", default=[60, 300])
+    r.add_argument("--profile", default="h100-llama3-8b")
+    sub.add_parser("compare")
+    a = ap.parse_args()
+    check_run(a) if a.what == "run" else check_compare(a)
+
+
+if __name__ == "__main__":
+    main()
