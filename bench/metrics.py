@@ -223,11 +223,11 @@ def request_meets(r: RequestRecord, slos: list[SLO]) -> bool:
 
 def latency_stats(values, pcts=(50, 90, 95, 99)) -> dict:
     a = np.asarray(values, dtype=np.float64)
-    a = a[~np.isnan(a)]
+    a = np.sort(a[~np.isnan(a)])  # sorted once (in place below): one copy of a large ITL sample, not one per percentile
     d = {"n": int(a.size), "mean": float(a.mean()) if a.size else math.nan}
     for p in pcts:
-        d[f"p{p:g}"] = stats.percentile(a, p)
-    lo, hi = stats.quantile_ci(a, 99)
+        d[f"p{p:g}"] = stats.percentile_sorted(a, p)
+    lo, hi = stats.quantile_ci(a, 99, presorted=True)
     d["p99_ci"] = [lo, hi]
     d["max"] = float(a.max()) if a.size else math.nan
     return d

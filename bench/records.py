@@ -64,6 +64,10 @@ def _arrow_type(f) -> pa.DataType:
     return {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "list[int]": _INT_LIST}[t]
 
 
+# Arrow's default mimalloc pool keeps the pages of freed buffers; decoding a long run's parquet then holds
+# ~3x the data. The system allocator returns them (measured: scripts/memory_check.py).
+pa.set_memory_pool(pa.system_memory_pool())
+
 SCHEMA = pa.schema([(f.name, _arrow_type(f)) for f in fields(RequestRecord)])
 RECORD_SCHEMA_VERSION = 1
 
@@ -123,26 +127,50 @@ class IncrementalWriter:
             self.written += len(batch)
             return len(batch)
 
-    def close(self) -> Path:
-        """Flush and compact parts into requests.parquet (sorted by index)."""
+    def close(self, warm_until_ns: int | None = None) -> Path:
+        """Flush and compact parts into requests.parquet; `warm_until_ns`: flag warmup by send time against
+        the warmup's final end (known only when the run is over)."""
         self.flush()
-        return compact(self.dir)
+        return compact(self.dir, warm_until_ns)
 
 
-def compact(run_dir: Path) -> Path:
+def _conform(t: pa.Table) -> pa.Table:
+    """A table in SCHEMA's column order; columns older files lack get the field's default (e.g. done_marker)."""
+    defaults = {f.name: f.default for f in fields(RequestRecord)}
+    cols = []
+    for f in SCHEMA:
+        if f.name in t.column_names:
+            c = t.column(f.name)
+            cols.append(c if c.type == f.type else c.cast(f.type))
+        else:
+            d = defaults.get(f.name)
+            cols.append(pa.array([d if isinstance(d, (int, bool, str)) else []] * t.num_rows, type=f.type))
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
+    """requests.parquet (if any) and the part files streamed, one row group at a time, into a new
+    requests.parquet — memory bounded by one part, however long the run. Rows are in completion order;
+    `index` is the send order."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
     parts_dir = run_dir / "requests.parts"
     out = run_dir / "requests.parquet"
-    tables = [pq.read_table(p) for p in sorted(parts_dir.glob("part-*.parquet"))] if parts_dir.exists() else []
-    if out.exists():
-        tables.insert(0, pq.read_table(out))
-    table = pa.concat_tables(tables, promote_options="default") if tables else records_to_table([])
-    if table.num_rows:
-        table = table.sort_by("index")
+    files = ([out] if out.exists() else []) + (sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else [])
     tmp = out.with_suffix(".tmp")
-    pq.write_table(table, tmp)
+    w = pq.ParquetWriter(tmp, SCHEMA)
+    try:
+        for f in files:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                tb = _conform(pf.read_row_group(g))
+                if warm_until_ns is not None:
+                    tb = tb.set_column(SCHEMA.get_field_index("warmup"), "warmup", pc.less(tb.column("intended_ns"), warm_until_ns))
+                w.write_table(tb)
+    finally:
+        w.close()
     os.replace(tmp, out)
     if parts_dir.exists():
         for p in parts_dir.glob("*"):
@@ -167,43 +195,57 @@ def read_table(run_dir: Path, columns: list[str] | None = None) -> pa.Table:
     tables = []
     for f in files:
         have = pq.read_schema(f).names
-        tables.append(pq.read_table(f, columns=[c for c in columns if c in have] if columns else None))
+        tables.append(pq.read_table(f, columns=[c for c in columns if c in have] if columns else None, memory_map=True,
+                                    use_threads=False, pre_buffer=False))
     if not tables:
         return records_to_table([])
     return pa.concat_tables(tables, promote_options="default")
 
 
 def compact_records(t: pa.Table) -> list[RequestRecord]:
-    """Records whose chunk lists are numpy views into one flat array per column (8 bytes a token, not the
+    """Records whose chunk lists are numpy views into the table's own buffers (8 bytes a token, not the
     ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory."""
     import numpy as np
 
     names = [f.name for f in fields(RequestRecord) if f.name in t.column_names and f.name not in _HEAVY]
     lists = [n for n in ("chunk_ns", "chunk_tokens") if n in names]
-    scalars = {n: t.column(n).to_pylist() for n in names if n not in lists}
-    views: dict[str, list] = {}
-    for n in lists:
-        col = t.column(n).combine_chunks()
-        if col.null_count:
-            col = col.fill_null(pa.scalar([], type=col.type))
-        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        off = col.offsets.to_numpy()
-        views[n] = [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
-    out = []
-    for i in range(t.num_rows):
-        kw = {n: v[i] for n, v in scalars.items()}
-        kw.update({n: v[i] for n, v in views.items()})
-        out.append(RequestRecord(**kw))
+    out: list[RequestRecord] = []
+    for b in t.to_batches():
+        scalars = {n: b.column(n).to_pylist() for n in names if n not in lists}
+        views: dict[str, list] = {}
+        for n in lists:
+            col = b.column(n)
+            if col.null_count:
+                col = col.fill_null(pa.scalar([], type=col.type))
+            flat = col.values.to_numpy(zero_copy_only=False)
+            off = col.offsets.to_numpy()
+            views[n] = [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+        for i in range(b.num_rows):
+            kw = {n: v[i] for n, v in scalars.items()}
+            kw.update({n: v[i] for n, v in views.items()})
+            out.append(RequestRecord(**kw))
     return out
 
 
 def read_records(run_dir: Path, compact: bool = True) -> list[RequestRecord]:
     """A run's records. compact (default): chunk times as numpy views, server timestamps and output text
-    left out (see compact_records); compact=False: every field as written (calibration, tools)."""
+    left out, decoded a batch at a time (see compact_records); compact=False: every field as written."""
     if not compact:
         return table_to_records(read_table(run_dir))
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    files = [run_dir / "requests.parquet"] if (run_dir / "requests.parquet").exists() else []
+    if (run_dir / "requests.parts").exists():
+        files += sorted((run_dir / "requests.parts").glob("part-*.parquet"))
     cols = [f.name for f in fields(RequestRecord) if f.name not in _HEAVY]
-    return compact_records(read_table(run_dir, cols))
+    out: list[RequestRecord] = []
+    for f in files:
+        pf = pq.ParquetFile(f)
+        have = set(pf.schema_arrow.names)
+        for b in pf.iter_batches(batch_size=2048, columns=[c for c in cols if c in have], use_threads=False):
+            out += compact_records(pa.Table.from_batches([b]))
+    return out
 
 
 def record_dict(r: RequestRecord) -> dict:

@@ -396,18 +396,19 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         stop_flush.set()
         await asyncio.gather(ft, mon, return_exceptions=True)
         await http.aclose()
-        await asyncio.to_thread(writer.close)
+        window = None
+        if load.duration_s is not None and not load.replay and load.warmup_unit == "s" and probe_mon.t0:
+            # the warmup's end is known only now (it grows with the request lifetime): the records are flagged
+            # against it while the parts are compacted
+            window = probe_mon.window_ns(perf_ns())
+            doc["window_ns"] = list(window)
+        await asyncio.to_thread(writer.close, window[0] if window else None)
         recs = read_records(run_dir)
         sent = {r.index for r in recs}
         n_clipped, n_reused = len(wl.clipped_idx & sent), len(wl.reused & sent)  # requests sent, not prompts built
         doc["workload"]["clipped_to_max_model_len"] = n_clipped
         if wl.size is not None and not load.replay:
             doc["workload"]["dataset_rows_reused"] = n_reused
-        window = None
-        if load.duration_s is not None and not load.replay and load.warmup_unit == "s" and probe_mon.t0:
-            window = probe_mon.window_ns(perf_ns())
-            _reflag_warmup(run_dir, recs, window[0])
-            doc["window_ns"] = list(window)
         summary = summarize(recs, spec.slos, offered_qps=spec.load.qps, mode="qps" if spec.load.qps else "concurrency",
                             expect_exact_osl=tgt.ignore_eos, window_ns=window, conf=probe_mon.conf,
                             lifetimes_needed=spec.probe.window_lifetimes if spec.probe else 3.0, aborted=probe_mon.aborted)
@@ -448,26 +449,6 @@ def _wall_window(doc: dict, summary: dict) -> tuple[float, float] | None:
     if not a or not w or w[1] <= w[0]:
         return None
     return tuple((a["wall_ns"] + (t - a["perf_ns"])) / 1e9 for t in w)
-
-
-def _reflag_warmup(run_dir: Path, recs: list[RequestRecord], warm_until_ns: int) -> None:
-    """The warmup's end is known only when it is over (it grows with the request lifetime): flag the
-    records by their send time against it, and rewrite requests.parquet if any flag changed."""
-    changed = False
-    for r in recs:
-        w = r.intended_ns < warm_until_ns
-        if w != r.warmup:
-            r.warmup, changed = w, True
-    if changed:  # rewrite the warmup column only (the records read back are compact: no server timestamps, no text)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = run_dir / "requests.parquet"
-        t = pq.read_table(path)
-        flags = {r.index: r.warmup for r in recs}
-        col = pa.array([flags.get(i, w) for i, w in zip(t.column("index").to_pylist(), t.column("warmup").to_pylist())])
-        pq.write_table(t.set_column(t.schema.get_field_index("warmup"), "warmup", col), path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
 
 
 def _prefix_cache_check(summary: dict, spec: RunSpec, doc: dict) -> None:

@@ -31,6 +31,16 @@ def percentile(x, p: float) -> float:
     return float(np.percentile(a, p)) if a.size else math.nan
 
 
+def percentile_sorted(a: np.ndarray, p: float) -> float:
+    """`percentile` of an already sorted sample (numpy's linear interpolation, without numpy's copy)."""
+    if a.size == 0:
+        return math.nan
+    h = (a.size - 1) * p / 100.0
+    lo = int(math.floor(h))
+    hi = min(lo + 1, a.size - 1)
+    return float(a[lo] + (a[hi] - a[lo]) * (h - lo))
+
+
 def percentile_inf(x, p: float) -> float:
     """p-th percentile (linear interpolation, as `percentile`) of a sample that may hold +inf (failed
     requests: infinitely slow). inf once the interpolation touches an inf; never a huge finite number."""
@@ -44,13 +54,13 @@ def percentile_inf(x, p: float) -> float:
     return float(a[lo] + (a[hi] - a[lo]) * (h - lo))
 
 
-def quantile_ci(x, p: float, conf: float = 0.95) -> tuple[float, float]:
+def quantile_ci(x, p: float, conf: float = 0.95, presorted: bool = False) -> tuple[float, float]:
     """Distribution-free CI for the p-th percentile from order statistics.
 
     With B ~ Bin(n, q), q = p/100, choose 1-based ranks l = F⁻¹(α/2), u = F⁻¹(1−α/2)+1 so that
     P(x_(l) ≤ Q_q ≤ x_(u)) ≥ conf. Returns (nan, nan) when n is too small to bound the quantile
     on that side (e.g. p99 with n < ~300 has no upper bound at 95%)."""
-    a = np.sort(np.asarray(x, dtype=np.float64))
+    a = np.asarray(x, dtype=np.float64) if presorted else np.sort(np.asarray(x, dtype=np.float64))
     n = a.size
     if n == 0:
         return math.nan, math.nan
