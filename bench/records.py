@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from array import array
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -29,8 +30,9 @@ class RequestRecord:
     sent_ns: int = 0  # when the request was handed to the connection
     first_byte_ns: int = 0  # first response body bytes
     end_ns: int = 0  # last byte (or failure)
-    chunk_ns: list[int] = field(default_factory=list)  # arrival of each token-bearing SSE event
-    chunk_tokens: list[int] = field(default_factory=list)  # tokens in that event
+    # live records hold int64 arrays (8 bytes a token; a list of Python ints costs ~36); any int sequence is accepted
+    chunk_ns: list[int] = field(default_factory=lambda: array("q"))  # arrival of each token-bearing SSE event
+    chunk_tokens: list[int] = field(default_factory=lambda: array("q"))  # tokens in that event
     warmup: bool = False
     isl: int = 0  # requested prompt tokens
     osl: int = 0  # requested output tokens (max_tokens)
@@ -50,7 +52,7 @@ class RequestRecord:
     conversation: int = -1
     turn: int = -1
     server_recv_ns: int = 0  # simulator ground truth (0 elsewhere)
-    server_chunk_ns: list[int] = field(default_factory=list)
+    server_chunk_ns: list[int] = field(default_factory=lambda: array("q"))
     output_text: str = ""  # kept only when needed (multi-turn history)
     done_marker: bool = True  # False: the stream ended after its finish_reason without `data: [DONE]` (complete)
 
@@ -72,8 +74,19 @@ SCHEMA = pa.schema([(f.name, _arrow_type(f)) for f in fields(RequestRecord)])
 RECORD_SCHEMA_VERSION = 1
 
 
+def _int_lists(vals: list) -> pa.Array:
+    """list<int64> column from int sequences of any kind (array('q'), list, numpy), via one flat buffer."""
+    import numpy as np
+
+    off = np.zeros(len(vals) + 1, dtype=np.int32)
+    np.cumsum([len(v) for v in vals], out=off[1:])
+    flat = np.concatenate([np.asarray(v, dtype=np.int64) for v in vals]) if vals else np.empty(0, dtype=np.int64)
+    return pa.ListArray.from_arrays(pa.array(off, pa.int32()), pa.array(flat, pa.int64()))
+
+
 def records_to_table(recs: list[RequestRecord]) -> pa.Table:
-    cols = {f.name: [getattr(r, f.name) for r in recs] for f in fields(RequestRecord)}
+    cols = {f.name: (_int_lists([getattr(r, f.name) for r in recs]) if SCHEMA.field(f.name).type == _INT_LIST
+                     else [getattr(r, f.name) for r in recs]) for f in fields(RequestRecord)}
     return pa.Table.from_pydict(cols, schema=SCHEMA)
 
 

@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "knee-vs-grid")
     ap.add_argument("--grid-window", type=float, default=60.0, help="grid probe window, s (>= 60)")
     ap.add_argument("--knee", type=float, default=None, help="skip the auto search; grid around this knee")
+    ap.add_argument("--probe-max", type=float, default=90.0,
+                    help="auto probes' maximum, s: a p99 PASS needs >= 368 requests, so at a knee of R req/s give >= 530/R")
     a = ap.parse_args()
     tag = a.profile.split("-")[0]
     base = {"target": {"sim": {"profile": a.profile}}, "cells": [CELL], "slos": SLOS,
@@ -71,7 +73,7 @@ def main() -> None:
     knee, auto_s, auto_n = a.knee, 0.0, 0
     if knee is None:
         auto = {"name": f"auto-{tag}", **base, "load": {"auto": {"precision": 0.1, "max_probes": 12}},
-                "duration_s": 20, "probe": {"max_duration_s": 90}}
+                "duration_s": 20, "probe": {"max_duration_s": a.probe_max}}
         d, auto_s = sweep(auto, a.out)
         df, kt = table(d)
         row = kt.iloc[0]

@@ -35,7 +35,7 @@ def test_usage_deltas_count_multi_token_chunks():
              (4, ev('{"id":"cmpl-1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":4}}')), (5, b"data: [DONE]\n\n")]
     r = RequestRecord(index=0, intended_ns=0)
     assert interpret_events(parse_sse(reads)[0], r)
-    assert r.chunk_tokens == [1, 2, 1] and r.chunk_ns == [1, 2, 3]
+    assert list(r.chunk_tokens) == [1, 2, 1] and list(r.chunk_ns) == [1, 2, 3]
     assert r.output_tokens == 4 and r.prompt_tokens == 5 and r.tokens_from_usage
     assert r.response_id == "cmpl-1" and r.finish_reason == "length"
 
@@ -55,6 +55,6 @@ def test_sglang_chat_stream_without_continuous_usage():
     r = RequestRecord(index=0, intended_ns=0)
     assert interpret_events(parse_sse(reads)[0], r)
     # role-only first chunk is not a token; three content chunks; usage total from the final chunk
-    assert r.chunk_tokens == [1, 1, 1] and r.output_tokens == 3 and r.prompt_tokens == 12
+    assert list(r.chunk_tokens) == [1, 1, 1] and r.output_tokens == 3 and r.prompt_tokens == 12
     assert not r.tokens_from_usage  # per-chunk counts were client-side
     assert r.output_text == "Hello world!"
