@@ -90,4 +90,6 @@ def test_compare_same_server_is_no_regression_and_a_throttled_one_is(vllm_server
         rig.stop_server(proc)
     worse = trilemma("compare", tmp_path / "a", tmp_path / "throttled", "--fail-on-regression", "5%", check=False)
     assert worse.returncode == 1 and "latency rule" in worse.stderr, worse.stdout + worse.stderr
-    assert "REGRESSION short, 8 req/s: ttft_p50 (latency rule)" in worse.stdout, worse.stdout
+    # one request at a time: requests queue, so the TTFT tail regresses (measured +121% at p99, while the median and the
+    # inter-token latency of a lone stream improve on this CPU server — the gate reports those as better, not as a pass)
+    assert __import__("re").search(r"REGRESSION short, 8 req/s: ttft_p\d+ \(latency rule\)", worse.stdout), worse.stdout
