@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics, stats
-from bench.knee import knee_table, load_points, workload_key
+from bench.knee import interrupted_points, knee_table, load_points, workload_key
 from bench.records import read_records
 from bench.results import read_run_doc
 
@@ -287,8 +287,7 @@ def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: 
             "regressions": [r for r in checks if r["verdict"] == WORSE],
             "undecided": [r for r in checks if r["verdict"] == UNDECIDED],
             "base": [str(p) for p in base_paths], "new": [str(p) for p in new_paths],
-            "interrupted": [f"{side}: {r.sweep} / {r.cell} at {r.load:g} {'req/s' if r.mode == 'qps' else 'concurrent'}"
-                            for side, df in (("base", b), ("new", n)) for r in df[df["status"] == "interrupted"].itertuples()]}
+            "interrupted": [f"{side}: {x}" for side, df in (("base", b), ("new", n)) for x in interrupted_points(df)]}
 
 
 def check_label(r: dict) -> str:

@@ -130,12 +130,20 @@ def load_points(paths: list[str | Path], gpus_per_replica: float | None = None) 
     # undecided (and client-unhealthy) points are neither PASS nor FAIL: never the knee, never its bound
     df["verdict"] = [v if v in ("PASS", "FAIL") else "UNDECIDED" for v, _ in verdicts]
     df["why"] = [readable_why(w) for _, w in verdicts]
-    cut = df["status"] == "interrupted"  # a decisive FAIL stands (early abort may stop any probe); a pass needs the whole probe
-    df.loc[cut & (df["verdict"] == "PASS"), "why"] = "interrupted before the probe ended — " + df.loc[cut & (df["verdict"] == "PASS"), "why"]
-    df.loc[cut & (df["verdict"] == "PASS"), "verdict"] = "UNDECIDED"
-    df.loc[cut & (df["verdict"] != "UNDECIDED"), "why"] = "interrupted — " + df.loc[cut & (df["verdict"] != "UNDECIDED"), "why"]
+    # interrupted: a decisive FAIL stands (early abort may stop any probe); a PASS needs the whole probe
+    was_pass = (df["status"] == "interrupted") & (df["verdict"] == "PASS")
+    df.loc[was_pass, "verdict"] = "UNDECIDED"
+    df.loc[was_pass, "why"] = "interrupted before the probe ended — " + df.loc[was_pass, "why"]
+    failed = (df["status"] == "interrupted") & (df["verdict"] == "FAIL")
+    df.loc[failed, "why"] = "interrupted — " + df.loc[failed, "why"]
     df["binding_slo"] = [binding_slo(s) for s in df["_summary"]]
     return df
+
+
+def interrupted_points(df: pd.DataFrame, why: bool = False) -> list[str]:
+    """'sweep / cell at 5 req/s' for each interrupted point (with its verdict's reason if `why`)."""
+    return [f"{r.sweep} / {r.cell} at {r.load:g} {'req/s' if r.mode == 'qps' else 'concurrent'}" + (f": {r.why}" if why else "")
+            for r in df[df["status"] == "interrupted"].sort_values(["sweep", "cell", "load"]).itertuples()]
 
 
 def knee_table(df: pd.DataFrame) -> pd.DataFrame:

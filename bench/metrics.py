@@ -283,7 +283,8 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         scale = (len(m) - 1) / len(m)
         arr = {k: v * scale for k, v in arr.items()}
     full_s = (max(r.end_ns for r in m) - t0) / 1e9 if m else math.nan
-    ss = (steady_state(*record_arrays(recs, {id(r) for r in m}), t0, t1, mode, lifetimes_needed) if window_s > 0 and recs
+    st, en, meas = record_arrays(recs, {id(r) for r in m})
+    ss = (steady_state(st, en, meas, t0, t1, mode, lifetimes_needed) if window_s > 0 and recs
           else {"saturated": False, "steady": False, "reason": "empty window"})
 
     def rates(c: dict) -> dict:
@@ -294,27 +295,24 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
 
     estimator = "departures" if ss.get("saturated") or aborted else "arrivals"
     chosen = rates(dep if estimator == "departures" else arr)
+
+    def at_rate(x: float) -> dict:  # a request rate, with the completed requests' mean tokens
+        per = {k: arr[k] / arr["requests"] for k in ("output_tokens", "input_tokens")}
+        return {"request_throughput": x, "output_tps": x * per["output_tokens"], "input_tps": x * per["input_tokens"],
+                "total_tps": x * (per["output_tokens"] + per["input_tokens"])}
+
     if estimator == "arrivals" and mode == "concurrency" and ok and window_s > 0:
         # a closed loop sends when a request ends, so its sends come in bursts (a whole batch ends together
         # at the batch limit): counting the sends that fall in a short window is off by up to one burst.
         # Little's law is not: rate = time-average in flight / mean lifetime, both over the window.
-        st, en, _ = record_arrays(recs, set())
         life_s = float(np.mean([e2e_ms(r) for r in m if r.end_ns > 0])) / 1e3
         x = time_avg_in_flight(st, en, t0, t1) / life_s * len(ok) / len(m) if life_s > 0 else math.nan
         if math.isfinite(x):
-            per_req = {k: arr[k] / arr["requests"] for k in ("output_tokens", "input_tokens")}
-            chosen = {"request_throughput": x, "output_tps": x * per_req["output_tokens"], "input_tps": x * per_req["input_tokens"],
-                      "total_tps": x * (per_req["output_tokens"] + per_req["input_tokens"])}
-            estimator = "little"
+            chosen, estimator = at_rate(x), "little"
     if estimator == "arrivals" and mode == "qps" and offered_qps and m and ok:
         # a stable open loop delivers what it is offered: offered rate × share completed, with each completed
         # request's mean tokens — the realized arrival count only adds Poisson noise (±7% at 200 requests)
-        share = len(ok) / len(m)
-        per_req = {k: arr[k] / arr["requests"] for k in ("output_tokens", "input_tokens")}
-        chosen = {"request_throughput": offered_qps * share, "output_tps": offered_qps * share * per_req["output_tokens"],
-                  "input_tps": offered_qps * share * per_req["input_tokens"],
-                  "total_tps": offered_qps * share * (per_req["output_tokens"] + per_req["input_tokens"])}
-        estimator = "offered"
+        chosen, estimator = at_rate(offered_qps * len(ok) / len(m)), "offered"
     s: dict = {
         "n_total": len(recs),
         "n_warmup": sum(1 for r in recs if r.warmup),
@@ -345,12 +343,7 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     lat["send_lag"] = latency_stats([send_lag_ms(r) for r in m if r.sent_ns])
     s["latency_ms"] = lat
     s["interactivity_p50"] = interactivity(lat["tpot"]["p50"])
-    if window_s > 0 and recs:
-        st, en, _ = record_arrays(recs, set())
-        _, nf = in_flight_timeline(st, en, t0, t1)
-        s["mean_in_flight"] = float(nf.mean())
-    else:
-        s["mean_in_flight"] = math.nan
+    s["mean_in_flight"] = time_avg_in_flight(st, en, t0, t1) if window_s > 0 and recs else math.nan
     good = [r for r in m if request_meets(r, slos)] if slos else ok
     s["goodput_rps"] = len(good) / window_s if window_s > 0 else math.nan
     s["attainment"] = len(good) / len(m) if m else math.nan

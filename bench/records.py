@@ -171,7 +171,7 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
     run_dir = Path(run_dir)
     parts_dir = run_dir / "requests.parts"
     out = run_dir / "requests.parquet"
-    files = ([out] if out.exists() else []) + (sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else [])
+    files = _files(run_dir)
     tmp = out.with_suffix(".tmp")
     w = pq.ParquetWriter(tmp, SCHEMA)
     try:
@@ -196,48 +196,35 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
 _HEAVY = ("server_chunk_ns", "output_text")
 
 
-def read_table(run_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    """All records of a run: requests.parquet plus any parts left by a killed run (only `columns`, if given)."""
+def _files(run_dir: Path) -> list[Path]:
+    """requests.parquet, then any part files (a live run, or one that was killed)."""
+    run_dir = Path(run_dir)
+    parts = run_dir / "requests.parts"
+    return ([run_dir / "requests.parquet"] if (run_dir / "requests.parquet").exists() else []) + \
+        (sorted(parts.glob("part-*.parquet")) if parts.exists() else [])
+
+
+def read_table(run_dir: Path) -> pa.Table:
+    """All records of a run, every column."""
     import pyarrow.parquet as pq
 
-    run_dir = Path(run_dir)
-    files = [run_dir / "requests.parquet"] if (run_dir / "requests.parquet").exists() else []
-    parts = run_dir / "requests.parts"
-    if parts.exists():
-        files += sorted(parts.glob("part-*.parquet"))
-    tables = []
-    for f in files:
-        have = pq.read_schema(f).names
-        tables.append(pq.read_table(f, columns=[c for c in columns if c in have] if columns else None, memory_map=True,
-                                    use_threads=False, pre_buffer=False))
-    if not tables:
-        return records_to_table([])
-    return pa.concat_tables(tables, promote_options="default")
+    tables = [pq.read_table(f) for f in _files(run_dir)]
+    return pa.concat_tables(tables, promote_options="default") if tables else records_to_table([])
 
 
-def compact_records(t: pa.Table) -> list[RequestRecord]:
-    """Records whose chunk lists are numpy views into the table's own buffers (8 bytes a token, not the
+def compact_records(b: pa.RecordBatch) -> list[RequestRecord]:
+    """Records whose chunk lists are numpy views into the batch's own buffers (8 bytes a token, not the
     ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory."""
-    import numpy as np
-
-    names = [f.name for f in fields(RequestRecord) if f.name in t.column_names and f.name not in _HEAVY]
-    lists = [n for n in ("chunk_ns", "chunk_tokens") if n in names]
-    out: list[RequestRecord] = []
-    for b in t.to_batches():
-        scalars = {n: b.column(n).to_pylist() for n in names if n not in lists}
-        views: dict[str, list] = {}
-        for n in lists:
-            col = b.column(n)
-            if col.null_count:
-                col = col.fill_null(pa.scalar([], type=col.type))
-            flat = col.values.to_numpy(zero_copy_only=False)
-            off = col.offsets.to_numpy()
-            views[n] = [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
-        for i in range(b.num_rows):
-            kw = {n: v[i] for n, v in scalars.items()}
-            kw.update({n: v[i] for n, v in views.items()})
-            out.append(RequestRecord(**kw))
-    return out
+    lists = [n for n in ("chunk_ns", "chunk_tokens") if n in b.schema.names]
+    scalars = {n: b.column(n).to_pylist() for n in b.schema.names if n not in lists}
+    views: dict[str, list] = {}
+    for n in lists:
+        col = b.column(n)
+        if col.null_count:
+            col = col.fill_null(pa.scalar([], type=col.type))
+        flat, off = col.values.to_numpy(zero_copy_only=False), col.offsets.to_numpy()
+        views[n] = [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    return [RequestRecord(**{n: v[i] for n, v in scalars.items()}, **{n: v[i] for n, v in views.items()}) for i in range(b.num_rows)]
 
 
 def read_records(run_dir: Path, compact: bool = True) -> list[RequestRecord]:
@@ -247,17 +234,13 @@ def read_records(run_dir: Path, compact: bool = True) -> list[RequestRecord]:
         return table_to_records(read_table(run_dir))
     import pyarrow.parquet as pq
 
-    run_dir = Path(run_dir)
-    files = [run_dir / "requests.parquet"] if (run_dir / "requests.parquet").exists() else []
-    if (run_dir / "requests.parts").exists():
-        files += sorted((run_dir / "requests.parts").glob("part-*.parquet"))
     cols = [f.name for f in fields(RequestRecord) if f.name not in _HEAVY]
     out: list[RequestRecord] = []
-    for f in files:
+    for f in _files(run_dir):
         pf = pq.ParquetFile(f)
         have = set(pf.schema_arrow.names)
         for b in pf.iter_batches(batch_size=2048, columns=[c for c in cols if c in have], use_threads=False):
-            out += compact_records(pa.Table.from_batches([b]))
+            out += compact_records(b)
     return out
 
 

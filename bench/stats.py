@@ -51,7 +51,7 @@ def percentile_inf(x, p: float) -> float:
     lo, hi = int(math.floor(h)), int(math.ceil(h))
     if math.isinf(a[hi]) and (hi == lo or h > lo):
         return math.inf
-    return float(a[lo] + (a[hi] - a[lo]) * (h - lo))
+    return percentile_sorted(a, p)
 
 
 def quantile_ci(x, p: float, conf: float = 0.95, presorted: bool = False) -> tuple[float, float]:

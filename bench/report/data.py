@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
-from bench.knee import knee_table, load_points
+from bench.knee import interrupted_points, knee_table, load_points
 from bench.results import find_run_dirs, read_run_doc
 
 METHODS = [
@@ -96,8 +96,7 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
             warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in s.get("warnings", [])]
         if r.get("note"):
             warnings.append(f"{r['sweep']} / {r['cell']}: {r['note']}")
-    interrupted = [f"{r.sweep} / {r.cell} at {r.load:g} {'req/s' if r.mode == 'qps' else 'concurrent'}: {r.why}"
-                   for r in df[df["status"] == "interrupted"].sort_values(["sweep", "cell", "load"]).itertuples()]
+    interrupted = interrupted_points(df, why=True)
     for p in paths:
         sj = Path(p) / "sweep.json"
         if sj.is_file() and json.loads(sj.read_text()).get("status") == "interrupted":
