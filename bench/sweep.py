@@ -118,6 +118,16 @@ def binding_slo(summary: dict) -> str | None:
 
 
 # ------------------------------------------------------------------ adaptive search
+def _leans_fail(slo_result: dict) -> bool:
+    """An undecided SLO whose measured exceedance already exceeds what its percentile allows (k/n > 1 − p):
+    the screen saw trouble. A few exceedances within the allowance (1 of 60 against a 10% limit) are what a
+    passing load shows in a short window: the ladder climbs on."""
+    iv = slo_result.get("exceed") or {}
+    if not iv.get("k") or not iv.get("n"):
+        return False
+    return iv["k"] / iv["n"] > 1 - _pct(slo_result["slo"]) / 100
+
+
 def knee_from_history(history: dict[float, list[str]]) -> tuple[float | None, float | None]:
     """Knee = highest load with a PASS and no FAIL, below the lowest load with any FAIL (= bracket_hi).
     Undecided loads below it do not block it: latency does not fall as load rises, so a load below a
@@ -134,7 +144,7 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
 
     Baseline and ladder probes only screen for a decisive failure (a p99 cannot be proven at a low rate in
     a short window); the ladder climbs ×`ladder` until one fails, or is undecided with signs of trouble
-    (exceedances, or requests living 1.5× longer than one at a time: a queue). Bisection then looks for the highest load
+    (an exceedance fraction already over what the percentile allows, or requests living 1.5× longer than one at a time: a queue). Bisection then looks for the highest load
     a full probe decides PASS: an undecided full probe bounds it from above like a failure, a load that was
     only screened must be decided by a full probe before it can be the knee, and the knee is confirmed with
     a new seed."""
@@ -167,9 +177,9 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
         v, s = yield ("qps", lam, "ladder", 0)
         probes += 1
         life = (s.get("steady_state") or {}).get("lifetime_s") or 0.0
-        troubled = v == INCONCLUSIVE and (any((x.get("exceed") or {}).get("k") for x in s.get("slos", []))
+        troubled = v == INCONCLUSIVE and (any(_leans_fail(x) for x in s.get("slos", []))
                                           or (base_life > 0 and life > 1.5 * base_life))  # requests live longer: a queue
-        record(lam, v, troubled)  # an undecided screen with exceedances bounds the bisection like a full undecided probe
+        record(lam, v, troubled)  # an undecided screen that leans to FAIL bounds the bisection like a full undecided probe
         if v == FAIL or troubled:
             tput_fail = s.get("request_throughput") if v == FAIL else None
             break

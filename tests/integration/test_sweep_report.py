@@ -29,7 +29,8 @@ def test_auto_knee_is_confirmed_by_a_dense_grid(tmp_path):
     trilemma("sweep", auto, "--out", tmp_path, "--no-plots")
     pts = load_points([tmp_path / "auto"])
     k = knee_table(pts).iloc[0]
-    assert k["feasible"] and k["bracket_hi"] is not None, k.to_dict()
+    probes = pts[["role", "load", "verdict", "why"]].to_string()
+    assert k["feasible"] and k["bracket_hi"] is not None, f"{k['note']}\n{probes}"
     knee, hi = float(k["knee"]), float(k["bracket_hi"])
     assert k["knee_samples"] >= 35 and k["knee_window_lifetimes"] >= 3  # p90 with no exceedance needs >= 35
     seeds = set(pts["seed"])
@@ -38,8 +39,8 @@ def test_auto_knee_is_confirmed_by_a_dense_grid(tmp_path):
     grid = write_spec(tmp_path / "grid.yaml", name="grid", load={"qps": below + above}, **common)
     trilemma("sweep", grid, "--out", tmp_path, "--no-plots")
     g = load_points([tmp_path / "grid"]).set_index("load")["verdict"]
-    assert all(g[x] != "FAIL" for x in below), g.to_dict()
-    assert all(g[x] != "PASS" for x in above), g.to_dict()
+    assert all(g[x] != "FAIL" for x in below), f"{g.to_dict()}\n{probes}"
+    assert all(g[x] != "PASS" for x in above), f"{g.to_dict()}\n{probes}"
     rates = pts.loc[pts["mode"] == "qps", "load"]
     n_auto = len(pts)
     n_grid = int(np.ceil(np.log(rates.max() / rates.min()) / np.log(1.1)))

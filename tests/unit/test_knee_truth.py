@@ -189,3 +189,37 @@ def test_closed_loop_throughput_is_exact_where_counting_sends_is_off_by_a_burst(
     assert s["output_tps"] == pytest.approx(2 * truth, rel=1e-3)
     counted = s["throughput"]["arrivals"]["request_throughput"]
     assert abs(counted / truth - 1) > 0.05, counted  # the estimator it replaces: 9 bursts in 8.5 s
+
+
+def _ladder_search(screen_exceed):
+    """Knee at 20 req/s; every undecided screen below it reports `screen_exceed(load)` = (k, n) for a ttft_p90."""
+    gen = knee_search(AutoSearch(precision=0.1, max_probes=20))
+    probe, seen = next(gen), []
+    while True:
+        mode, value, role, _ = probe
+        seen.append((value, role))
+        if mode == "concurrency":
+            v, s = PASS, {"request_throughput": 1.0, "steady_state": {"lifetime_s": 1.0}}
+        elif value >= 20.0:
+            v, s = FAIL, {"request_throughput": 20.0}
+        elif role == "ladder":
+            k, n = screen_exceed(value)
+            v, s = INCONCLUSIVE, {"request_throughput": value, "steady_state": {"lifetime_s": 1.0},
+                                  "slos": [{"slo": "ttft_p90", "exceed": {"k": k, "n": n}}]}
+        else:
+            v, s = PASS, {"request_throughput": value}
+        try:
+            probe = gen.send((v, s))
+        except StopIteration as e:
+            return e.value, seen
+
+
+def test_ladder_climbs_past_a_screen_whose_exceedances_are_within_the_allowance():
+    """2 of 60 over a p90 limit (3%, 10% allowed) is what a passing load shows in a short window: the ladder
+    climbs on to a failing load and the knee lands near the true one, not below the first screen."""
+    res, seen = _ladder_search(lambda load: (2, 60))
+    assert res["bracket"][1] is not None and res["bracket"][1] >= 20.0
+    assert res["knee_qps"] >= 20.0 / 1.1 / 1.1, (res, seen)
+    # a screen that already leans to FAIL (30 of 60 over) stops the climb and bounds the bisection
+    res, seen = _ladder_search(lambda load: (30, 60))
+    assert res["bracket"][1] is None and max(v for v, r in seen if r == "ladder") < 20.0
