@@ -130,7 +130,10 @@ class Mooncake(TimedTrace):
 
     def block_text(self, builder, key, n: int) -> str:
         if key not in self.blocks:
-            rng = np.random.default_rng([self.seed, 99, abs(hash(key)) % (2**31)])
+            # seeded from the key's integers, not hash(): str hashes change with PYTHONHASHSEED, and equal seeds
+            # must send byte-identical prompts in every process
+            kind, *ints = key
+            rng = np.random.default_rng([self.seed, 99, 0 if kind == "blk" else 1, *(int(x) for x in ints)])
             self.blocks[key] = list(rng.choice(builder.pieces, MOONCAKE_BLOCK))
         return "".join(self.blocks[key][:n])
 

@@ -51,10 +51,14 @@ def _tokens_after_first(r: RequestRecord) -> np.ndarray:
 def itl_ms(r: RequestRecord) -> np.ndarray:
     """ITL = gaps between token arrivals. A chunk carrying k tokens, arriving g ms after the previous
     chunk, contributes k gaps of g/k. Extra tokens of the first chunk contribute none (no earlier chunk)."""
-    if len(r.chunk_ns) < 2:
+    return _itl(r.chunk_ns, r.chunk_tokens)
+
+
+def _itl(chunk_ns, chunk_tokens) -> np.ndarray:
+    if len(chunk_ns) < 2:
         return _NONE
-    k = _tokens_after_first(r)
-    return np.repeat(np.diff(np.asarray(r.chunk_ns, dtype=np.int64)) * NS_MS / k, k)
+    k = np.maximum(1, np.asarray(chunk_tokens[1:len(chunk_ns)], dtype=np.int64))
+    return np.repeat(np.diff(np.asarray(chunk_ns, dtype=np.int64)) * NS_MS / k, k)
 
 
 def chunk_gaps_ms(r: RequestRecord) -> np.ndarray:
@@ -85,16 +89,17 @@ def measurement_window_ns(recs: list[RequestRecord]) -> tuple[int, int, str]:
     return t0, max(max(r.end_ns, r.sent_ns) for r in m), "full"
 
 
-def window_throughput(recs: list[RequestRecord], t0: int, t1: int) -> dict:
+def window_throughput(recs: list[RequestRecord], t0: int, t1: int, out_tok: int | None = None) -> dict:
     """Departures: requests completed, output tokens arrived, and prompt tokens of requests whose first
     token arrived, inside [t0, t1) — successful requests, warmup ones included (work done in the window).
     Rates are these counts / (t1 − t0): the server's completion rate, right past saturation."""
     ok = [r for r in recs if r.ok]
     done = sum(1 for r in ok if t0 <= r.end_ns < t1)
-    out_tok = 0
-    for r in ok:
-        c = np.asarray(r.chunk_ns, dtype=np.int64)
-        out_tok += int(np.asarray(r.chunk_tokens, dtype=np.int64)[(c >= t0) & (c < t1)].sum())
+    if out_tok is None:  # (summarize passes what TokenStats counted)
+        out_tok = 0
+        for r in ok:
+            c = np.asarray(r.chunk_ns, dtype=np.int64)
+            out_tok += int(np.asarray(r.chunk_tokens, dtype=np.int64)[(c >= t0) & (c < t1)].sum())
     in_tok = sum((r.prompt_tokens if r.prompt_tokens >= 0 else r.isl) for r in ok if len(r.chunk_ns) and t0 <= r.chunk_ns[0] < t1)
     return {"requests": done, "output_tokens": out_tok, "input_tokens": in_tok}
 
@@ -197,12 +202,17 @@ def record_arrays(recs: list[RequestRecord], m_ids: set[int]) -> tuple[np.ndarra
     return starts, ends, meas
 
 
-def request_meets(r: RequestRecord, slos: list[SLO]) -> bool:
+def request_meets(r: RequestRecord, slos: list[SLO], tokens: TokenStats | None = None) -> bool:
     """Per-request SLO test (for goodput and attainment): TTFT, TPOT and E2E compare directly; ITL uses
-    the request's own ITL at the SLO's percentile. A failed request meets nothing."""
+    the request's own ITL at the SLO's percentile (read from `tokens` when the request's token arrays
+    were dropped after streaming). A failed request meets nothing."""
     if not r.ok:
         return False
     for s in slos:
+        if s.metric == "itl" and tokens is not None:
+            if id(r) in tokens.unmet[tokens.slo_index(s)]:
+                return False
+            continue
         if s.metric == "ttft":
             v = ttft_ms(r)
         elif s.metric == "tpot":
@@ -233,6 +243,141 @@ def latency_stats(values, pcts=(50, 90, 95, 99)) -> dict:
     return d
 
 
+class GapStats:
+    """Token gaps (ITL, ms) in bounded memory: held exactly up to EXACT_CAP values (every probe of a
+    sweep, a run of a few thousand requests), then folded into a log histogram with bins 0.1% wide, so a
+    run of any length summarises in the same memory. Past the cap, percentiles and their interval are
+    read at bin centres (relative error <= 0.05%, `binned` in the stats says so); count, mean and max
+    stay exact, and SLO tests never use the bins (exceedances are counted per request, exactly)."""
+
+    EXACT_CAP = 1_000_000
+    LO_MS, REL = 1e-3, 1e-3  # bin 0: below 1 µs; bin i >= 1: [LO (1+REL)^(i-1), LO (1+REL)^i)
+    NBINS = int(math.ceil(math.log(1e10) / math.log1p(1e-3))) + 2  # to 1e7 ms
+
+    def __init__(self) -> None:
+        self.n, self.total, self.max = 0, 0.0, -math.inf
+        self._parts: list[np.ndarray] = []
+        self._hist: np.ndarray | None = None
+
+    def add(self, g: np.ndarray) -> None:
+        g = np.asarray(g, dtype=np.float64)
+        g = g[~np.isnan(g)]
+        if not g.size:
+            return
+        self.n += int(g.size)
+        self.total += float(g.sum())
+        self.max = max(self.max, float(g.max()))
+        if self._hist is None:
+            self._parts.append(g)
+            if self.n > self.EXACT_CAP:
+                self._hist = np.zeros(self.NBINS, dtype=np.int64)
+                for part in self._parts:
+                    self._bin(part)
+                self._parts = []
+        else:
+            self._bin(g)
+
+    def _bin(self, g: np.ndarray) -> None:
+        assert self._hist is not None
+        i = np.floor(np.log(np.maximum(g, self.LO_MS) / self.LO_MS) / math.log1p(self.REL)).astype(np.int64) + 1
+        i[g < self.LO_MS] = 0
+        self._hist += np.bincount(np.clip(i, 0, self.NBINS - 1), minlength=self.NBINS)
+
+    def _centre(self, i: np.ndarray) -> np.ndarray:
+        c = np.where(i == 0, 0.0, self.LO_MS * (1 + self.REL) ** (np.asarray(i, dtype=np.float64) - 0.5))
+        return np.minimum(c, self.max)
+
+    def stats(self) -> dict:
+        """latency_stats' dict (n, mean, p50..p99, p99_ci, max)."""
+        if self._hist is None:
+            return latency_stats(np.concatenate(self._parts) if self._parts else _NONE)
+        cum = np.cumsum(self._hist)
+
+        def at_rank(k: int) -> float:  # 0-based rank in sorted order
+            return float(self._centre(np.array([np.searchsorted(cum, k, side="right")]))[0])
+
+        def pct(p: float) -> float:
+            h = (self.n - 1) * p / 100.0
+            lo, hi = int(math.floor(h)), int(math.ceil(h))
+            a, b = at_rank(lo), at_rank(hi)
+            return a + (b - a) * (h - lo)
+
+        d = {"n": self.n, "mean": self.total / self.n, **{f"p{p:g}": pct(p) for p in (50, 90, 95, 99)}}
+        lo_rank, hi_rank = stats.quantile_ci_ranks(self.n, 99)
+        d["p99_ci"] = [at_rank(lo_rank - 1) if lo_rank >= 1 else math.nan, at_rank(hi_rank - 1) if hi_rank <= self.n else math.nan]
+        d["max"] = self.max
+        d["binned"] = True
+        return d
+
+    def percentile(self, p: float) -> float:
+        if self._hist is None:
+            return stats.percentile_inf(np.concatenate(self._parts) if self._parts else _NONE, p)
+        return self.stats()[f"p{p:g}"] if p in (50, 90, 95, 99) else self._pct(p)
+
+    def _pct(self, p: float) -> float:
+        cum = np.cumsum(self._hist)
+        h = (self.n - 1) * p / 100.0
+        lo, hi = int(math.floor(h)), int(math.ceil(h))
+        a, b = self._centre(np.searchsorted(cum, np.array([lo, hi]), side="right"))
+        return float(a + (b - a) * (h - lo))
+
+
+class TokenStats:
+    """Everything a summary needs from the per-token arrays, accumulated one request at a time — so a run's
+    records can be streamed from disk and kept without their token arrays (summarize_run). Fed the same
+    way for an in-memory list (summarize), so both paths compute the same numbers.
+
+    - output tokens arriving in [t0, t1) from successful requests (departures throughput);
+    - the measured token gaps (GapStats) of successful and partially measured requests;
+    - per ITL SLO: exceedance counts per time block (the SLO test), gaps within the threshold, and the
+      requests whose own ITL percentile misses it (goodput / attainment)."""
+
+    def __init__(self, slos: list[SLO], t0: int, t1: int, departures: bool, blocks: int = 20) -> None:
+        self.t0, self.t1, self.departures, self.blocks = t0, t1, departures, blocks
+        self.itl_slos = [x for x in slos if x.metric == "itl"]
+        self.win_out = 0
+        self.gaps = GapStats()
+        self.n_b = [np.zeros(blocks) for _ in self.itl_slos]
+        self.k_b = [np.zeros(blocks) for _ in self.itl_slos]
+        self.within = [0] * len(self.itl_slos)
+        self.unmet: list[set[int]] = [set() for _ in self.itl_slos]
+
+    def add(self, r: RequestRecord, chunk_ns, chunk_tokens, in_m: bool, in_mc: bool) -> None:
+        if r.ok and self.departures and len(chunk_ns):
+            c = np.asarray(chunk_ns, dtype=np.int64)
+            self.win_out += int(np.asarray(chunk_tokens, dtype=np.int64)[(c >= self.t0) & (c < self.t1)].sum())
+        if not in_mc:
+            return
+        g = _itl(chunk_ns, chunk_tokens)
+        measured = r.ok or (r.error_kind == "cancelled" and len(chunk_ns) > 0)
+        if measured:
+            self.gaps.add(g)
+        if not self.itl_slos or not len(g):
+            return
+        k = np.maximum(1, np.asarray(chunk_tokens[1:len(chunk_ns)], dtype=np.int64))
+        t = np.repeat(np.asarray(chunk_ns[1:], dtype=np.int64), k) / 1e9
+        for j, slo in enumerate(self.itl_slos):
+            over = g > slo.threshold_ms
+            n_b, k_b = stats.block_counts(t, over, self.t0 / 1e9, self.t1 / 1e9, self.blocks)
+            self.n_b[j] += n_b
+            self.k_b[j] += k_b
+            if measured:
+                self.within[j] += int(g.size - np.count_nonzero(over))
+            if in_m and r.ok and not stats.percentile(g, slo.pct) <= slo.threshold_ms:
+                self.unmet[j].add(id(r))
+
+    def slo_index(self, slo: SLO) -> int:
+        return next(j for j, x in enumerate(self.itl_slos) if x.name == slo.name)
+
+
+def _membership(r: RequestRecord, t0: int, t1: int, kind: str) -> tuple[bool, bool]:
+    """(measured, measured or partially measured): sent inside the window after warmup; a cancelled
+    request counts only for what it measured before the cancel (partial)."""
+    sent_in = not r.warmup and (kind != "schedule" or t0 <= r.intended_ns < t1)
+    in_m = sent_in and r.error_kind != "cancelled"
+    return in_m, in_m or (sent_in and partial(r))
+
+
 def partial(r: RequestRecord) -> bool:
     """Cancelled (interrupt, aborted probe) after its first token: its TTFT and the gaps so far are measured."""
     return r.error_kind == "cancelled" and len(r.chunk_ns) > 0
@@ -254,7 +399,7 @@ def metric_values(recs: list[RequestRecord], metric: str) -> np.ndarray:
 
 def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offered_qps: float | None = None,
               mode: str = "qps", expect_exact_osl: bool = True, window_ns: tuple[int, int] | None = None,
-              conf: float = 0.95, lifetimes_needed: float = 3.0, aborted: bool = False) -> dict:
+              conf: float = 0.95, lifetimes_needed: float = 3.0, aborted: bool = False, tokens: TokenStats | None = None) -> dict:
     """Point summary over the measured requests: those sent inside the measurement window (the runner
     records it: [end of warmup, end of sending)), cancelled ones left out. `conf` is the confidence of
     each SLO decision (a sequential probe spends its 5% over its looks, see stats.look_confidence).
@@ -269,14 +414,19 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         t0, t1, kind = measurement_window_ns(recs)
     else:
         (t0, t1), kind = window_ns, "schedule"
-    sent_in = [r for r in recs if not r.warmup and (kind != "schedule" or t0 <= r.intended_ns < t1)]
-    m = [r for r in sent_in if r.error_kind != "cancelled"]
-    mc = m + [r for r in sent_in if partial(r)]  # + what cancelled requests measured (TTFT, gaps so far)
+    member = [_membership(r, t0, t1, kind) for r in recs]
+    m = [r for r, (in_m, _) in zip(recs, member) if in_m]
+    mc = m + [r for r, (in_m, in_mc) in zip(recs, member) if in_mc and not in_m]  # + what cancelled requests measured (TTFT, gaps so far)
+    if tokens is None:  # token arrays in memory: accumulate them here (summarize_run streams them from disk)
+        tokens = TokenStats(slos, t0, t1, kind in ("send", "schedule"))
+        for r, (in_m, in_mc) in zip(recs, member):
+            tokens.add(r, r.chunk_ns, r.chunk_tokens, in_m, in_mc)
+    del member
     ok = [r for r in m if r.ok]
     window_s = (t1 - t0) / 1e9 if t1 > t0 else math.nan
     out_tok = sum(r.output_tokens for r in ok)
     in_tok = sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)
-    dep = window_throughput(recs, t0, t1) if kind in ("send", "schedule") else {"requests": len(ok), "output_tokens": out_tok,
+    dep = window_throughput(recs, t0, t1, tokens.win_out) if kind in ("send", "schedule") else {"requests": len(ok), "output_tokens": out_tok,
                                                                                 "input_tokens": in_tok}
     arr = arrival_throughput(m)
     if kind == "send" and len(m) > 1:  # window = first..last send: n sends span n − 1 gaps
@@ -339,16 +489,16 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     sends = sorted(r.intended_ns for r in m)
     s["achieved_send_qps"] = (len(sends) / window_s if kind == "schedule" and window_s > 0 else
                               (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else math.nan)
-    lat = {k: latency_stats(metric_values(mc, k)) for k in ("ttft", "ttft_from_send", "tpot", "itl", "e2e")}
+    lat = {k: latency_stats(metric_values(mc, k)) if k != "itl" else tokens.gaps.stats() for k in ("ttft", "ttft_from_send", "tpot", "itl", "e2e")}
     lat["send_lag"] = latency_stats([send_lag_ms(r) for r in m if r.sent_ns])
     s["latency_ms"] = lat
     s["interactivity_p50"] = interactivity(lat["tpot"]["p50"])
     s["mean_in_flight"] = time_avg_in_flight(st, en, t0, t1) if window_s > 0 and recs else math.nan
-    good = [r for r in m if request_meets(r, slos)] if slos else ok
+    good = [r for r in m if request_meets(r, slos, tokens)] if slos else ok
     s["goodput_rps"] = len(good) / window_s if window_s > 0 else math.nan
     s["attainment"] = len(good) / len(m) if m else math.nan
     s["attainment_ci"] = list(stats.clopper_pearson(len(good), len(m), conf))
-    s["slos"] = [slo_verdict(mc, slo, t0, t1, conf) for slo in slos]
+    s["slos"] = [slo_verdict(mc, slo, t0, t1, conf, tokens) for slo in slos]
     s["slo_met"] = all(v["met"] for v in s["slos"]) if slos else None
     s["slo_confidence"] = conf
     turns = sorted({r.turn for r in m if r.turn >= 0})
@@ -363,6 +513,34 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
                        "completed_fraction": len(ok) / len(m) if m else None}
     s["warnings"] = warnings_for(s, m, slos)
     return s
+
+
+def summarize_run(run_dir, slos: list[SLO] | None = None, *, window_ns: tuple[int, int] | None = None,
+                  **kw) -> tuple[dict, list[RequestRecord]]:
+    """summarize() of a run directory in bounded memory: the records' scalars are read whole (O(requests)),
+    their token arrays streamed a batch at a time into TokenStats and dropped (each record keeps its first
+    chunk: TTFT). Returns (summary, those records). Memory does not grow with the tokens of a run."""
+    from bench.records import iter_chunks, read_records
+
+    recs = read_records(run_dir, chunks=False)
+    slos = slos or []
+    if window_ns is None:
+        t0, t1, kind = measurement_window_ns(recs)
+    else:
+        (t0, t1), kind = window_ns, "schedule"
+    tokens = TokenStats(slos, t0, t1, kind in ("send", "schedule"))
+    it = iter(recs)
+    n = 0
+    for ns_views, tok_views in iter_chunks(run_dir):
+        for cn, ct in zip(ns_views, tok_views):
+            r = next(it)
+            r.chunk_ns, r.chunk_tokens = cn[:1].copy(), ct[:1].copy()  # the first chunk (TTFT, partial) outlives the batch
+            in_m, in_mc = _membership(r, t0, t1, kind)
+            tokens.add(r, cn, ct, in_m, in_mc)
+            n += 1
+    if n != len(recs):
+        raise RuntimeError(f"{run_dir}: {len(recs)} records but {n} token rows; the results files changed while being read")
+    return summarize(recs, slos, window_ns=window_ns, tokens=tokens, **kw), recs
 
 
 def over_samples(r: RequestRecord, slo: SLO) -> tuple[np.ndarray | list[int], np.ndarray | list[bool]]:
@@ -385,10 +563,19 @@ def over_samples(r: RequestRecord, slo: SLO) -> tuple[np.ndarray | list[int], np
     return [r.intended_ns], [v > slo.threshold_ms]
 
 
-def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int | None = None, conf: float = 0.95) -> dict:
+def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int | None = None, conf: float = 0.95,
+                tokens: TokenStats | None = None) -> dict:
     """One SLO over the measured requests: the percentile's point value (failed requests count as
     infinitely slow, so it reads inf once they reach the tail), and the decision — 'pass' / 'fail' /
-    'undecided' — from the exceedance count and its interval (stats.percentile_decision)."""
+    'undecided' — from the exceedance count and its interval (stats.percentile_decision). An ITL SLO
+    reads its counts from `tokens` (TokenStats over the same requests and window) when given."""
+    if slo.metric == "itl" and tokens is not None and t0 is not None and t1 is not None:
+        j = tokens.slo_index(slo)
+        decision, iv = stats.percentile_decision(tokens.n_b[j], tokens.k_b[j], slo.pct, conf)
+        v = tokens.gaps.percentile(slo.pct) if tokens.gaps.n else math.nan
+        n = tokens.gaps.n
+        return {"slo": slo.name, "threshold_ms": slo.threshold_ms, "value_ms": v, "met": bool(v <= slo.threshold_ms),
+                "decision": decision, "exceed": iv, "fraction_within": tokens.within[j] / n if n else math.nan, "n": n}
     vals = metric_values(m, slo.metric)
     n_fail = sum(1 for r in m if not r.ok and r.error_kind != "cancelled")
     if slo.metric != "itl":

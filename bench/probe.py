@@ -71,6 +71,8 @@ class ProbeMonitor:
         if rec.error_kind == "cancelled":
             return
         self.ends[slot] = rec.end_ns
+        if self.rule is None:  # a fixed window never looks: its samples would only grow with the run's tokens
+            return
         t0 = self.t0
         for (mem, bt, ov), slo in zip(self.samples, self.slos):
             ts, over = over_samples(rec, slo)

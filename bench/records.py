@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import threading
 from array import array
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 # Error kinds (fixed set; reports group by them)
@@ -176,9 +178,11 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
     w = pq.ParquetWriter(tmp, SCHEMA)
     try:
         for f in files:
-            pf = pq.ParquetFile(f)
+            # no pre-buffering, no reader threads: each leaves freed decode buffers behind in this process
+            # (per-thread malloc arenas), ~40 MB for a 2 M-token run (scripts/memory_check.py)
+            pf = pq.ParquetFile(f, pre_buffer=False)
             for g in range(pf.num_row_groups):
-                tb = _conform(pf.read_row_group(g))
+                tb = _conform(pf.read_row_group(g, use_threads=False))
                 if warm_until_ns is not None:
                     tb = tb.set_column(SCHEMA.get_field_index("warmup"), "warmup", pc.less(tb.column("intended_ns"), warm_until_ns))
                 w.write_table(tb)
@@ -194,6 +198,7 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
 
 # not needed to summarise a run: dropped by the compact reader
 _HEAVY = ("server_chunk_ns", "output_text")
+_CHUNKS = ("chunk_ns", "chunk_tokens")
 
 
 def _files(run_dir: Path) -> list[Path]:
@@ -217,31 +222,49 @@ def compact_records(b: pa.RecordBatch) -> list[RequestRecord]:
     ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory."""
     lists = [n for n in ("chunk_ns", "chunk_tokens") if n in b.schema.names]
     scalars = {n: b.column(n).to_pylist() for n in b.schema.names if n not in lists}
-    views: dict[str, list] = {}
-    for n in lists:
-        col = b.column(n)
-        if col.null_count:
-            col = col.fill_null(pa.scalar([], type=col.type))
-        flat, off = col.values.to_numpy(zero_copy_only=False), col.offsets.to_numpy()
-        views[n] = [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    views = {n: _list_views(b.column(n)) for n in lists}
     return [RequestRecord(**{n: v[i] for n, v in scalars.items()}, **{n: v[i] for n, v in views.items()}) for i in range(b.num_rows)]
 
 
-def read_records(run_dir: Path, compact: bool = True) -> list[RequestRecord]:
+def read_records(run_dir: Path, compact: bool = True, chunks: bool = True) -> list[RequestRecord]:
     """A run's records. compact (default): chunk times as numpy views, server timestamps and output text
-    left out, decoded a batch at a time (see compact_records); compact=False: every field as written."""
+    left out, decoded a batch at a time (see compact_records); compact=False: every field as written;
+    chunks=False: no per-token arrays at all (scalars only: what iter_chunks streams is left on disk)."""
     if not compact:
         return table_to_records(read_table(run_dir))
     import pyarrow.parquet as pq
 
-    cols = [f.name for f in fields(RequestRecord) if f.name not in _HEAVY]
+    skip = _HEAVY if chunks else _HEAVY + _CHUNKS
+    cols = [f.name for f in fields(RequestRecord) if f.name not in skip]
     out: list[RequestRecord] = []
     for f in _files(run_dir):
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(f, pre_buffer=False)
         have = set(pf.schema_arrow.names)
         for b in pf.iter_batches(batch_size=2048, columns=[c for c in cols if c in have], use_threads=False):
             out += compact_records(b)
     return out
+
+
+def iter_chunks(run_dir: Path, batch_size: int = 256) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """(chunk_ns, chunk_tokens) per record, a batch at a time, in read_records' row order: numpy views
+    into one batch's buffers, released when the caller moves on (a summary streams a run of any length)."""
+    import pyarrow.parquet as pq
+
+    for f in _files(run_dir):
+        for b in pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=batch_size, columns=list(_CHUNKS), use_threads=False):
+            yield _list_views(b.column("chunk_ns")), _list_views(b.column("chunk_tokens"))
+
+
+def _list_views(col: pa.Array) -> list[np.ndarray]:
+    """One numpy view per row of an int64 list column (zero-copy into the column's values buffer)."""
+    if col.null_count:
+        col = col.fill_null(pa.scalar([], type=col.type))
+    # np.frombuffer on the Arrow buffers, not to_numpy(): the same zero-copy view, but to_numpy leaves ~40 MB
+    # of a 2 M-token run behind in the process (measured: scripts/memory_check.py)
+    vals = col.values
+    flat = np.frombuffer(vals.buffers()[1], dtype=np.int64, count=vals.offset + len(vals))[vals.offset:]
+    off = np.frombuffer(col.buffers()[1], dtype=np.int32, count=col.offset + len(col) + 1)[col.offset:]
+    return [flat[off[i]:off[i + 1]] for i in range(len(col))]
 
 
 def record_dict(r: RequestRecord) -> dict:

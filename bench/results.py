@@ -132,18 +132,19 @@ def settle(run_dir: Path, doc: dict) -> dict:
     if doc.get("status") != "running" or doc.get("summary") or not _process_gone(doc, run_dir):
         return doc
     from bench.config import RunSpec
-    from bench.metrics import summarize
-    from bench.records import read_records
+    from bench.metrics import summarize_run
+    from bench.records import _files
 
     doc = dict(doc, status="interrupted", error="the run's process was killed; summary rebuilt from the requests saved before it",
                recovered=True)
-    recs = read_records(Path(run_dir))
-    if not recs:
+    if not _files(Path(run_dir)):
         return doc
     spec = RunSpec.model_validate(doc["spec"])
     ld = spec.load
-    s = summarize(recs, spec.slos, offered_qps=ld.qps, mode="qps" if (ld.qps is not None or ld.replay) else "concurrency",
-                  expect_exact_osl=spec.target.ignore_eos, window_ns=tuple(doc["window_ns"]) if doc.get("window_ns") else None)
+    s, recs = summarize_run(Path(run_dir), spec.slos, offered_qps=ld.qps, mode="qps" if (ld.qps is not None or ld.replay) else "concurrency",
+                            expect_exact_osl=spec.target.ignore_eos, window_ns=tuple(doc["window_ns"]) if doc.get("window_ns") else None)
+    if not recs:
+        return doc
     s["warnings"].append("interrupted: the process was killed; this summary was rebuilt from the requests saved before it")
     doc["summary"] = s
     return doc

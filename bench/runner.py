@@ -18,7 +18,7 @@ from typing import Callable
 from bench import client as cl
 from bench.config import RunSpec, SpecError
 from bench.probe import ProbeMonitor
-from bench.records import IncrementalWriter, RequestRecord, read_records
+from bench.records import IncrementalWriter, RequestRecord
 from bench.workload import PromptBuilder, WorkItem, Workload, make_tokenizer
 
 perf_ns = time.perf_counter_ns
@@ -283,7 +283,7 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
 
 async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | None, on_progress, telemetry) -> dict:
     from bench import results
-    from bench.metrics import summarize
+    from bench.metrics import summarize_run
 
     tgt = spec.target
     if api_key and cl.url_secrets(tgt.url):
@@ -403,15 +403,15 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             window = probe_mon.window_ns(perf_ns())
             doc["window_ns"] = list(window)
         await asyncio.to_thread(writer.close, window[0] if window else None)
-        recs = read_records(run_dir)
+        summary, recs = await asyncio.to_thread(
+            summarize_run, run_dir, spec.slos, offered_qps=spec.load.qps, mode="qps" if spec.load.qps else "concurrency",
+            expect_exact_osl=tgt.ignore_eos, window_ns=window, conf=probe_mon.conf,
+            lifetimes_needed=spec.probe.window_lifetimes if spec.probe else 3.0, aborted=probe_mon.aborted)
         sent = {r.index for r in recs}
         n_clipped, n_reused = len(wl.clipped_idx & sent), len(wl.reused & sent)  # requests sent, not prompts built
         doc["workload"]["clipped_to_max_model_len"] = n_clipped
         if wl.size is not None and not load.replay:
             doc["workload"]["dataset_rows_reused"] = n_reused
-        summary = summarize(recs, spec.slos, offered_qps=spec.load.qps, mode="qps" if spec.load.qps else "concurrency",
-                            expect_exact_osl=tgt.ignore_eos, window_ns=window, conf=probe_mon.conf,
-                            lifetimes_needed=spec.probe.window_lifetimes if spec.probe else 3.0, aborted=probe_mon.aborted)
         doc["probe"] = probe_mon.report()
         summary["probe"] = {k: v for k, v in doc["probe"].items() if k not in ("looks", "rule")} | {"n_looks": len(probe_mon.looks)}
         doc["client_health"] = {"loop_stalls": stalls.report()}

@@ -64,12 +64,16 @@ def quantile_ci(x, p: float, conf: float = 0.95, presorted: bool = False) -> tup
     n = a.size
     if n == 0:
         return math.nan, math.nan
-    q, alpha = p / 100.0, 1.0 - conf
-    lo_rank = int(_st.binom.ppf(alpha / 2, n, q))  # number of samples below: rank l = lo_rank (1-based)
-    hi_rank = int(_st.binom.ppf(1 - alpha / 2, n, q)) + 1
+    lo_rank, hi_rank = quantile_ci_ranks(n, p, conf)
     lo = float(a[lo_rank - 1]) if lo_rank >= 1 else math.nan
     hi = float(a[hi_rank - 1]) if hi_rank <= n else math.nan
     return lo, hi
+
+
+def quantile_ci_ranks(n: int, p: float, conf: float = 0.95) -> tuple[int, int]:
+    """1-based order-statistic ranks (l, u) of quantile_ci's interval; l < 1 or u > n: unbounded on that side."""
+    q, alpha = p / 100.0, 1.0 - conf
+    return int(_st.binom.ppf(alpha / 2, n, q)), int(_st.binom.ppf(1 - alpha / 2, n, q)) + 1
 
 
 def min_samples_for_percentile(p: float, conf: float = 0.95) -> int:

@@ -1,6 +1,7 @@
 """The simulator as a server under test: engine-model capacity, saturation, faults, interruption."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -121,4 +122,12 @@ def test_kill_loses_at_most_the_last_second(sim_factory, tmp_path):
 
 def test_calibrate_reports_bias_and_safe_range():
     p = trilemma("calibrate", "--rates", "10,20", "--duration", "3")
-    assert "TTFT bias p50" in p.stdout and "safe operating range" in p.stdout or "too loaded" in p.stdout
+    out = re.sub(r"\s+", " ", p.stdout + p.stderr)
+    bias = {float(r): float(b) for r, b in re.findall(r"([\d.]+) req/s: TTFT bias p50 (-?[\d.]+) ms", out)}
+    assert set(bias) == {10.0, 20.0} and all(abs(b) < 1000 for b in bias.values()), out
+    m = re.search(r"safe operating range of this client: up to ([\d.]+) req/s", out)
+    if m:  # the range is the highest rate, contiguous from the lowest, with bias p50 < 1 ms
+        safe = float(m.group(1))
+        assert safe in bias and all(b < 1.0 for r, b in bias.items() if r <= safe), (safe, bias)
+    else:
+        assert "too loaded" in out, out  # (a rate is also unsafe when its token counts are not exact)

@@ -75,3 +75,18 @@ def test_user_file_errors_name_the_line(tmp_path, builder):
 def test_unknown_dataset_lists_the_choices(builder):
     with pytest.raises(SpecError, match="azure-conv, azure-code, mooncake"):
         Workload(WorkloadSpec(dataset="nope"), builder, seed=0)
+
+
+def test_mooncake_prompts_do_not_depend_on_the_hash_seed():
+    """Equal seeds send byte-identical Mooncake prompts in every process, whatever PYTHONHASHSEED is."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from bench.config import WorkloadSpec; from bench.workload import PromptBuilder, WordTokenizer, Workload\n"
+            "for ds in ('mooncake', 'mooncake:scrambled'):\n"
+            "    wl = Workload(WorkloadSpec(dataset=ds, window_s=(0, 5), max_model_len=8192), PromptBuilder(WordTokenizer()), seed=7)\n"
+            "    print(hashlib.sha256(''.join(wl.item(i).prompt for i in range(6)).encode()).hexdigest())")
+    out = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": s}, capture_output=True, text=True,
+                          check=True).stdout for s in ("0", "1", "12345")}
+    assert len(out) == 1 and len(next(iter(out)).split()) == 2, out

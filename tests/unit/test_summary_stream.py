@@ -1,0 +1,76 @@
+"""A run's summary streamed from disk (token arrays never all in memory) equals the in-memory summary."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bench import metrics
+from bench.config import parse_slos
+from bench.records import IncrementalWriter, read_records
+from tests.synthetic import synth_records
+
+SLOS = parse_slos("ttft_p99=200ms,itl_p99=11ms,itl_p90=9ms,tpot_p50=10ms")
+
+
+def _run(tmp_path):
+    recs = synth_records(600, 20.0, osl=48, fail_frac=0.02, seed=3)
+    for r in recs[:40]:
+        r.warmup = True
+    for r in recs[300:305]:  # cancelled mid-stream: TTFT and gaps so far are measured
+        r.ok, r.error_kind = False, "cancelled"
+        r.chunk_ns, r.chunk_tokens = r.chunk_ns[:5], r.chunk_tokens[:5]
+    for r in recs[100:140]:  # events carrying several tokens
+        if r.ok:
+            r.chunk_ns, r.chunk_tokens = r.chunk_ns[::3], [1] + [3] * (len(r.chunk_ns[::3]) - 1)
+    w = IncrementalWriter(tmp_path)
+    for i, r in enumerate(recs):
+        w.add(r)
+        if i % 97 == 0:
+            w.flush()  # several part files, as a live run writes them
+    w.close()
+    return recs
+
+
+def _same(a, b):
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("window", [None, "schedule"])
+def test_streamed_summary_equals_the_in_memory_one(tmp_path, window):
+    recs = _run(tmp_path)
+    w = (recs[40].intended_ns, recs[-60].intended_ns) if window else None
+    full = metrics.summarize(read_records(tmp_path), SLOS, offered_qps=20.0, window_ns=w)
+    streamed, light = metrics.summarize_run(tmp_path, SLOS, offered_qps=20.0, window_ns=w)
+    assert _same(full, streamed), (full["latency_ms"]["itl"], streamed["latency_ms"]["itl"])
+    assert full["n_cancelled_measured"] == 5 and full["window_tokens"]["output"] > 0
+    assert all(len(r.chunk_ns) <= 1 for r in light)  # the token arrays were not kept
+
+
+def test_past_the_exact_cap_gaps_are_binned_within_their_stated_error(tmp_path, monkeypatch):
+    recs = _run(tmp_path)
+    full = metrics.summarize(read_records(tmp_path), SLOS, offered_qps=20.0)
+    monkeypatch.setattr(metrics.GapStats, "EXACT_CAP", 1000)
+    binned, _ = metrics.summarize_run(tmp_path, SLOS, offered_qps=20.0)
+    a, b = full["latency_ms"]["itl"], binned["latency_ms"]["itl"]
+    assert b["binned"] and a["n"] == b["n"] and a["max"] == b["max"] and b["mean"] == pytest.approx(a["mean"], rel=1e-12)
+    for k in ("p50", "p90", "p95", "p99"):
+        assert abs(b[k] / a[k] - 1) <= 5e-4, (k, a[k], b[k])
+    for lo_hi in zip(a["p99_ci"], b["p99_ci"]):
+        assert abs(lo_hi[1] / lo_hi[0] - 1) <= 5e-4
+    # the SLO tests count exceedances exactly: identical decisions and intervals
+    for x, y in zip(full["slos"], binned["slos"]):
+        assert (x["decision"], x["exceed"], x["fraction_within"], x["n"]) == (y["decision"], y["exceed"], y["fraction_within"], y["n"])
+    assert full["attainment"] == binned["attainment"]
+
+
+def test_gap_stats_memory_does_not_grow_past_the_cap():
+    g = metrics.GapStats()
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        g.add(rng.lognormal(3.0, 0.5, 100_000))
+    assert g.n == 3_000_000 and g._parts == [] and g._hist.size == metrics.GapStats.NBINS
+    exact = np.random.default_rng(0)
+    allv = np.concatenate([exact.lognormal(3.0, 0.5, 100_000) for _ in range(30)])
+    assert abs(g.stats()["p99"] / np.percentile(allv, 99) - 1) <= 5e-4 and math.isclose(g.stats()["max"], allv.max())
