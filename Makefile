@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup rig browser test unit demo bench-client clean
+.PHONY: setup rig browser lint test unit demo bench-client clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,11 @@ rig:
 browser:
 	@bash scripts/setup_browser.sh
 
-test: setup rig browser
+test: setup rig browser lint
 	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check bench tests scripts
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from bench.cost import CostModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark LLM serving engines; find the SLO knee; price the tokens.")
@@ -86,7 +89,8 @@ def run(
     url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of an OpenAI-compatible server"),
     model: Optional[str] = typer.Option(None, help="Model name (default: the only one in /v1/models)"),
     api: str = typer.Option("completions", help="completions | chat"),
-    api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", help="API key (or env TRILEMMA_API_KEY / OPENAI_API_KEY); never stored", show_default=False),
+    api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", show_default=False,
+                                          help="API key (or env TRILEMMA_API_KEY / OPENAI_API_KEY); never stored"),
     tokenizer: Optional[str] = typer.Option(None, help="Local HF tokenizer dir/tokenizer.json (default: the server's /tokenize)"),
     isl: str = typer.Option("128", help="Input length: N, uniform:LO:HI, normal:MEAN:SD, lognormal:MEAN:SD, trace:NAME"),
     osl: str = typer.Option("64", help="Output length (same forms)"),
@@ -358,7 +362,7 @@ def knee(
 
 
 
-def _cost_model(cost_file: Path | None, **over) -> "CostModel":
+def _cost_model(cost_file: Path | None, **over) -> CostModel:
     from bench.config import load_yaml
     from bench.cost import CostModel
 

@@ -185,7 +185,6 @@ class StreamClient:
 
     def __init__(self, base_url: str, api_key: str | None, timeout_s: float, max_conn: int | None = None):
         import aiohttp
-
         from yarl import URL
 
         self.base = base_url.rstrip("/")

@@ -108,7 +108,9 @@ class _Records:
                     cluster.append(np.full(len(v), cid, dtype=np.int64))
                 run.append(ri)
                 cid += 1
-        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt))
+        def cat(xs: list, dt) -> np.ndarray:
+            return np.concatenate(xs) if xs else np.empty(0, dt)
+
         return stats.Sample(cat(vals, np.float64), cat(cluster, np.int64), run)
 
     def schedule(self) -> list[list[tuple]]:

@@ -398,10 +398,6 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
-
-
 # ---------------------------------------------------------------- sweep spec
 class SimTarget(BaseModel):
     """Start the built-in simulator for the sweep (demo, tests)."""

@@ -71,7 +71,8 @@ def point_row(run_dir: Path, doc: dict) -> dict:
     labels = doc.get("labels") or {}
     gpus, gpus_source = gpus_per_replica(doc)
     return {
-        "sweep": sweep, "cell": cell, "mode": mode, "workload": workload_key(spec.get("workload") or {}), "load": value, "role": pt.get("role", "run"), "repeat": pt.get("repeat", 0),
+        "sweep": sweep, "cell": cell, "mode": mode, "workload": workload_key(spec.get("workload") or {}), "load": value,
+        "role": pt.get("role", "run"), "repeat": pt.get("repeat", 0),
         "seed": doc.get("seed"), "status": doc.get("status"), "run_dir": str(run_dir),
         "gpu": labels.get("gpu") or (tgt.get("sim") or {}).get("profile") or "", "gpus": gpus if gpus is not None else math.nan,
         "gpus_source": gpus_source,
@@ -79,7 +80,8 @@ def point_row(run_dir: Path, doc: dict) -> dict:
         "model": tgt.get("model"), "request_throughput": s.get("request_throughput"), "output_tps": s.get("output_tps"),
         "input_tps": s.get("input_tps"), "total_tps": s.get("total_tps"), "achieved_send_qps": s.get("achieved_send_qps"),
         "ttft_p50": _lat(s, "ttft", "p50"), "ttft_p90": _lat(s, "ttft", "p90"), "ttft_p99": _lat(s, "ttft", "p99"),
-        "tpot_p50": _lat(s, "tpot", "p50"), "tpot_p90": _lat(s, "tpot", "p90"), "tpot_p99": _lat(s, "tpot", "p99"), "itl_p50": _lat(s, "itl", "p50"), "itl_p90": _lat(s, "itl", "p90"),
+        "tpot_p50": _lat(s, "tpot", "p50"), "tpot_p90": _lat(s, "tpot", "p90"), "tpot_p99": _lat(s, "tpot", "p99"),
+        "itl_p50": _lat(s, "itl", "p50"), "itl_p90": _lat(s, "itl", "p90"),
         "itl_p99": _lat(s, "itl", "p99"), "e2e_p50": _lat(s, "e2e", "p50"), "e2e_p99": _lat(s, "e2e", "p99"),
         "send_lag_p99": _lat(s, "send_lag", "p99"), "attainment": s.get("attainment"),
         "attainment_lo": (s.get("attainment_ci") or [None, None])[0], "attainment_hi": (s.get("attainment_ci") or [None, None])[1],
@@ -94,7 +96,6 @@ def point_row(run_dir: Path, doc: dict) -> dict:
         "throughput_estimator": (s.get("throughput") or {}).get("estimator"),
         "api": (spec.get("target") or {}).get("api"), "harness": (doc.get("harness") or {}).get("version"),
         "slos": [str(SLO(**x)) for x in spec.get("slos", [])], "_summary": s, "_slos": [SLO(**x) for x in spec.get("slos", [])],
-        "_attainment": (doc.get("sweep_attainment") or {}),
     }
 
 

@@ -15,7 +15,7 @@ import os
 import threading
 from array import array
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -267,5 +267,3 @@ def _list_views(col: pa.Array) -> list[np.ndarray]:
     return [flat[off[i]:off[i + 1]] for i in range(len(col))]
 
 
-def record_dict(r: RequestRecord) -> dict:
-    return asdict(r)

@@ -144,7 +144,8 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
 
     Baseline and ladder probes only screen for a decisive failure (a p99 cannot be proven at a low rate in
     a short window); the ladder climbs ×`ladder` until one fails, or is undecided with signs of trouble
-    (an exceedance fraction already over what the percentile allows, or requests living 1.5× longer than one at a time: a queue). Bisection then looks for the highest load
+    (an exceedance fraction already over what the percentile allows, or requests living 1.5× longer than one at a
+    time: a queue). Bisection then looks for the highest load
     a full probe decides PASS: an undecided full probe bounds it from above like a failure, a load that was
     only screened must be decided by a full probe before it can be the knee, and the knee is confirmed with
     a new seed."""

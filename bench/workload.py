@@ -207,16 +207,6 @@ def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.nda
     return np.maximum(1, np.rint(x)).astype(np.int64)
 
 
-def clip_lengths(isl: np.ndarray, osl: np.ndarray, max_len: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Clip so ISL + OSL <= max_model_len (OSL first kept, ISL cut). Returns the count clipped."""
-    if not max_len:
-        return isl, osl, 0
-    osl = np.minimum(osl, max_len - 1)
-    room = max_len - osl
-    clipped = int((isl > room).sum())
-    return np.minimum(isl, room), osl, clipped
-
-
 # ------------------------------------------------------------------ synthetic workload
 class Workload:
     """Deterministic item generator: item(i) depends only on (seed, i).

@@ -81,7 +81,8 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
         e = doc.get("environment") or {}
         t = doc.get("target") or {}
         name = Path(p).name
-        envs.append({"results": name, "gpu label": (doc.get("labels") or {}).get("gpu", ""), "server": f"{t.get('server_kind')} {t.get('server_version') or ''}",
+        envs.append({"results": name, "gpu label": (doc.get("labels") or {}).get("gpu", ""),
+                     "server": f"{t.get('server_kind')} {t.get('server_version') or ''}",
                      "model": t.get("model"), "simulated": "yes" if t.get("simulated") else "no",
                      "GPUs seen by NVML": ", ".join(g["name"] for g in e.get("gpus") or []) or "none (client host)",
                      "client CPU": f"{(e.get('cpu') or {}).get('model')} ×{(e.get('cpu') or {}).get('cores')}",

@@ -49,7 +49,8 @@ def render_report(paths: list[Path], out_root: Path, name: str, cm: CostModel, c
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=jinja2.select_autoescape(["html"]),
                              undefined=jinja2.ChainableUndefined)
     ctx = {"name": name, "knees": data["knees"].to_dict("records"), "env": data["env"], "env_cols": list(data["env"][0]) if data["env"] else [],
-           "workloads": data["workloads"], "warnings": data["warnings"], "simulated": data["simulated"], "interrupted": data["interrupted"], "generated": data["generated"],
+           "workloads": data["workloads"], "warnings": data["warnings"], "simulated": data["simulated"], "interrupted": data["interrupted"],
+           "generated": data["generated"],
            "cm": cm, "cost_notes": data["cost_notes"], "methods": data["methods"], "figures": figures, "sources": [str(p) for p in paths], "f": f, "pct": pct,
            "compare": compare}
     (out / "index.html").write_text(env.get_template("index.html.j2").render(**ctx))

@@ -139,8 +139,8 @@ def test_a_short_dataset_wraps_around_deterministically(tmp_path):
 
 
 def test_dataset_chat_content_must_be_text(tmp_path):
-    from bench.datasets import UserFile
     from bench.config import WorkloadSpec
+    from bench.datasets import UserFile
 
     f = tmp_path / "c.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": 5}]}) + "\n")

@@ -49,7 +49,7 @@ def test_streamed_summary_equals_the_in_memory_one(tmp_path, window):
 
 
 def test_past_the_exact_cap_gaps_are_binned_within_their_stated_error(tmp_path, monkeypatch):
-    recs = _run(tmp_path)
+    _run(tmp_path)
     full = metrics.summarize(read_records(tmp_path), SLOS, offered_qps=20.0)
     monkeypatch.setattr(metrics.GapStats, "EXACT_CAP", 1000)
     binned, _ = metrics.summarize_run(tmp_path, SLOS, offered_qps=20.0)
