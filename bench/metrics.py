@@ -515,6 +515,10 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     return s
 
 
+# record fields no summary reads (identifiers for tracing a request back): left on disk by summarize_run
+_NOT_SUMMARISED = ("response_id", "source", "prefix_group", "server_recv_ns", "retries", "finish_reason")
+
+
 def summarize_run(run_dir, slos: list[SLO] | None = None, *, window_ns: tuple[int, int] | None = None,
                   **kw) -> tuple[dict, list[RequestRecord]]:
     """summarize() of a run directory in bounded memory: the records' scalars are read whole (O(requests)),
@@ -522,7 +526,7 @@ def summarize_run(run_dir, slos: list[SLO] | None = None, *, window_ns: tuple[in
     chunk: TTFT). Returns (summary, those records). Memory does not grow with the tokens of a run."""
     from bench.records import iter_chunks, read_records
 
-    recs = read_records(run_dir, chunks=False)
+    recs = read_records(run_dir, chunks=False, skip=_NOT_SUMMARISED)
     slos = slos or []
     if window_ns is None:
         t0, t1, kind = measurement_window_ns(recs)
@@ -534,7 +538,7 @@ def summarize_run(run_dir, slos: list[SLO] | None = None, *, window_ns: tuple[in
     for ns_views, tok_views in iter_chunks(run_dir):
         for cn, ct in zip(ns_views, tok_views):
             r = next(it)
-            r.chunk_ns, r.chunk_tokens = cn[:1].copy(), ct[:1].copy()  # the first chunk (TTFT, partial) outlives the batch
+            r.chunk_ns, r.chunk_tokens = tuple(cn[:1].tolist()), tuple(ct[:1].tolist())  # the first chunk (TTFT, partial) outlives the batch
             in_m, in_mc = _membership(r, t0, t1, kind)
             tokens.add(r, cn, ct, in_m, in_mc)
             n += 1

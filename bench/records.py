@@ -226,15 +226,16 @@ def compact_records(b: pa.RecordBatch) -> list[RequestRecord]:
     return [RequestRecord(**{n: v[i] for n, v in scalars.items()}, **{n: v[i] for n, v in views.items()}) for i in range(b.num_rows)]
 
 
-def read_records(run_dir: Path, compact: bool = True, chunks: bool = True) -> list[RequestRecord]:
+def read_records(run_dir: Path, compact: bool = True, chunks: bool = True, skip: tuple[str, ...] = ()) -> list[RequestRecord]:
     """A run's records. compact (default): chunk times as numpy views, server timestamps and output text
     left out, decoded a batch at a time (see compact_records); compact=False: every field as written;
-    chunks=False: no per-token arrays at all (scalars only: what iter_chunks streams is left on disk)."""
+    chunks=False: no per-token arrays at all (scalars only: what iter_chunks streams is left on disk);
+    `skip`: more columns left at their defaults."""
     if not compact:
         return table_to_records(read_table(run_dir))
     import pyarrow.parquet as pq
 
-    skip = _HEAVY if chunks else _HEAVY + _CHUNKS
+    skip = _HEAVY + tuple(skip) + (() if chunks else _CHUNKS)
     cols = [f.name for f in fields(RequestRecord) if f.name not in skip]
     out: list[RequestRecord] = []
     for f in _files(run_dir):
