@@ -291,35 +291,27 @@ class GapStats:
         """latency_stats' dict (n, mean, p50..p99, p99_ci, max)."""
         if self._hist is None:
             return latency_stats(np.concatenate(self._parts) if self._parts else _NONE)
-        cum = np.cumsum(self._hist)
-
-        def at_rank(k: int) -> float:  # 0-based rank in sorted order
-            return float(self._centre(np.array([np.searchsorted(cum, k, side="right")]))[0])
-
-        def pct(p: float) -> float:
-            h = (self.n - 1) * p / 100.0
-            lo, hi = int(math.floor(h)), int(math.ceil(h))
-            a, b = at_rank(lo), at_rank(hi)
-            return a + (b - a) * (h - lo)
-
-        d = {"n": self.n, "mean": self.total / self.n, **{f"p{p:g}": pct(p) for p in (50, 90, 95, 99)}}
+        d = {"n": self.n, "mean": self.total / self.n, **{f"p{p:g}": self.percentile(p) for p in (50, 90, 95, 99)}}
         lo_rank, hi_rank = stats.quantile_ci_ranks(self.n, 99)
-        d["p99_ci"] = [at_rank(lo_rank - 1) if lo_rank >= 1 else math.nan, at_rank(hi_rank - 1) if hi_rank <= self.n else math.nan]
+        d["p99_ci"] = [self._at_rank(lo_rank - 1) if lo_rank >= 1 else math.nan,
+                       self._at_rank(hi_rank - 1) if hi_rank <= self.n else math.nan]
         d["max"] = self.max
         d["binned"] = True
         return d
 
     def percentile(self, p: float) -> float:
+        """As np.percentile (linear interpolation between order statistics), read at bin centres once binned."""
         if self._hist is None:
             return stats.percentile_inf(np.concatenate(self._parts) if self._parts else _NONE, p)
-        return self.stats()[f"p{p:g}"] if p in (50, 90, 95, 99) else self._pct(p)
-
-    def _pct(self, p: float) -> float:
-        cum = np.cumsum(self._hist)
         h = (self.n - 1) * p / 100.0
-        lo, hi = int(math.floor(h)), int(math.ceil(h))
-        a, b = self._centre(np.searchsorted(cum, np.array([lo, hi]), side="right"))
-        return float(a + (b - a) * (h - lo))
+        lo = int(math.floor(h))
+        a, b = self._at_rank(lo), self._at_rank(int(math.ceil(h)))
+        return a + (b - a) * (h - lo)
+
+    def _at_rank(self, k: int) -> float:
+        """The k-th smallest gap (0-based), at its bin's centre."""
+        assert self._hist is not None
+        return float(self._centre(np.array([np.searchsorted(np.cumsum(self._hist), k, side="right")]))[0])
 
 
 class TokenStats:
