@@ -55,10 +55,10 @@ def server_env() -> dict:
             "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def server_cmd(py: Path, model: Path, port: int, max_num_seqs: int = 64) -> list[str]:
+def server_cmd(py: Path, model: Path, port: int, max_num_seqs: int = 64, extra: tuple[str, ...] = ()) -> list[str]:
     return [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", SERVED_NAME,
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "bfloat16",
-            "--enable-prefix-caching", "--max-num-seqs", str(max_num_seqs), "--uvicorn-log-level=warning"]
+            "--enable-prefix-caching", "--max-num-seqs", str(max_num_seqs), "--uvicorn-log-level=warning", *extra]
 
 
 def _background_priority() -> None:
@@ -77,12 +77,13 @@ def _background_priority() -> None:
 
 
 def start_server(port: int | None = None, log: Path | None = None, timeout_s: float = 300,
-                 max_num_seqs: int = 64) -> tuple[subprocess.Popen, str]:
+                 max_num_seqs: int = 64, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Start the CPU vLLM server (`extra`: more serve flags) and wait until it answers /health."""
     v, m = setup()
     port = port or free_port()
     log = log or (CACHE / f"vllm-{port}.log")
     with open(log, "w") as logf:  # the child keeps its own descriptor
-        p = subprocess.Popen(server_cmd(v / "bin" / "python", m, port, max_num_seqs), stdout=logf, stderr=subprocess.STDOUT, env=server_env(),
+        p = subprocess.Popen(server_cmd(v / "bin" / "python", m, port, max_num_seqs, tuple(extra)), stdout=logf, stderr=subprocess.STDOUT, env=server_env(),
                              preexec_fn=_background_priority)
     url = f"http://127.0.0.1:{port}"
     import urllib.request
