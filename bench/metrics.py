@@ -341,7 +341,7 @@ class TokenStats:
         if not in_mc:
             return
         g = _itl(chunk_ns, chunk_tokens)
-        measured = r.ok or (r.error_kind == "cancelled" and len(chunk_ns) > 0)
+        measured = r.ok or partial(r)  # (r.chunk_ns holds at least the first chunk on both paths)
         if measured:
             self.gaps.add(g)
         if not self.itl_slos or not len(g):
