@@ -548,15 +548,22 @@ def over_samples(r: RequestRecord, slo: SLO) -> tuple[np.ndarray | list[int], np
         if not len(g):
             return [], []
         return np.repeat(np.asarray(r.chunk_ns[1:], dtype=np.int64), _tokens_after_first(r)), g > slo.threshold_ms
-    if r.error_kind == "cancelled":  # censored: only a TTFT measured before the cancel is a sample
-        if slo.metric != "ttft" or not len(r.chunk_ns):
-            return [], []
-    elif not r.ok:
-        return [r.intended_ns], [True]
-    v = {"ttft": ttft_ms, "tpot": tpot_ms, "e2e": e2e_ms}[slo.metric](r)
-    if math.isnan(v):
+    v = request_value(r, slo)
+    if v is None:
         return [], []
     return [r.intended_ns], [v > slo.threshold_ms]
+
+
+def request_value(r: RequestRecord, slo: SLO) -> float | None:
+    """The value one request adds to a per-request SLO's test (TTFT, TPOT, E2E in ms): inf when it
+    failed (infinitely slow), None when it adds none (a cancel before its first token, no TPOT)."""
+    if r.error_kind == "cancelled":  # censored: only a TTFT measured before the cancel is a sample
+        if slo.metric != "ttft" or not len(r.chunk_ns):
+            return None
+    elif not r.ok:
+        return math.inf
+    v = {"ttft": ttft_ms, "tpot": tpot_ms, "e2e": e2e_ms}[slo.metric](r)
+    return None if math.isnan(v) else v
 
 
 def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int | None = None, conf: float = 0.95,
@@ -584,7 +591,11 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
     if t0 is None or t1 is None or t1 <= t0:
         t0, t1 = (int(ts.min()), int(ts.max()) + 1) if ts.size else (0, 1)
     n_b, k_b = stats.block_counts(ts / 1e9, over, t0 / 1e9, t1 / 1e9)
-    decision, iv = stats.percentile_decision(n_b, k_b, slo.pct, conf)
+    tau = 1.0
+    if slo.metric != "itl":  # one value per request: their autocorrelation in send order floors the design effect
+        tv = [(r.intended_ns, x) for r in m if (x := request_value(r, slo)) is not None]
+        tau = stats.autocorr_time([x for _, x in sorted(tv, key=lambda p: p[0])])
+    decision, iv = stats.percentile_decision(n_b, k_b, slo.pct, conf, tau)
     within = int(np.count_nonzero(vals <= slo.threshold_ms))
     return {
         "slo": slo.name,

@@ -24,7 +24,7 @@ import numpy as np
 
 from bench import stats
 from bench.config import SLO, ProbeRule
-from bench.metrics import over_samples, steady_state
+from bench.metrics import over_samples, request_value, steady_state
 from bench.records import RequestRecord
 
 perf_ns = time.perf_counter_ns
@@ -46,6 +46,7 @@ class ProbeMonitor:
         self.starts, self.ends = array("q"), array("q")
         self.inflight: dict[int, RequestRecord] = {}
         self.samples = [(array("d"), array("d"), array("b")) for _ in slos]  # member time, block time, over
+        self.values = [array("d") for _ in slos]  # per-request SLOs: the value, for its autocorrelation time
         self.looks: list[dict] = []
         self.next_look_s: float | None = None
         self.done = asyncio.Event()
@@ -74,11 +75,13 @@ class ProbeMonitor:
         if self.rule is None:  # a fixed window never looks: its samples would only grow with the run's tokens
             return
         t0 = self.t0
-        for (mem, bt, ov), slo in zip(self.samples, self.slos):
+        for (mem, bt, ov), vals, slo in zip(self.samples, self.values, self.slos):
             ts, over = over_samples(rec, slo)
             n = len(ts)
             if not n:
                 continue
+            if slo.metric != "itl":
+                vals.append(request_value(rec, slo))
             mem.extend([(rec.intended_ns - t0) / 1e9] * n)
             bt.frombytes(((np.asarray(ts, dtype=np.int64) - t0) / 1e9).tobytes())
             ov.frombytes(np.asarray(over, dtype=np.int8).tobytes())
@@ -166,17 +169,21 @@ class ProbeMonitor:
         ss = steady_state(st, en, measured, self.warm_until, now, self.mode, self.rule.window_lifetimes if self.rule else 0.0)
         lo_s, hi_s = (self.warm_until - self.t0) / 1e9, (now - self.t0) / 1e9
         decisions = {}
-        for (mem, bt, ov), slo in zip(self.samples, self.slos):
+        for (mem, bt, ov), vals, slo in zip(self.samples, self.values, self.slos):
             m, b, o = np.frombuffer(mem), np.frombuffer(bt), np.frombuffer(ov, dtype=np.int8).astype(bool)
             sel = m >= lo_s
             b, o = b[sel], o[sel]
+            tau = 1.0
+            if slo.metric != "itl":  # one value per request, in completion order: put them in send order
+                x = np.frombuffer(vals)[sel]
+                tau = stats.autocorr_time(x[np.argsort(b, kind="stable")])
             extra_t, extra_o = self._inflight_known(slo, now)
             if extra_t:
                 b = np.concatenate([b, extra_t])
                 o = np.concatenate([o, extra_o])
             n_b, k_b = stats.block_counts(b, o, lo_s, hi_s)
-            d, iv = stats.percentile_decision(n_b, k_b, slo.pct, self.conf)
-            decisions[slo.name] = {"decision": d, "n": iv["n"], "k": iv["k"], "ci": [iv["lo"], iv["hi"]], "deff": iv["deff"]}
+            d, iv = stats.percentile_decision(n_b, k_b, slo.pct, self.conf, tau)
+            decisions[slo.name] = {"decision": d, "n": iv["n"], "k": iv["k"], "ci": [iv["lo"], iv["hi"]], "deff": iv["deff"], "tau": tau}
         look = {"t_s": round((now - self.warm_until) / 1e9, 2), "measured": int(measured.sum()), "slos": decisions,
                 "saturated": ss["saturated"], "steady": ss["steady"], "lifetime_s": ss["lifetime_s"]}
         self.looks.append(look)

@@ -278,7 +278,34 @@ def block_counts(t, over, t0: float, t1: float, blocks: int = 20) -> tuple[np.nd
     return np.bincount(b, minlength=blocks).astype(np.float64), np.bincount(b, weights=o, minlength=blocks)
 
 
-def exceedance_interval(n_b, k_b, conf: float = 0.95) -> dict:
+def autocorr_time(x) -> float:
+    """Integrated autocorrelation time τ ≥ 1 of a series in time order: n/τ samples carry the information
+    of independent ones. Geyer's initial monotone sequence estimator (Geyer 1992, "Practical Markov chain
+    Monte Carlo", the estimator behind MCMC effective sample sizes) on the ranks of the values, so a
+    failed request (infinitely slow) and heavy tails weigh as much as any other rank. For a threshold
+    exceedance the indicator's correlation is at most the ranks' (Gaussian copula), so τ of the values
+    bounds the exceedance count's variance inflation from above. 1 for fewer than 8 values."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    if n < 8:
+        return 1.0
+    r = _st.rankdata(x)
+    r -= r.mean()
+    if not r.any():
+        return 1.0
+    f = np.fft.rfft(r, 2 * n)
+    ac = np.fft.irfft(f * np.conj(f))[:n]
+    ac /= ac[0]
+    m = (n - 1) // 2
+    pairs = ac[0:2 * m:2] + ac[1:2 * m:2]
+    neg = np.flatnonzero(pairs <= 0)
+    pairs = pairs[: neg[0]] if neg.size else pairs
+    if not pairs.size:
+        return 1.0
+    return max(1.0, float(-1.0 + 2.0 * np.minimum.accumulate(pairs).sum()))
+
+
+def exceedance_interval(n_b, k_b, conf: float = 0.95, tau: float = 1.0) -> dict:
     """Fraction of samples above a threshold with a Clopper-Pearson interval on the effective sample size.
 
     Samples close in time are correlated (the token gaps of one engine step, a burst of arrivals that
@@ -286,33 +313,39 @@ def exceedance_interval(n_b, k_b, conf: float = 0.95) -> dict:
     var_binomial is estimated from the per-block counts (ratio estimator over time blocks, as in batch
     means), floored at 1, and the interval is Clopper-Pearson on n/deff samples with k/deff exceedances
     (Korn & Graubard 1998, "Confidence intervals for proportions with small expected number of positive
-    counts estimated from survey data")."""
+    counts estimated from survey data").
+
+    Time blocks see only correlation shorter than a block, and nothing at all in a window with no
+    exceedance yet. Near capacity the queue wanders for longer than a whole short window: a window that
+    happened to see no queue passes with a block deff of 1. `tau`, the metric's own autocorrelation time
+    (autocorr_time, from the values, so it sees the wandering queue before any sample crosses the
+    threshold), floors the design effect: deff = max(tau, block deff)."""
     n_b = np.asarray(n_b, dtype=np.float64)
     k_b = np.asarray(k_b, dtype=np.float64)
     n, k = float(n_b.sum()), float(k_b.sum())
     if n <= 0:
-        return {"n": 0, "k": 0, "frac": math.nan, "lo": 0.0, "hi": 1.0, "deff": 1.0, "n_eff": 0.0}
+        return {"n": 0, "k": 0, "frac": math.nan, "lo": 0.0, "hi": 1.0, "deff": 1.0, "n_eff": 0.0, "tau": tau}
     p = k / n
-    deff = 1.0
+    deff = max(1.0, float(tau))
     used = n_b > 0
     m = int(used.sum())
     if 0 < k < n and m >= 2:
         var_cl = m / (m - 1) * float(((k_b[used] - p * n_b[used]) ** 2).sum()) / n**2
         var_bin = p * (1 - p) / n
-        deff = max(1.0, var_cl / var_bin)
+        deff = max(deff, var_cl / var_bin)
     n_eff, k_eff = n / deff, k / deff
     a = 1.0 - conf
     lo = 0.0 if k_eff <= 0 else float(_st.beta.ppf(a / 2, k_eff, n_eff - k_eff + 1))
     hi = 1.0 if k_eff >= n_eff else float(_st.beta.ppf(1 - a / 2, k_eff + 1, n_eff - k_eff))
-    return {"n": int(n), "k": int(round(k)), "frac": p, "lo": lo, "hi": hi, "deff": deff, "n_eff": n_eff}
+    return {"n": int(n), "k": int(round(k)), "frac": p, "lo": lo, "hi": hi, "deff": deff, "n_eff": n_eff, "tau": tau}
 
 
-def percentile_decision(n_b, k_b, pct: float, conf: float = 0.95) -> tuple[str, dict]:
+def percentile_decision(n_b, k_b, pct: float, conf: float = 0.95, tau: float = 1.0) -> tuple[str, dict]:
     """Does the pct-th percentile lie at or below the threshold that split the samples into n − k under
     and k over? It does exactly when the exceedance fraction is ≤ 1 − pct/100. 'pass' when the
     exceedance interval lies below that, 'fail' when above, else 'undecided'. For independent samples
     this is the order-statistic interval of the percentile, and MLPerf's early-stopping test."""
-    iv = exceedance_interval(n_b, k_b, conf)
+    iv = exceedance_interval(n_b, k_b, conf, tau)
     limit = 1.0 - pct / 100.0
     if iv["n"] == 0:
         return "undecided", iv

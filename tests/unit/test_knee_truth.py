@@ -223,3 +223,51 @@ def test_ladder_climbs_past_a_screen_whose_exceedances_are_within_the_allowance(
     # a screen that already leans to FAIL (30 of 60 over) stops the climb and bounds the bisection
     res, seen = _ladder_search(lambda load: (30, 60))
     assert res["bracket"][1] is None and max(v for v, r in seen if r == "ladder") < 20.0
+
+
+def _ar1(rng, n: int, phi: float) -> np.ndarray:
+    """Stationary Gaussian AR(1), unit variance: a latency that wanders like a queue near capacity."""
+    e = rng.standard_normal(n) * math.sqrt(1 - phi**2)
+    x = np.empty(n)
+    x[0] = rng.standard_normal()
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + e[i]
+    return x
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5, 0.8, 0.95])
+def test_autocorrelation_time_matches_the_ar1_value(phi):
+    """Ground truth: for ranks of a Gaussian AR(1) the lag-k correlation is (6/π)·asin(φ^k/2), so
+    τ = 1 + 2·Σ (6/π)·asin(φ^k/2) (≈ (1+φ)/(1−φ)). Median of 20 series of 5,000 within 10%."""
+    rng = np.random.default_rng(3)
+    est = np.median([stats.autocorr_time(_ar1(rng, 5000, phi)) for _ in range(20)])
+    truth = 1 + 2 * sum(6 / math.pi * math.asin(phi**k / 2) for k in range(1, 5000))
+    assert est == pytest.approx(truth, rel=0.10)
+
+
+def test_a_wandering_latency_is_not_passed_on_a_window_that_saw_little_queue():
+    """p90 SLO; the latency is an AR(1) whose true exceedance is 15% (it fails). In 150-sample windows
+    the queue often wanders below the threshold for the whole window: time blocks then see no
+    correlation and pass it (measured 9%, 25%, 49% of windows for φ = 0.9, 0.97, 0.99 — up to ten times
+    the 5% level). With the series' autocorrelation time flooring the design effect no window passes;
+    a truly passing load (5% exceedance) with short memory still passes."""
+    from scipy.stats import norm
+
+    t = np.arange(150) + 0.5
+    for phi in (0.9, 0.97, 0.99):
+        rng = np.random.default_rng(5)
+        blocks_only = with_tau = 0
+        for _ in range(200):
+            x = _ar1(rng, 150, phi)
+            n_b, k_b = stats.block_counts(t, x > norm.isf(0.15), 0, 150)
+            blocks_only += stats.percentile_decision(n_b, k_b, 90)[0] == "pass"
+            with_tau += stats.percentile_decision(n_b, k_b, 90, tau=stats.autocorr_time(x))[0] == "pass"
+        assert with_tau / 200 <= 0.05
+        assert blocks_only / 200 > 0.05  # what the blocks alone let through
+    rng = np.random.default_rng(6)
+    passed = 0
+    for _ in range(200):
+        x = _ar1(rng, 1500, 0.3)
+        n_b, k_b = stats.block_counts(np.arange(1500) + 0.5, x > norm.isf(0.05), 0, 1500)
+        passed += stats.percentile_decision(n_b, k_b, 90, tau=stats.autocorr_time(x))[0] == "pass"
+    assert passed / 200 >= 0.9
