@@ -23,8 +23,11 @@ browser:
 test: setup rig browser lint
 	$(BIN)/python -m pytest -q tests
 
+# style (ruff), types (mypy: the whole package; the numeric core strictly) and the package's floors (import-linter)
 lint: setup
 	$(BIN)/ruff check bench tests scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit

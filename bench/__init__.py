@@ -4,8 +4,7 @@ The pipeline (see DESIGN.md in the docs): workload -> schedule -> client -> reco
 -> sweep/knee -> cost -> report -> compare. This module pins the public API.
 """
 
-__version__ = "0.1.0"
-
+from bench._version import __version__
 from bench.config import SLO, LengthDist, RunSpec, parse_slos  # noqa: E402
 from bench.metrics import summarize  # noqa: E402
 from bench.records import RequestRecord  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, NoReturn, Optional
 
 import typer
 
@@ -19,13 +19,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit", is_eager=True)) -> None:
     if version:
-        from bench import __version__
+        from bench._version import __version__
 
         typer.echo(f"trilemma {__version__}")
         raise typer.Exit()
 
 
-def fail(msg: str, code: int = 2) -> None:
+def fail(msg: str, code: int = 2) -> NoReturn:
     """One line on stderr, no traceback."""
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
@@ -154,7 +154,7 @@ def run(
     if until_decided:
         if not spec.slos or not duration:
             fail("--until-decided needs --slo (what to decide) and --duration (the shortest window)")
-        spec = spec.model_copy(update={"probe": ProbeRule(min_duration_s=duration, max_duration_s=max_duration or max(4 * duration, 120.0))})
+        spec = spec.model_copy(update={"probe": ProbeRule(min_duration_s=duration, max_duration_s=max_duration or max(4.0 * duration, 120.0))})
     doc = run_one(spec, _out_dir(out), _run_name(name), env_api_key(spec, api_key), gpus)
     print_summary(doc)
     if doc["status"] == "failed":
@@ -229,8 +229,8 @@ def calibrate(
     from rich.console import Console
     from rich.table import Table
 
-    from bench.sim.calibrate import calibrate as run_cal
-    from bench.sim.calibrate import median_rows, safe_rate
+    from bench.calibrate import calibrate as run_cal
+    from bench.calibrate import median_rows, safe_rate
 
     try:
         rs = [float(x) for x in rates.split(",") if x.strip()]
@@ -273,6 +273,7 @@ def sweep(
     from rich.console import Console
 
     from bench.config import load_sweep_spec
+    from bench.sim.launch import start_sim
     from bench.sweep import SweepRunner
 
     _out_dir(out)
@@ -302,7 +303,7 @@ def sweep(
             col = {"PASS": "green", "FAIL": "red"}.get(verdict, "yellow")
             label = "UNDECIDED" if verdict == "INCONCLUSIVE" else verdict
             con.print(f"[dim]{el:6.0f}s[/]   [{col}]{label}[/] {key['mode']}={key['value']:.3g}: {why}")
-    res = SweepRunner(spec, out, key, event).run()
+    res = SweepRunner(spec, out, key, event, start_sim=start_sim).run()
     con.print(f"sweep {spec.name}: {res['status']} — {res['measured']} points measured, {res['skipped']} reused from disk — {res['dir']}")
     if res["status"] == "interrupted":
         con.print("stopped; run the same command again to resume (finished points are kept)")

@@ -16,7 +16,8 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Awaitable, Callable, Iterable, cast
 
 import httpx
 
@@ -64,12 +65,7 @@ def parse_sse(reads: list[tuple[int, bytes]]) -> tuple[list[tuple[int, str]], by
         buf = buf.replace(b"\r\n", b"\n")
         *blocks, buf = buf.split(b"\n\n")
         for block in blocks:
-            data = [
-                ln[5:].lstrip(b" ") if ln.startswith(b"data:") else None
-                for ln in block.split(b"\n")
-                if ln and not ln.startswith(b":")
-            ]
-            data = [d for d in data if d is not None]
+            data = [ln[5:].lstrip(b" ") for ln in block.split(b"\n") if ln.startswith(b"data:")]
             if data:
                 events.append((t, b"\n".join(data).decode("utf-8", "replace")))
     return events, buf
@@ -81,6 +77,8 @@ def interpret_events(events: list[tuple[int, str]], rec: RequestRecord) -> bool:
     prev = 0
     usage_total = None
     text_parts: list[str] = []
+    # a live record holds int64 arrays (records.RequestRecord's defaults) that this fills
+    chunk_ns, chunk_tokens, server_ns = cast("list[int]", rec.chunk_ns), cast("list[int]", rec.chunk_tokens), cast("list[int]", rec.server_chunk_ns)
     done = False
     client_counted = False
     for t, data in events:
@@ -124,10 +122,10 @@ def interpret_events(events: list[tuple[int, str]], rec: RequestRecord) -> bool:
             ntok = 1 if text else 0
             client_counted = client_counted or ntok > 0
         if ntok > 0:
-            rec.chunk_ns.append(t)
-            rec.chunk_tokens.append(ntok)
+            chunk_ns.append(t)
+            chunk_tokens.append(ntok)
             if "sim_t_ns" in obj:
-                rec.server_chunk_ns.append(int(obj["sim_t_ns"]))
+                server_ns.append(int(obj["sim_t_ns"]))
         if text:
             text_parts.append(text)
     rec.output_text = "".join(text_parts)
@@ -398,7 +396,7 @@ async def reset_prefix_cache(base_url: str, headers: dict) -> str:
     A connection failing twice raises ControlPlaneError (the user asked for a reset)."""
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as c:
         for path in ("/reset_prefix_cache", "/flush_cache"):
-            r = await acontrol_call(f"POST {path}", base_url, lambda p=path: c.post(p), 30)
+            r = await acontrol_call(f"POST {path}", base_url, partial(c.post, path), 30)
             if r.status_code == 200:
                 return path
     return "unsupported"

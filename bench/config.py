@@ -284,7 +284,7 @@ class LoadSpec(BaseModel):
         warm_s = self.warmup if self.warmup_unit == "s" else 0.0
         warm_r = int(self.warmup) if self.warmup_unit == "r" else 0
         if self.requests is not None:
-            n, what = self.requests + warm_r, "--requests (+ warmup requests)"
+            n, what = float(self.requests + warm_r), "--requests (+ warmup requests)"
         elif self.qps is not None and self.duration_s is not None:
             n, what = self.qps * (self.duration_s + warm_s), "--qps × (--duration + warmup)"
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,10 +83,10 @@ def crf(rate: float, years: float) -> float:
     if rate == 0:
         return 1.0 / years
     g = (1 + rate) ** years
-    return rate * g / (g - 1)
+    return float(rate * g / (g - 1))
 
 
-def gpu_hour_cost(sku: Sku, cm: CostModel, power_w: float | None) -> dict:
+def gpu_hour_cost(sku: Sku, cm: CostModel, power_w: float | None) -> dict[str, Any]:
     """$/GPU-hour for the chosen pricing, with its parts. Owned: CapEx + power + operations."""
     p_kw = (power_w if power_w else sku.tdp_w * cm.assumed_power_util) / 1000.0
     power_hr = p_kw * cm.pue * cm.usd_per_kwh
@@ -104,7 +105,7 @@ def gpu_hour_cost(sku: Sku, cm: CostModel, power_w: float | None) -> dict:
             "power_measured": bool(power_w)}
 
 
-def token_costs(h: float, g: float, x_in: float, x_out: float, qps: float, cm: CostModel) -> dict:
+def token_costs(h: float, g: float, x_in: float, x_out: float, qps: float, cm: CostModel) -> dict[str, Any]:
     """$/M tokens and $/1k requests at the knee (formulas in the module docstring)."""
     u = cm.utilization
     x_tot = x_in + x_out
@@ -122,7 +123,7 @@ def token_costs(h: float, g: float, x_in: float, x_out: float, qps: float, cm: C
     }
 
 
-def energy_costs(j_per_token: float | None, cm: CostModel, usd_per_m_total: float) -> dict:
+def energy_costs(j_per_token: float | None, cm: CostModel, usd_per_m_total: float) -> dict[str, Any]:
     if not j_per_token:
         return {"energy_usd_per_m_tokens": None, "energy_share": None}
     e = j_per_token * cm.pue * cm.usd_per_kwh / 3.6
@@ -136,8 +137,8 @@ def replicas_for(qps: float, knee_qps: float, cm: CostModel) -> int:
     return int(math.ceil(qps * (1 + cm.headroom) / knee_qps - 1e-9)) + cm.redundancy
 
 
-def capacity_plan(knee_qps: float, usd_per_replica_hour: float, cm: CostModel) -> dict:
-    out: dict = {}
+def capacity_plan(knee_qps: float, usd_per_replica_hour: float, cm: CostModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     if cm.peak_qps:
         n = replicas_for(cm.peak_qps, knee_qps, cm)
         out.update(peak_qps=cm.peak_qps, replicas_at_peak=n, fleet_usd_per_month_fixed=n * usd_per_replica_hour * HOURS_PER_MONTH)
@@ -159,12 +160,12 @@ GPUS_UNKNOWN = ("GPUs per replica unknown: label the run gpus=N or pass --gpus-p
                 "($/M and $/1k requests need it; assuming 1 would under-price a multi-GPU replica)")
 
 
-def gpus_known(knee: dict) -> bool:
+def gpus_known(knee: dict[str, Any]) -> bool:
     g = knee.get("gpus")
     return g is not None and isinstance(g, (int, float)) and math.isfinite(g) and g > 0
 
 
-def cost_at_knee(knee: dict, sku: Sku, cm: CostModel) -> dict:
+def cost_at_knee(knee: dict[str, Any], sku: Sku, cm: CostModel) -> dict[str, Any]:
     """All cost figures for one knee row (knee.knee_table). The row must say its GPUs per replica (G)."""
     if not gpus_known(knee):
         raise ValueError(GPUS_UNKNOWN)

@@ -20,11 +20,45 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bench.config import SpecError
+from bench.config import LengthDist, SpecError
+
+
+@dataclass(slots=True)
+class WorkItem:
+    index: int
+    prompt: str | list  # text (completions) or chat messages
+    isl: int
+    osl: int
+    prefix_group: int = -1
+    source: str = ""
+    offset_ns: int | None = None  # trace replay: intended offset from t0
+    conversation: int = -1
+    turn: int = -1
+    followups: list = field(default_factory=list)  # later user turns of a multi-turn conversation
+
+
+# ------------------------------------------------------------------ length sampling
+def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n lengths >= 1 from a distribution. lognormal takes the mean and SD of the lengths."""
+    if dist.kind == "fixed":
+        return np.full(n, int(dist.a), dtype=np.int64)
+    if dist.kind == "uniform":
+        return rng.integers(int(dist.a), int(dist.b) + 1, n)
+    if dist.kind == "normal":
+        x = rng.normal(dist.a, dist.b, n)
+    elif dist.kind == "lognormal":
+        m, s = dist.a, dist.b
+        sigma2 = np.log1p((s / m) ** 2)
+        x = rng.lognormal(np.log(m) - sigma2 / 2, np.sqrt(sigma2), n)
+    else:
+        raise SpecError(f"{dist} is a joint trace distribution; use it as --isl trace:NAME (OSL comes with it)")
+    return np.maximum(1, np.rint(x)).astype(np.int64)
 
 TRACES = Path(__file__).parent / "data" / "traces"
 AZURE = {"azure-conv": "AzureLLMInferenceTrace_conv.csv", "azure-code": "AzureLLMInferenceTrace_code.csv"}
@@ -59,6 +93,13 @@ class Source:
 
     def describe(self) -> dict:
         return {"dataset": self.name_, "rows": self.size}
+
+    # a source gives lengths (has_lengths) and/or whole items (makes_items); what it lacks, Workload builds
+    def lengths(self, i: int, rng: np.random.Generator) -> tuple[int, int]:
+        raise NotImplementedError(f"{type(self).__name__} gives no lengths")
+
+    def item(self, i: int, rng: np.random.Generator, ctx: Any) -> WorkItem:
+        raise NotImplementedError(f"{type(self).__name__} makes no items")
 
 
 class TimedTrace(Source):
@@ -138,7 +179,6 @@ class Mooncake(TimedTrace):
         return "".join(self.blocks[key][:n])
 
     def item(self, i: int, rng, wl):
-        from bench.workload import WorkItem
 
         isl, osl = wl._clip(*self.lengths(i, rng))
         ids = self.rows[i][3]
@@ -199,7 +239,6 @@ class Sonnet(Source):
         return None
 
     def item(self, i: int, rng, wl):
-        from bench.workload import WorkItem, sample_lengths
 
         isl = int(sample_lengths(wl.spec.isl, 1, rng)[0])
         osl = int(sample_lengths(wl.spec.osl, 1, rng)[0])
@@ -241,7 +280,6 @@ class MTBench(Source):
         self.osl = osl
 
     def item(self, i: int, rng, wl):
-        from bench.workload import WorkItem
 
         q = self.rows[i % len(self.rows)]
         msgs = [{"role": "user", "content": q["turns"][0]}]
@@ -325,7 +363,6 @@ class UserFile(Source):
                 "line": ln}
 
     def item(self, i: int, rng, wl):
-        from bench.workload import WorkItem
 
         r = self.rows[i]
         osl = r["osl"] or self.default_osl

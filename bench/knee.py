@@ -9,26 +9,28 @@ p99's order-statistic interval, both reported. Binding SLO = the one nearest its
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from bench.config import SLO, CellSpec, WorkloadSpec
 from bench.results import find_run_dirs, read_run_doc, settle
-from bench.sweep import PASS, binding_slo, verdict
+from bench.verdict import PASS, binding_slo, knee_rule, verdict
 
 
-def _lat(s: dict, metric: str, key: str):
+def _lat(s: dict[str, Any], metric: str, key: str) -> Any:
     return ((s.get("latency_ms") or {}).get(metric) or {}).get(key)
 
 
-def workload_key(w: dict) -> str:
+def workload_key(w: dict[str, Any]) -> str:
     """What must match for two results to be comparable."""
     keys = ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups")
     return " ".join(f"{k}={w.get(k)}" for k in keys if w.get(k) not in (None, 0, ""))
 
 
-def gpus_per_replica(doc: dict) -> tuple[float | None, str]:
+def gpus_per_replica(doc: dict[str, Any]) -> tuple[float | None, str]:
     """GPUs per replica (G in $/M) and where it came from: the run's `gpus` label; else the GPUs on which NVML
     saw a compute process during the run (environment.gpus[].compute_processes, a single replica on this
     host); else unknown (None) — never assumed 1, which would price a multi-GPU replica G times too low."""
@@ -52,7 +54,7 @@ def readable_why(why: str) -> str:
     return why.replace(" inf ms", " ∞ (failures)")
 
 
-def point_row(run_dir: Path, doc: dict) -> dict:
+def point_row(run_dir: Path, doc: dict[str, Any]) -> dict[str, Any]:
     s = doc.get("summary") or {}
     spec = doc.get("spec") or {}
     pt = doc.get("point") or {}
@@ -99,7 +101,7 @@ def point_row(run_dir: Path, doc: dict) -> dict:
     }
 
 
-def load_points(paths: list[str | Path], gpus_per_replica: float | None = None) -> pd.DataFrame:
+def load_points(paths: Sequence[str | Path], gpus_per_replica: float | None = None) -> pd.DataFrame:
     """One row per measured point (runs and sweep points) under the given result paths. `gpus_per_replica`
     (the --gpus-per-replica flag) fills in points whose run does not say it (label, NVML)."""
     rows = []
@@ -153,13 +155,10 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
     load with a FAIL (bracket_hi); undecided loads in between are listed — the knee's real uncertainty."""
     out = []
     for (sweep, cell, mode), g in df[df["role"] != "baseline"].groupby(["sweep", "cell", "mode"], sort=False):
-        by_load = g.groupby("load")["verdict"].agg(list).sort_index()
-        # an undecided full probe (not a ladder screen) disqualifies its load, as in the search
-        full_undecided = set(g[(g["verdict"] == "UNDECIDED") & (g["role"] != "ladder")]["load"])
-        above = next((x for x, v in by_load.items() if "FAIL" in v), None)
-        passing = [x for x, v in by_load.items() if (above is None or x < above) and "PASS" in v and x not in full_undecided]
-        knee = max(passing) if passing else None
-        undecided = [x for x, v in by_load.items() if (knee is None or x > knee) and (above is None or x < above)]
+        history: dict[float, list[tuple[str, bool]]] = {}  # a ladder screen is not a full probe, as in the search
+        for x, v, role in zip(g["load"], g["verdict"], g["role"]):
+            history.setdefault(float(x), []).append((v, role != "ladder"))
+        knee, above, undecided = knee_rule(history)
         row = {"sweep": sweep, "cell": cell, "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],
                "gpus_source": g["gpus_source"].iloc[0],
                "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0]),
@@ -200,7 +199,7 @@ def write_knee(df_points: pd.DataFrame, knees: pd.DataFrame, out_dir: Path) -> l
     return paths
 
 
-def fmt(x, nd=1) -> str:
+def fmt(x: Any, nd: int = 1) -> str:
     """A number for a table: '—' when missing, '∞ (failures)' when infinite (an SLO percentile reaching failed requests)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"

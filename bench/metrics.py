@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from bench import stats
 from bench.config import SLO
 from bench.records import RequestRecord
 
 NS_MS = 1e-6
+
+Ints = Sequence[int] | np.ndarray  # a record's chunk times or tokens: int64 array, numpy view or tuple
 
 
 def ttft_ms(r: RequestRecord) -> float:
@@ -54,7 +60,7 @@ def itl_ms(r: RequestRecord) -> np.ndarray:
     return _itl(r.chunk_ns, r.chunk_tokens)
 
 
-def _itl(chunk_ns, chunk_tokens) -> np.ndarray:
+def _itl(chunk_ns: Ints, chunk_tokens: Ints) -> np.ndarray:
     if len(chunk_ns) < 2:
         return _NONE
     k = np.maximum(1, np.asarray(chunk_tokens[1:len(chunk_ns)], dtype=np.int64))
@@ -89,7 +95,7 @@ def measurement_window_ns(recs: list[RequestRecord]) -> tuple[int, int, str]:
     return t0, max(max(r.end_ns, r.sent_ns) for r in m), "full"
 
 
-def window_throughput(recs: list[RequestRecord], t0: int, t1: int, out_tok: int | None = None) -> dict:
+def window_throughput(recs: list[RequestRecord], t0: int, t1: int, out_tok: int | None = None) -> dict[str, Any]:
     """Departures: requests completed, output tokens arrived, and prompt tokens of requests whose first
     token arrived, inside [t0, t1) — successful requests, warmup ones included (work done in the window).
     Rates are these counts / (t1 − t0): the server's completion rate, right past saturation."""
@@ -104,7 +110,7 @@ def window_throughput(recs: list[RequestRecord], t0: int, t1: int, out_tok: int 
     return {"requests": done, "output_tokens": out_tok, "input_tokens": in_tok}
 
 
-def arrival_throughput(m: list[RequestRecord]) -> dict:
+def arrival_throughput(m: list[RequestRecord]) -> dict[str, Any]:
     """Arrivals: the requests sent in the window that completed, with their tokens. Divided by the
     window this is the delivered rate of a stable server for any window length — every request sent
     in the window is drained, so no lifetime is cut at either edge."""
@@ -113,7 +119,7 @@ def arrival_throughput(m: list[RequestRecord]) -> dict:
             "input_tokens": sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)}
 
 
-def time_avg_in_flight(starts, ends, t0: int, t1: int) -> float:
+def time_avg_in_flight(starts: np.ndarray, ends: np.ndarray, t0: int, t1: int) -> float:
     """Exact time-average of requests in flight over [t0, t1) (each lifetime clipped to the window;
     end 0 = still in flight at t1)."""
     if t1 <= t0:
@@ -125,7 +131,7 @@ def time_avg_in_flight(starts, ends, t0: int, t1: int) -> float:
     return float(busy.sum()) / (t1 - t0)
 
 
-def in_flight_timeline(starts, ends, t0: int, t1: int, points: int = 240) -> tuple[np.ndarray, np.ndarray]:
+def in_flight_timeline(starts: np.ndarray, ends: np.ndarray, t0: int, t1: int, points: int = 240) -> tuple[np.ndarray, np.ndarray]:
     """Requests in flight (sent, not yet ended; end 0 = still in flight) at `points` instants over [t0, t1]."""
     st = np.sort(np.asarray(starts, dtype=np.int64))
     en = np.asarray(ends, dtype=np.int64)
@@ -134,7 +140,8 @@ def in_flight_timeline(starts, ends, t0: int, t1: int, points: int = 240) -> tup
     return t, np.searchsorted(st, t, side="right") - np.searchsorted(en, t, side="right")
 
 
-def steady_state(starts, ends, measured, t0: int, t1: int, mode: str, lifetimes_needed: float = 3.0, conf: float = 0.95) -> dict:
+def steady_state(starts: np.ndarray, ends: np.ndarray, measured: np.ndarray, t0: int, t1: int, mode: str, lifetimes_needed: float = 3.0,
+                 conf: float = 0.95) -> dict[str, Any]:
     """Is the probe in steady state, and is the server keeping up (METHODS §3)? Inputs are arrays over
     every request sent (warmup included): intended send ns, end ns (0 = still in flight at t1, or
     cancelled), and whether it is measured (sent inside [t0, t1)).
@@ -151,7 +158,7 @@ def steady_state(starts, ends, measured, t0: int, t1: int, mode: str, lifetimes_
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
     measured = np.asarray(measured, dtype=bool)
-    out: dict = {"lifetime_s": None, "window_lifetimes": None, "keep_up": None, "in_flight": None,
+    out: dict[str, Any] = {"lifetime_s": None, "window_lifetimes": None, "keep_up": None, "in_flight": None,
                  "saturated": False, "steady": False, "reason": ""}
     span_s = (t1 - t0) / 1e9
     if not measured.any() or span_s <= 0:
@@ -231,10 +238,10 @@ def request_meets(r: RequestRecord, slos: list[SLO], tokens: TokenStats | None =
     return True
 
 
-def latency_stats(values, pcts=(50, 90, 95, 99)) -> dict:
+def latency_stats(values: ArrayLike, pcts: tuple[float, ...] = (50, 90, 95, 99)) -> dict[str, Any]:
     a = np.asarray(values, dtype=np.float64)
     a = np.sort(a[~np.isnan(a)])  # sorted once (in place below): one copy of a large ITL sample, not one per percentile
-    d = {"n": int(a.size), "mean": float(a.mean()) if a.size else math.nan}
+    d: dict[str, Any] = {"n": int(a.size), "mean": float(a.mean()) if a.size else math.nan}
     for p in pcts:
         d[f"p{p:g}"] = stats.percentile_sorted(a, p)
     lo, hi = stats.quantile_ci(a, 99, presorted=True)
@@ -287,11 +294,11 @@ class GapStats:
         c = np.where(i == 0, 0.0, self.LO_MS * (1 + self.REL) ** (np.asarray(i, dtype=np.float64) - 0.5))
         return np.minimum(c, self.max)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """latency_stats' dict (n, mean, p50..p99, p99_ci, max)."""
         if self._hist is None:
             return latency_stats(np.concatenate(self._parts) if self._parts else _NONE)
-        d = {"n": self.n, "mean": self.total / self.n, **{f"p{p:g}": self.percentile(p) for p in (50, 90, 95, 99)}}
+        d: dict[str, Any] = {"n": self.n, "mean": self.total / self.n, **{f"p{p:g}": self.percentile(p) for p in (50, 90, 95, 99)}}
         lo_rank, hi_rank = stats.quantile_ci_ranks(self.n, 99)
         d["p99_ci"] = [self._at_rank(lo_rank - 1) if lo_rank >= 1 else math.nan,
                        self._at_rank(hi_rank - 1) if hi_rank <= self.n else math.nan]
@@ -334,7 +341,7 @@ class TokenStats:
         self.within = [0] * len(self.itl_slos)
         self.unmet: list[set[int]] = [set() for _ in self.itl_slos]
 
-    def add(self, r: RequestRecord, chunk_ns, chunk_tokens, in_m: bool, in_mc: bool) -> None:
+    def add(self, r: RequestRecord, chunk_ns: Ints, chunk_tokens: Ints, in_m: bool, in_mc: bool) -> None:
         if r.ok and self.departures and len(chunk_ns):
             c = np.asarray(chunk_ns, dtype=np.int64)
             self.win_out += int(np.asarray(chunk_tokens, dtype=np.int64)[(c >= self.t0) & (c < self.t1)].sum())
@@ -391,7 +398,7 @@ def metric_values(recs: list[RequestRecord], metric: str) -> np.ndarray:
 
 def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offered_qps: float | None = None,
               mode: str = "qps", expect_exact_osl: bool = True, window_ns: tuple[int, int] | None = None,
-              conf: float = 0.95, lifetimes_needed: float = 3.0, aborted: bool = False, tokens: TokenStats | None = None) -> dict:
+              conf: float = 0.95, lifetimes_needed: float = 3.0, aborted: bool = False, tokens: TokenStats | None = None) -> dict[str, Any]:
     """Point summary over the measured requests: those sent inside the measurement window (the runner
     records it: [end of warmup, end of sending)), cancelled ones left out. `conf` is the confidence of
     each SLO decision (a sequential probe spends its 5% over its looks, see stats.look_confidence).
@@ -429,7 +436,7 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     ss = (steady_state(st, en, meas, t0, t1, mode, lifetimes_needed) if window_s > 0 and recs
           else {"saturated": False, "steady": False, "reason": "empty window"})
 
-    def rates(c: dict) -> dict:
+    def rates(c: dict[str, Any]) -> dict[str, Any]:
         return {"request_throughput": c["requests"] / window_s if window_s > 0 else math.nan,
                 "output_tps": c["output_tokens"] / window_s if window_s > 0 else math.nan,
                 "input_tps": c["input_tokens"] / window_s if window_s > 0 else math.nan,
@@ -438,7 +445,7 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     estimator = "departures" if ss.get("saturated") or aborted else "arrivals"
     chosen = rates(dep if estimator == "departures" else arr)
 
-    def at_rate(x: float) -> dict:  # a request rate, with the completed requests' mean tokens
+    def at_rate(x: float) -> dict[str, Any]:  # a request rate, with the completed requests' mean tokens
         per = {k: arr[k] / arr["requests"] for k in ("output_tokens", "input_tokens")}
         return {"request_throughput": x, "output_tps": x * per["output_tokens"], "input_tps": x * per["input_tokens"],
                 "total_tps": x * (per["output_tokens"] + per["input_tokens"])}
@@ -455,7 +462,7 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         # a stable open loop delivers what it is offered: offered rate × share completed, with each completed
         # request's mean tokens — the realized arrival count only adds Poisson noise (±7% at 200 requests)
         chosen, estimator = at_rate(offered_qps * len(ok) / len(m)), "offered"
-    s: dict = {
+    s: dict[str, Any] = {
         "n_total": len(recs),
         "n_warmup": sum(1 for r in recs if r.warmup),
         "n_measured": len(m),
@@ -497,7 +504,8 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     if turns:  # multi-turn datasets: latency per turn
         s["per_turn"] = {str(t): {"n": sum(1 for r in m if r.turn == t),
                                   "ttft": latency_stats(metric_values([r for r in m if r.turn == t], "ttft")),
-                                  "prompt_tokens_mean": float(np.mean([r.prompt_tokens for r in m if r.turn == t and r.prompt_tokens >= 0] or [math.nan]))}
+                                  "prompt_tokens_mean": float(np.mean([float(r.prompt_tokens) for r in m
+                                                                       if r.turn == t and r.prompt_tokens >= 0] or [math.nan]))}
                          for t in turns}
     s["token_mismatch"] = token_mismatches(m, expect_exact_osl)
     s["steady_state"] = ss
@@ -511,8 +519,8 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
 _NOT_SUMMARISED = ("response_id", "source", "prefix_group", "server_recv_ns", "retries", "finish_reason")
 
 
-def summarize_run(run_dir, slos: list[SLO] | None = None, *, window_ns: tuple[int, int] | None = None,
-                  **kw) -> tuple[dict, list[RequestRecord]]:
+def summarize_run(run_dir: Path, slos: list[SLO] | None = None, *, window_ns: tuple[int, int] | None = None,
+                  **kw: Any) -> tuple[dict[str, Any], list[RequestRecord]]:
     """summarize() of a run directory in bounded memory: the records' scalars are read whole (O(requests)),
     their token arrays streamed a batch at a time into TokenStats and dropped (each record keeps its first
     chunk: TTFT). Returns (summary, those records). Memory does not grow with the tokens of a run."""
@@ -567,7 +575,7 @@ def request_value(r: RequestRecord, slo: SLO) -> float | None:
 
 
 def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int | None = None, conf: float = 0.95,
-                tokens: TokenStats | None = None) -> dict:
+                tokens: TokenStats | None = None) -> dict[str, Any]:
     """One SLO over the measured requests: the percentile's point value (failed requests count as
     infinitely slow, so it reads inf once they reach the tail), and the decision — 'pass' / 'fail' /
     'undecided' — from the exceedance count and its interval (stats.percentile_decision). An ITL SLO
@@ -609,7 +617,7 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
     }
 
 
-def token_mismatches(m: list[RequestRecord], expect_exact_osl: bool) -> dict:
+def token_mismatches(m: list[RequestRecord], expect_exact_osl: bool) -> dict[str, Any]:
     ok = [r for r in m if r.ok]
     return {
         "prompt": sum(1 for r in ok if r.prompt_tokens >= 0 and r.prompt_tokens_local >= 0 and r.prompt_tokens != r.prompt_tokens_local),
@@ -625,7 +633,7 @@ def send_lag_limit_ms(slos: list[SLO]) -> float:
     return max(5.0, 0.01 * ttft_slo) if math.isfinite(ttft_slo) else 5.0
 
 
-def send_lag_confidently_over(lag: dict, limit_ms: float) -> bool:
+def send_lag_confidently_over(lag: dict[str, Any], limit_ms: float) -> bool:
     """True when the send lag's p99 is above `limit_ms` beyond sampling noise: the lower end of its 95%
     order-statistic interval is above the limit.
 
@@ -636,10 +644,10 @@ def send_lag_confidently_over(lag: dict, limit_ms: float) -> bool:
         return False
     lo = (lag.get("p99_ci") or [None, None])[0]
     value = lo if lo is not None and not (isinstance(lo, float) and math.isnan(lo)) else lag["p99"]
-    return value > limit_ms
+    return bool(value > limit_ms)
 
 
-def warnings_for(s: dict, m: list[RequestRecord], slos: list[SLO]) -> list[str]:
+def warnings_for(s: dict[str, Any], m: list[RequestRecord], slos: list[SLO]) -> list[str]:
     """The fixed set of warnings; each names its remedy."""
     w = []
     lag = s["latency_ms"]["send_lag"]

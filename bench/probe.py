@@ -81,7 +81,7 @@ class ProbeMonitor:
             if not n:
                 continue
             if slo.metric != "itl":
-                vals.append(request_value(rec, slo))
+                vals.append(request_value(rec, slo) or 0.0)  # over_samples gave a sample: the value is there
             mem.extend([(rec.intended_ns - t0) / 1e9] * n)
             bt.frombytes(((np.asarray(ts, dtype=np.int64) - t0) / 1e9).tobytes())
             ov.frombytes(np.asarray(over, dtype=np.int8).tobytes())
@@ -194,7 +194,7 @@ class ProbeMonitor:
                                     f"(exceedance 95% CI {100 * v['ci'][0]:.2f}-{100 * v['ci'][1]:.2f}%)")
         elif ss["saturated"]:
             self._stop(now, "saturated", ss["reason"])
-        elif self.rule.sequential and all(v["decision"] == "pass" for v in decisions.values()) and ss["steady"]:
+        elif self.rule is not None and self.rule.sequential and all(v["decision"] == "pass" for v in decisions.values()) and ss["steady"]:
             self._stop(now, "decided", "every SLO decided (pass) in steady state")
         elif final:
             open_ = [k for k, v in decisions.items() if v["decision"] == "undecided"]

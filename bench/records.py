@@ -14,15 +14,20 @@ from __future__ import annotations
 import os
 import threading
 from array import array
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 # Error kinds (fixed set; reports group by them)
 ERROR_KINDS = ("connect", "timeout", "http", "stream_cut", "malformed", "server_error_event", "cancelled", "client")
+
+
+def _ints() -> array[int]:
+    return array("q")
 
 
 @dataclass(slots=True)
@@ -33,8 +38,8 @@ class RequestRecord:
     first_byte_ns: int = 0  # first response body bytes
     end_ns: int = 0  # last byte (or failure)
     # live records hold int64 arrays (8 bytes a token; a list of Python ints costs ~36); any int sequence is accepted
-    chunk_ns: list[int] = field(default_factory=lambda: array("q"))  # arrival of each token-bearing SSE event
-    chunk_tokens: list[int] = field(default_factory=lambda: array("q"))  # tokens in that event
+    chunk_ns: Sequence[int] = field(default_factory=_ints)  # arrival of each token-bearing SSE event
+    chunk_tokens: Sequence[int] = field(default_factory=_ints)  # tokens in that event
     warmup: bool = False
     isl: int = 0  # requested prompt tokens
     osl: int = 0  # requested output tokens (max_tokens)
@@ -54,18 +59,17 @@ class RequestRecord:
     conversation: int = -1
     turn: int = -1
     server_recv_ns: int = 0  # simulator ground truth (0 elsewhere)
-    server_chunk_ns: list[int] = field(default_factory=lambda: array("q"))
+    server_chunk_ns: Sequence[int] = field(default_factory=_ints)
     output_text: str = ""  # kept only when needed (multi-turn history)
     done_marker: bool = True  # False: the stream ended after its finish_reason without `data: [DONE]` (complete)
 
 
 _INT_LIST = pa.list_(pa.int64())
-_TYPES = {int: pa.int64(), bool: pa.bool_(), str: pa.string(), "list[int]": _INT_LIST}
 
 
-def _arrow_type(f) -> pa.DataType:
+def _arrow_type(f: Field[Any]) -> pa.DataType:
     t = f.type if isinstance(f.type, str) else f.type.__name__
-    return {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "list[int]": _INT_LIST}[t]
+    return {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "Sequence[int]": _INT_LIST}[t]
 
 
 # Arrow's default mimalloc pool keeps the pages of freed buffers; decoding a long run's parquet then holds
@@ -76,7 +80,7 @@ SCHEMA = pa.schema([(f.name, _arrow_type(f)) for f in fields(RequestRecord)])
 RECORD_SCHEMA_VERSION = 1
 
 
-def _int_lists(vals: list) -> pa.Array:
+def _int_lists(vals: list[Any]) -> pa.Array:
     """list<int64> column from int sequences of any kind (array('q'), list, numpy), via one flat buffer."""
     import numpy as np
 
@@ -223,7 +227,8 @@ def compact_records(b: pa.RecordBatch) -> list[RequestRecord]:
     lists = [n for n in ("chunk_ns", "chunk_tokens") if n in b.schema.names]
     scalars = {n: b.column(n).to_pylist() for n in b.schema.names if n not in lists}
     views = {n: _list_views(b.column(n)) for n in lists}
-    return [RequestRecord(**{n: v[i] for n, v in scalars.items()}, **{n: v[i] for n, v in views.items()}) for i in range(b.num_rows)]
+    cols: dict[str, Any] = {**scalars, **views}
+    return [RequestRecord(**{n: v[i] for n, v in cols.items()}) for i in range(b.num_rows)]
 
 
 def read_records(run_dir: Path, compact: bool = True, chunks: bool = True, skip: tuple[str, ...] = ()) -> list[RequestRecord]:

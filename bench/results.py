@@ -26,9 +26,10 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from bench import __version__
+from bench._version import __version__
 
 RUN_SCHEMA_VERSION = 1
 
@@ -165,7 +166,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, list]:
     return read_run_doc(Path(run_dir)), read_records(Path(run_dir))
 
 
-def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Every run directory under the given paths (a run, a sweep, or a folder of them)."""
     out: list[Path] = []
     for p in map(Path, paths):

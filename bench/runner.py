@@ -17,9 +17,10 @@ from typing import Callable
 
 from bench import client as cl
 from bench.config import RunSpec, SpecError
+from bench.datasets import WorkItem
 from bench.probe import ProbeMonitor
 from bench.records import IncrementalWriter, RequestRecord
-from bench.workload import PromptBuilder, WorkItem, Workload, make_tokenizer
+from bench.workload import PromptBuilder, Workload, make_tokenizer
 
 perf_ns = time.perf_counter_ns
 LEAD_NS = 100_000_000  # t0 is 100 ms after scheduling starts, so the first sends are not late
@@ -116,6 +117,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
     warm_n = int(load.warmup) if load.warmup_unit == "r" else 0
     mode = "qps" if (load.qps is not None or load.replay) else "concurrency"
     mon = monitor or ProbeMonitor(spec.probe, spec.slos, mode, warm_s, warm_n, load.duration_s if not spec.probe else None)
+    dur_ns: int | None
     if spec.probe is not None:  # the schedule runs to the rule's maximum; the monitor ends it sooner
         dur_ns = int((warm_s + spec.probe.max_duration_s * 1.5 + 1) * 1e9)
     else:
@@ -181,8 +183,9 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
         if load.qps is not None or load.replay:
             # open loop: absolute schedule from the seed (or the trace's own offsets)
             if load.replay:
-                offsets = [it.offset_ns for it in items_hint if dur_ns is None or it.offset_ns < dur_ns]
+                offsets = [o for it in items_hint if (o := it.offset_ns) is not None and (dur_ns is None or o < dur_ns)]
             else:
+                assert load.qps is not None
                 offsets = schedule.open_loop_offsets_ns(load.arrival, load.qps, spec.seed, duration_s=dur_ns / 1e9 if dur_ns else None,
                                                         count=n_req).tolist()
             progress.planned = len(offsets) if spec.probe is None else None
@@ -215,6 +218,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
                     now = perf_ns()
                     await one(it, now, prepared, mon.is_warm(i, now))
 
+            assert load.concurrency is not None
             await sleep_until(t0, False)
             await asyncio.gather(*(worker() for _ in range(load.concurrency)))
         end = perf_ns()

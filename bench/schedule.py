@@ -55,4 +55,5 @@ def open_loop_offsets_ns(
 def scaled_trace_offsets_ns(timestamps_s: np.ndarray, speedup: float) -> np.ndarray:
     """Trace replay: offsets relative to the first timestamp, divided by `speedup` (same shape, faster)."""
     ts = np.asarray(timestamps_s, dtype=np.float64)
-    return (((ts - ts[0]) / speedup) * 1e9).round().astype(np.int64)
+    out: np.ndarray = (((ts - ts[0]) / speedup) * 1e9).round().astype(np.int64)
+    return out

@@ -8,15 +8,17 @@ distribution-free, from order statistics (B ~ Bin(n, p)); attainment uses Cloppe
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 class _LazyScipyStats:
     """scipy.stats, imported on first use: the import costs ~1.4 s, which every CLI command and the
     simulator process would otherwise pay at start-up whether or not they compute an interval."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         from scipy import stats
 
         return getattr(stats, name)
@@ -25,7 +27,7 @@ class _LazyScipyStats:
 _st = _LazyScipyStats()
 
 
-def percentile(x, p: float) -> float:
+def percentile(x: ArrayLike, p: float) -> float:
     """p-th percentile (0-100), linear interpolation; nan for an empty sample."""
     a = np.asarray(x, dtype=np.float64)
     return float(np.percentile(a, p)) if a.size else math.nan
@@ -41,7 +43,7 @@ def percentile_sorted(a: np.ndarray, p: float) -> float:
     return float(a[lo] + (a[hi] - a[lo]) * (h - lo))
 
 
-def percentile_inf(x, p: float) -> float:
+def percentile_inf(x: ArrayLike, p: float) -> float:
     """p-th percentile (linear interpolation, as `percentile`) of a sample that may hold +inf (failed
     requests: infinitely slow). inf once the interpolation touches an inf; never a huge finite number."""
     a = np.sort(np.asarray(x, dtype=np.float64))
@@ -54,7 +56,7 @@ def percentile_inf(x, p: float) -> float:
     return percentile_sorted(a, p)
 
 
-def quantile_ci(x, p: float, conf: float = 0.95, presorted: bool = False) -> tuple[float, float]:
+def quantile_ci(x: ArrayLike, p: float, conf: float = 0.95, presorted: bool = False) -> tuple[float, float]:
     """Distribution-free CI for the p-th percentile from order statistics.
 
     With B ~ Bin(n, q), q = p/100, choose 1-based ranks l = F⁻¹(α/2), u = F⁻¹(1−α/2)+1 so that
@@ -109,7 +111,7 @@ class Sample:
     belongs to, 0..n_requests−1; TTFT/TPOT/E2E have one value per request, ITL one per token gap) and `run`
     (the run of each request, 0..R−1; repeats of one load point are separate runs)."""
 
-    def __init__(self, values, cluster=None, run=None):
+    def __init__(self, values: ArrayLike, cluster: ArrayLike | None = None, run: ArrayLike | None = None) -> None:
         self.values = np.asarray(values, dtype=np.float64)
         self.cluster = np.arange(self.values.size) if cluster is None else np.asarray(cluster, dtype=np.int64)
         n_cl = int(self.cluster.max()) + 1 if self.cluster.size else 0
@@ -131,13 +133,13 @@ class Sample:
         return int(np.unique(self.run).size)
 
 
-def _uniform_counts(rng, n: int, m: int) -> np.ndarray:
+def _uniform_counts(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
     """(m, n) counts of n draws with replacement from n items, per row (= multinomial(n, 1/n), but vectorised)."""
     idx = rng.integers(0, n, (m, n)) + (np.arange(m, dtype=np.int64) * n)[:, None]
     return np.bincount(idx.ravel(), minlength=m * n).reshape(m, n)
 
 
-def _cluster_counts(rng, run: np.ndarray, m: int) -> np.ndarray:
+def _cluster_counts(rng: np.random.Generator, run: np.ndarray, m: int) -> np.ndarray:
     """(m, n_requests) resampling counts. One run: requests drawn with replacement. R ≥ 2 runs: two stages —
     R runs drawn with replacement, then within each drawn run its requests with replacement — so the interval
     includes run-to-run variance (a run shares one queue; its requests are not independent)."""
@@ -238,7 +240,7 @@ def newcombe_diff_ci(k_base: int, n_base: int, k_new: int, n_new: int, conf: flo
     return d, d - math.sqrt((pn - ln) ** 2 + (ub - pb) ** 2), d + math.sqrt((un - pn) ** 2 + (pb - lb) ** 2)
 
 
-def mean_ratio_ci(base, new, conf: float = 0.95) -> tuple[float, float, float]:
+def mean_ratio_ci(base: ArrayLike, new: ArrayLike, conf: float = 0.95) -> tuple[float, float, float]:
     """Relative change of the mean of per-run values (e.g. throughput of R repeats): mean(new)/mean(base) − 1
     with a Welch t interval of the difference, divided by mean(base). Needs ≥ 2 runs per side, else nans."""
     b, c = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
@@ -266,7 +268,7 @@ def planned_looks(first_s: float, max_s: float, growth: float = 1.25) -> int:
     return 1 + int(math.ceil(math.log(max_s / first_s) / math.log(growth)))
 
 
-def block_counts(t, over, t0: float, t1: float, blocks: int = 20) -> tuple[np.ndarray, np.ndarray]:
+def block_counts(t: ArrayLike, over: ArrayLike, t0: float, t1: float, blocks: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Samples (n) and exceedances (k) per time block: `blocks` equal blocks over [t0, t1]; samples
     outside fall into the edge blocks."""
     t = np.asarray(t, dtype=np.float64)
@@ -278,7 +280,7 @@ def block_counts(t, over, t0: float, t1: float, blocks: int = 20) -> tuple[np.nd
     return np.bincount(b, minlength=blocks).astype(np.float64), np.bincount(b, weights=o, minlength=blocks)
 
 
-def autocorr_time(x) -> float:
+def autocorr_time(x: ArrayLike) -> float:
     """Integrated autocorrelation time τ ≥ 1 of a series in time order: n/τ samples carry the information
     of independent ones. Geyer's initial monotone sequence estimator (Geyer 1992, "Practical Markov chain
     Monte Carlo", the estimator behind MCMC effective sample sizes) on the ranks of the values, so a
@@ -305,7 +307,7 @@ def autocorr_time(x) -> float:
     return max(1.0, float(-1.0 + 2.0 * np.minimum.accumulate(pairs).sum()))
 
 
-def exceedance_interval(n_b, k_b, conf: float = 0.95, tau: float = 1.0) -> dict:
+def exceedance_interval(n_b: ArrayLike, k_b: ArrayLike, conf: float = 0.95, tau: float = 1.0) -> dict[str, Any]:
     """Fraction of samples above a threshold with a Clopper-Pearson interval on the effective sample size.
 
     Samples close in time are correlated (the token gaps of one engine step, a burst of arrivals that
@@ -340,7 +342,7 @@ def exceedance_interval(n_b, k_b, conf: float = 0.95, tau: float = 1.0) -> dict:
     return {"n": int(n), "k": int(round(k)), "frac": p, "lo": lo, "hi": hi, "deff": deff, "n_eff": n_eff, "tau": tau}
 
 
-def percentile_decision(n_b, k_b, pct: float, conf: float = 0.95, tau: float = 1.0) -> tuple[str, dict]:
+def percentile_decision(n_b: ArrayLike, k_b: ArrayLike, pct: float, conf: float = 0.95, tau: float = 1.0) -> tuple[str, dict[str, Any]]:
     """Does the pct-th percentile lie at or below the threshold that split the samples into n − k under
     and k over? It does exactly when the exceedance fraction is ≤ 1 − pct/100. 'pass' when the
     exceedance interval lies below that, 'fail' when above, else 'undecided'. For independent samples
@@ -374,7 +376,7 @@ def rate_ratio_interval(d: int, a: int, conf: float = 0.95) -> tuple[float, floa
     return r, lo, hi
 
 
-def block_trend(t, y, t0: float, t1: float, blocks: int = 6) -> dict:
+def block_trend(t: ArrayLike, y: ArrayLike, t0: float, t1: float, blocks: int = 6) -> dict[str, Any]:
     """Trend of a time series by block means: the series (e.g. requests in flight, sampled on a grid) is
     averaged over `blocks` equal time blocks, and the slope of block means over block centres is tested
     (t-test, blocks − 2 df). Averaging over blocks absorbs the short-range autocorrelation that makes a

@@ -21,122 +21,11 @@ import math
 import time
 from pathlib import Path
 
-from bench.config import SLO, AutoSearch, ProbeRule, RunSpec, SweepSpec, parse_amount
-from bench.metrics import send_lag_confidently_over, send_lag_limit_ms
-
-PASS, FAIL, INVALID, INCONCLUSIVE = "PASS", "FAIL", "INVALID", "INCONCLUSIVE"
-
-
-# ------------------------------------------------------------------ verdicts
-def verdict(summary: dict, slos: list[SLO], rule: str = "percentile", target: float = 0.99) -> tuple[str, str]:
-    """PASS / FAIL / INVALID (client unhealthy: rerun, never FAIL) / INCONCLUSIVE (undecided), with the reason.
-
-    PASS needs every SLO decided 'pass' (its exceedance interval below 1 − percentile) and steady state
-    shown; a probe that stopped on a decisive failure or saturation is FAIL whatever its drained summary
-    says; a percentile the sample cannot bound is INCONCLUSIVE, never PASS."""
-    n = summary.get("n_measured") or 0
-    probe = summary.get("probe") or {}
-    if probe.get("stopped") in ("fail", "saturated"):
-        return FAIL, f"stopped early: {probe.get('why')}"
-    if n == 0:
-        return FAIL, "no requests measured"
-    if summary.get("n_failed", 0) / n > 0.01:
-        return FAIL, f"{summary['n_failed']}/{n} requests failed"
-    lag = (summary.get("latency_ms") or {}).get("send_lag") or {}
-    lag_limit = send_lag_limit_ms(slos)
-    if send_lag_confidently_over(lag, lag_limit):
-        return INVALID, f"client fell behind (send lag p99 {lag['p99']:.1f} ms, 95% CI above {lag_limit:g} ms)"
-    sat = summary.get("saturation") or {}
-    if sat.get("saturated"):
-        return FAIL, f"saturated: {sat['reason']}"
-    ss = summary.get("steady_state")
-    if rule == "fraction":
-        att = summary.get("attainment") or 0.0
-        lo, hi = summary.get("attainment_ci") or [att, att]
-        if lo is not None and lo >= target:
-            return _steady(ss) or (PASS, f"attainment {100 * att:.1f}% (95% CI from {100 * lo:.1f}%) >= {100 * target:g}%")
-        if hi is not None and hi < target:
-            return FAIL, f"attainment {100 * att:.1f}% (95% CI to {100 * hi:.1f}%) < {100 * target:g}%"
-        return INCONCLUSIVE, f"attainment {100 * att:.1f}%: its 95% interval contains the {100 * target:g}% target"
-    results = summary.get("slos", [])
-    if results and "decision" not in results[0]:
-        return _legacy_verdict(summary)
-    failed = [v for v in results if v["decision"] == "fail"]
-    if failed:
-        worst = max(failed, key=lambda v: v["exceed"]["frac"])
-        return FAIL, f"{worst['slo']} {_fmt_ms(worst['value_ms'])} > {worst['threshold_ms']:g} ms ({_exceed(worst)})"
-    open_ = [v for v in results if v["decision"] == "undecided"]
-    if open_:
-        v = open_[0]
-        return INCONCLUSIVE, f"{v['slo']} undecided: {_exceed(v)} against a {100 - _pct(v['slo']):g}% limit — more samples needed"
-    if "cancelled" in (probe.get("why") or ""):
-        return INCONCLUSIVE, probe["why"]
-    return _steady(ss) or (PASS, "all SLOs met (decided)")
-
-
-def _steady(ss: dict | None) -> tuple[str, str] | None:
-    if ss is not None and not ss.get("steady"):
-        return INCONCLUSIVE, f"not steady: {ss.get('reason')}"
-    return None
-
-
-def _pct(name: str) -> float:
-    return float(name.split("_p")[1])
-
-
-def _fmt_ms(v) -> str:
-    return "∞ (failures)" if v is None or v == math.inf else f"{v:.1f} ms"
-
-
-def _exceed(v: dict) -> str:
-    iv = v["exceed"]
-    return f"{iv['k']} of {iv['n']} samples over, exceedance 95% CI {100 * iv['lo']:.2f}-{100 * iv['hi']:.2f}%"
-
-
-def _legacy_verdict(summary: dict) -> tuple[str, str]:
-    """Summaries written before SLO decisions existed: point estimate, then the p99's interval."""
-    missed = [v for v in summary.get("slos", []) if not v["met"]]
-    if missed:
-        worst = max(missed, key=lambda v: (v["value_ms"] if v["value_ms"] is not None else math.inf) / v["threshold_ms"])
-        return FAIL, f"{worst['slo']} {_fmt_ms(worst['value_ms'])} > {worst['threshold_ms']:g} ms"
-    for v in summary.get("slos", []):
-        d = (summary.get("latency_ms") or {}).get(v["slo"].split("_p")[0]) or {}
-        lo, hi = d.get("p99_ci") or [None, None]
-        if v["slo"].endswith("_p99") and (hi is None or (isinstance(hi, float) and math.isnan(hi)) or hi > v["threshold_ms"]):
-            return INCONCLUSIVE, f"{v['slo']} CI upper {'unbounded' if hi is None or hi != hi else f'{hi:.1f} ms'} vs {v['threshold_ms']:g} ms"
-    return PASS, "all SLOs met"
-
-
-def binding_slo(summary: dict) -> str | None:
-    """The SLO closest to (or furthest past) its threshold: exceedance fraction / allowed fraction largest."""
-    v = [x for x in summary.get("slos", []) if x.get("value_ms") is not None or x.get("exceed")]
-    if not v:
-        return None
-    if all(x.get("exceed") for x in v):
-        return max(v, key=lambda x: (x["exceed"]["frac"] or 0) / max(1e-9, 1 - _pct(x["slo"]) / 100))["slo"]
-    return max(v, key=lambda x: (x["value_ms"] if x["value_ms"] is not None else math.inf) / x["threshold_ms"])["slo"]
+from bench.config import AutoSearch, ProbeRule, RunSpec, SpecError, SweepSpec, parse_amount
+from bench.verdict import FAIL, INCONCLUSIVE, INVALID, PASS, knee_rule, leans_fail, verdict
 
 
 # ------------------------------------------------------------------ adaptive search
-def _leans_fail(slo_result: dict) -> bool:
-    """An undecided SLO whose measured exceedance already exceeds what its percentile allows (k/n > 1 − p):
-    the screen saw trouble. A few exceedances within the allowance (1 of 60 against a 10% limit) are what a
-    passing load shows in a short window: the ladder climbs on."""
-    iv = slo_result.get("exceed") or {}
-    if not iv.get("k") or not iv.get("n"):
-        return False
-    return iv["k"] / iv["n"] > 1 - _pct(slo_result["slo"]) / 100
-
-
-def knee_from_history(history: dict[float, list[str]]) -> tuple[float | None, float | None]:
-    """Knee = highest load with a PASS and no FAIL, below the lowest load with any FAIL (= bracket_hi).
-    Undecided loads below it do not block it: latency does not fall as load rises, so a load below a
-    passing one passes too. Same rule as knee.knee_table."""
-    hi = next((x for x in sorted(history) if FAIL in history[x]), None)
-    ok = [x for x in history if (hi is None or x < hi) and PASS in history[x]]
-    return (max(ok) if ok else None), hi
-
-
 def knee_search(auto: AutoSearch, ladder: float = 4.0):
     """Generator: yields (mode, value, role, seed_offset) and receives (verdict, summary) for each probe
     (verdict PASS, FAIL or INCONCLUSIVE = undecided). Returns {"feasible", "knee_qps", "bracket",
@@ -178,7 +67,7 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
         v, s = yield ("qps", lam, "ladder", 0)
         probes += 1
         life = (s.get("steady_state") or {}).get("lifetime_s") or 0.0
-        troubled = v == INCONCLUSIVE and (any(_leans_fail(x) for x in s.get("slos", []))
+        troubled = v == INCONCLUSIVE and (any(leans_fail(x) for x in s.get("slos", []))
                                           or (base_life > 0 and life > 1.5 * base_life))  # requests live longer: a queue
         record(lam, v, troubled)  # an undecided screen that leans to FAIL bounds the bisection like a full undecided probe
         if v == FAIL or troubled:
@@ -208,11 +97,7 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
             record(lo, v, True)
             confirmed.add(lo)
         probes += 1
-    stat = {x: status(x) for x in history}
-    hi = min((x for x, st in stat.items() if st == "fail"), default=None)
-    passing = [x for x, st in stat.items() if st == "pass" and (hi is None or x < hi)]
-    knee = max(passing) if passing else None
-    undecided = sorted(x for x, st in stat.items() if st in ("undecided", "screened") and (knee is None or x > knee) and (hi is None or x < hi))
+    knee, hi, undecided = knee_rule(history)
     note = ""
     if knee is None:
         note = "no load was decided PASS within the probe budget (raise max_probes or probe.max_duration_s)"
@@ -305,8 +190,11 @@ class Interrupted(Exception):
 
 
 class SweepRunner:
-    def __init__(self, spec: SweepSpec, out_root: Path, api_key: str | None = None, on_event=None):
+    def __init__(self, spec: SweepSpec, out_root: Path, api_key: str | None = None, on_event=None, start_sim=None):
+        """`start_sim(*args) -> (process, url)` starts the simulator for a `target: sim:` spec (the CLI passes
+        bench.sim.launch.start_sim): the simulator is a sibling of the measurement stack, not part of it."""
         self.spec, self.api_key, self.on_event = spec, api_key, on_event or (lambda *a, **k: None)
+        self.start_sim = start_sim
         self.dir = Path(out_root) / spec.name
         self.points_dir = self.dir / "points"
         self.measured = 0
@@ -403,10 +291,10 @@ class SweepRunner:
     def _start_sim(self) -> None:
         if self.spec.target.sim is None:
             return
-        from bench.sim.calibrate import start_sim
-
+        if self.start_sim is None:
+            raise SpecError("this sweep's target is the simulator: give SweepRunner a start_sim (trilemma sweep does)")
         sim = self.spec.target.sim
-        self.sim_proc, self.url = start_sim("--profile", sim.profile, "--slowdown", str(sim.slowdown), "--seed", str(sim.seed),
+        self.sim_proc, self.url = self.start_sim("--profile", sim.profile, "--slowdown", str(sim.slowdown), "--seed", str(sim.seed),
                                              "--error-rate", str(sim.error_rate), "--cut-rate", str(sim.cut_rate),
                                              "--delay-ms", str(sim.delay_ms))
 
@@ -422,7 +310,7 @@ class SweepRunner:
                     if spec.load.auto is not None:
                         searches.append({"cell": ci, "repeat": rep, **self._search(ci, rep)})
                     else:
-                        values = spec.load.qps if spec.load.qps is not None else spec.load.concurrency
+                        values = spec.load.qps if spec.load.qps is not None else spec.load.concurrency or []
                         mode = "qps" if spec.load.qps is not None else "concurrency"
                         for v in values:
                             self.measure(ci, mode, v, rep)
@@ -448,6 +336,7 @@ class SweepRunner:
 
     def _search(self, ci: int, rep: int) -> dict:
         spec = self.spec
+        assert spec.load.auto is not None
         gen = knee_search(spec.load.auto)
         probe = next(gen)
         invalid = 0

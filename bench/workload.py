@@ -12,29 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench.config import LengthDist, SpecError, WorkloadSpec
+from bench.config import SpecError, WorkloadSpec
+from bench.datasets import WorkItem, sample_lengths
 
 DATA = Path(__file__).parent / "data"
-
-
-@dataclass(slots=True)
-class WorkItem:
-    index: int
-    prompt: str | list  # text (completions) or chat messages
-    isl: int
-    osl: int
-    prefix_group: int = -1
-    source: str = ""
-    offset_ns: int | None = None  # trace replay: intended offset from t0
-    conversation: int = -1
-    turn: int = -1
-    followups: list = field(default_factory=list)  # later user turns of a multi-turn conversation
 
 
 # ------------------------------------------------------------------ tokenizers
@@ -189,24 +175,6 @@ class PromptBuilder:
         return text, n
 
 
-# ------------------------------------------------------------------ length sampling
-def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n lengths >= 1 from a distribution. lognormal takes the mean and SD of the lengths."""
-    if dist.kind == "fixed":
-        return np.full(n, int(dist.a), dtype=np.int64)
-    if dist.kind == "uniform":
-        return rng.integers(int(dist.a), int(dist.b) + 1, n)
-    if dist.kind == "normal":
-        x = rng.normal(dist.a, dist.b, n)
-    elif dist.kind == "lognormal":
-        m, s = dist.a, dist.b
-        sigma2 = np.log1p((s / m) ** 2)
-        x = rng.lognormal(np.log(m) - sigma2 / 2, np.sqrt(sigma2), n)
-    else:
-        raise SpecError(f"{dist} is a joint trace distribution; use it as --isl trace:NAME (OSL comes with it)")
-    return np.maximum(1, np.rint(x)).astype(np.int64)
-
-
 # ------------------------------------------------------------------ synthetic workload
 class Workload:
     """Deterministic item generator: item(i) depends only on (seed, i).
@@ -246,7 +214,7 @@ class Workload:
 
     def item(self, i: int) -> WorkItem:
         n = self.size
-        row = i % n if (n and i >= n and not self.source.wraps) else i
+        row = i % n if (n and i >= n and self.source is not None and not self.source.wraps) else i
         clipped_before = self.clipped
         # rng from i, not the row: a reused row of `input_tokens` gets new text (no accidental cache hits)
         it = self._build(row, np.random.default_rng([self.seed, i]))

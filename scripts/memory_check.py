@@ -39,7 +39,7 @@ def peak_mb(cmd: list[str], ok_codes=(0,)) -> tuple[float, subprocess.CompletedP
 
 def check_run(a) -> None:
     sys.path.insert(0, str(ROOT))
-    from bench.sim.calibrate import start_sim
+    from bench.sim.launch import start_sim
 
     rows = []
     for dur in a.durations:

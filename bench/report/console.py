@@ -122,8 +122,8 @@ def print_compare(res: dict, title: str, cm, c: Console) -> None:
         side = {s: "none" if k.get(f"{s}_row") and not k[f"{s}_row"].get("feasible") else fmt(k[s], 2) for s in ("base", "new")}
         c.print(f"knee {k['cell']} ({k['unit']}): {side['base']} → {side['new']} ({_pct(k['delta'])}) — "
                 + (f"[{col}]{k['verdict']}[/]" if col else k["verdict"]) + f": {k['why']}")
-        for side in ("base_row", "new_row"):
-            row = k.get(side)
+        for which in ("base_row", "new_row"):
+            row = k.get(which)
             if not row or not row.get("feasible"):
                 continue
             sku = find_sku(cat, row.get("gpu") or "")

@@ -20,8 +20,9 @@ METHODS = [
     ("Percentiles", "numpy linear interpolation (as vllm bench serve); p99 CI from order statistics (binomial ranks)"),
     ("Probe", "warmup >= 2 request lifetimes (E2E p50) and half the requests completed; window >= the minimum and 3 lifetimes; a "
               "sequential probe stops once every SLO is decided, at once on a decisive failure or saturation, else at its maximum"),
-    ("SLO decision", "the share of samples over the threshold with a Clopper-Pearson interval on the effective sample size (time-block "
-                     "design effect: correlated samples are not counted as independent); PASS when the interval lies below 1 − percentile, "
+    ("SLO decision", "the share of samples over the threshold with a Clopper-Pearson interval on the effective sample size (design effect: "
+                     "the larger of a time-block estimate and, per request, the metric's autocorrelation time, so correlated samples "
+                     "are not counted as independent); PASS when the interval lies below 1 − percentile, "
                      "FAIL when above, else undecided (never PASS); the 5% error is spent over the probe's looks"),
     ("Throughput", "open loop (req/s): the offered rate × the share completed, with their mean tokens; closed loop (concurrency): "
                    "Little's law, time-average requests in flight / mean lifetime over the window (a closed loop sends in bursts, so "
@@ -78,14 +79,14 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
         if not dirs:
             continue
         doc = read_run_doc(dirs[0])
-        e = doc.get("environment") or {}
+        env = doc.get("environment") or {}
         t = doc.get("target") or {}
         name = Path(p).name
         envs.append({"results": name, "gpu label": (doc.get("labels") or {}).get("gpu", ""),
                      "server": f"{t.get('server_kind')} {t.get('server_version') or ''}",
                      "model": t.get("model"), "simulated": "yes" if t.get("simulated") else "no",
-                     "GPUs seen by NVML": ", ".join(g["name"] for g in e.get("gpus") or []) or "none (client host)",
-                     "client CPU": f"{(e.get('cpu') or {}).get('model')} ×{(e.get('cpu') or {}).get('cores')}",
+                     "GPUs seen by NVML": ", ".join(g["name"] for g in env.get("gpus") or []) or "none (client host)",
+                     "client CPU": f"{(env.get('cpu') or {}).get('model')} ×{(env.get('cpu') or {}).get('cores')}",
                      "harness": f"{(doc.get('harness') or {}).get('version')} ({(doc.get('harness') or {}).get('git_sha') or 'no git'})"})
         spec = doc.get("spec") or {}
         workloads.append({"results": name, "workload": (doc.get("workload") or {}).get("tokenizer", ""),

@@ -21,10 +21,11 @@ import random
 import time
 import uuid
 import zlib
+from typing import Any
 
 from aiohttp import web
 
-from bench import __version__
+from bench._version import __version__
 from bench.sim.engine import BLOCK, Engine, Profile, SimRequest
 
 WORDS = ("the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "at", "by", "this", "had",
@@ -149,7 +150,7 @@ class SimServer:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         e, lab = self.engine, {"model_name": self.model}
-        fams = []
+        fams: list[Any] = []
 
         def g(name, doc, v, labels=lab):
             f = GaugeMetricFamily(name, doc, labels=list(labels))
@@ -356,8 +357,8 @@ def _stamp_arrivals() -> None:
         _RX.setdefault(id(self), time.perf_counter_ns())
         orig(self, data)
 
-    data_received._trilemma = True
-    web_protocol.RequestHandler.data_received = data_received
+    data_received._trilemma = True  # type: ignore[attr-defined]
+    web_protocol.RequestHandler.data_received = data_received  # type: ignore[method-assign]
 
 
 def exit_with_parent() -> None:
@@ -400,7 +401,7 @@ def serve(profile: Profile, host: str = "127.0.0.1", port: int = 8000, **kw) -> 
     try:
         import uvloop
 
-        loop = uvloop.new_event_loop()
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
     # handler_cancellation: a client that disconnects aborts its request, as vLLM and SGLang do

@@ -3,6 +3,12 @@ and the environment of every run (environment.py)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.telemetry.nvml import NvmlSampler
+    from bench.telemetry.prometheus import MetricsScraper
+
 
 def _interp_edges(t, y, t0: float, t1: float):
     """Samples of y(t) restricted to [t0, t1], with linearly interpolated values at both edges."""
@@ -111,9 +117,9 @@ class RunTelemetry:
                  scrape_period_s: float = 1.0, headers: dict | None = None, notices: list | None = None):
         self.server_url, self.gpu, self.gpus, self.hz, self.period, self.headers = server_url, gpu, gpus, hz, scrape_period_s, headers
         self.notices = notices if notices is not None else []
-        self.nvml = None
-        self.scraper = None
-        self.dcgm = None
+        self.nvml: NvmlSampler | None = None
+        self.scraper: MetricsScraper | None = None
+        self.dcgm: MetricsScraper | None = None
 
     async def start(self) -> None:
         import asyncio

@@ -26,9 +26,10 @@ def load_nvml(module=None):
     """Initialise NVML; raises NvmlUnavailable with a one-line reason if there is no driver."""
     if module is None:
         try:
-            import pynvml as module  # nvidia-ml-py
+            import pynvml  # nvidia-ml-py
         except ImportError:
             raise NvmlUnavailable("nvidia-ml-py is not installed") from None
+        module = pynvml
     try:
         module.nvmlInit()
     except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from bench.config import AutoSearch
-from bench.sweep import FAIL, PASS, knee_from_history, knee_search
+from bench.sweep import knee_search
+from bench.verdict import FAIL, PASS, knee_rule
 
 
 def drive(true_knee: float, noise: float = 0.0, seed: int = 0, **auto):
@@ -54,9 +55,14 @@ def test_infeasible_when_single_request_fails():
 
 
 def test_knee_from_history_needs_every_repeat_to_pass():
-    assert knee_from_history({1: [PASS], 2: [PASS, FAIL], 3: [PASS]}) == (1, 2)
-    assert knee_from_history({1: [FAIL]}) == (None, 1)
-    assert knee_from_history({1: [PASS], 2: [PASS]}) == (2, None)
+    def rule(h):
+        return knee_rule({x: [(v, True) for v in vs] for x, vs in h.items()})
+
+    assert rule({1: [PASS], 2: [PASS, FAIL], 3: [PASS]}) == (1, 2, [])
+    assert rule({1: [FAIL]}) == (None, 1, [])
+    assert rule({1: [PASS], 2: [PASS]}) == (2, None, [])
+    assert rule({1: [PASS], 2: ["INCONCLUSIVE"], 3: [FAIL]}) == (1, 3, [2])  # an undecided full probe is the knee's uncertainty
+    assert knee_rule({1: [(PASS, True)], 2: [("INCONCLUSIVE", False), (PASS, True)], 3: [(FAIL, True)]}) == (2, 3, [])  # a screen does not
 
 
 def _summary_with_lags(lags_ms) -> dict:
@@ -67,7 +73,7 @@ def _summary_with_lags(lags_ms) -> dict:
 
 def test_one_send_lag_hiccup_in_a_short_probe_is_not_an_unhealthy_client():
     from bench.config import parse_slos
-    from bench.sweep import INVALID, verdict
+    from bench.verdict import INVALID, verdict
 
     slos = parse_slos("ttft_p99=500ms")
     rng = np.random.default_rng(0)

@@ -10,8 +10,9 @@ from bench import stats
 from bench.config import AutoSearch, ProbeRule, parse_slos
 from bench.probe import ProbeMonitor
 from bench.records import RequestRecord
-from bench.sweep import FAIL, INCONCLUSIVE, PASS, knee_search
+from bench.sweep import knee_search
 from bench.telemetry import attach_to_summary, window_energy
+from bench.verdict import FAIL, INCONCLUSIVE, PASS
 
 MS = 1_000_000
 
