@@ -21,7 +21,7 @@ browser:
 	@bash scripts/setup_browser.sh
 
 test: setup rig browser lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 # style (ruff), types (mypy: the whole package; the numeric core strictly) and the package's floors (import-linter)
 lint: setup

@@ -127,34 +127,17 @@ def run(
     max_duration: Optional[float] = typer.Option(None, help="With --until-decided: longest window in seconds (default 4x --duration, >= 120)"),
 ) -> None:
     """Measure one load point against a server and write results/<run-id>/."""
-    from bench.config import Arrival, LengthDist, ProbeRule, RunSpec, parse_amount, parse_slos
+    from bench.config import RunSpec
     from bench.report.console import print_summary
     from bench.runner import env_api_key
 
-    w, unit = parse_amount(warmup, "--warmup")
-    win = None
-    if window:
-        try:
-            a, b = (float(x) for x in window.split(":"))
-            win = (a, b)
-        except ValueError:
-            fail(f"--window '{window}': write START:END in seconds, e.g. 0:120")
-    replay = qps is None and concurrency is None and dataset is not None
-    spec = RunSpec(
-        target=dict(url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage,
-                    request_timeout_s=timeout),
-        workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
-                      prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
-                      window_s=win),
-        load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
-                  duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay),
-        slos=parse_slos(slo), seed=seed, labels=_labels(label), reset_prefix_cache=reset_prefix_cache,
-        scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
-    )
-    if until_decided:
-        if not spec.slos or not duration:
-            fail("--until-decided needs --slo (what to decide) and --duration (the shortest window)")
-        spec = spec.model_copy(update={"probe": ProbeRule(min_duration_s=duration, max_duration_s=max_duration or max(4.0 * duration, 120.0))})
+    spec = RunSpec.from_options(
+        url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage, timeout=timeout,
+        isl=isl, osl=osl, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len,
+        speedup=speedup, window=window, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
+        duration=duration, requests=requests, warmup=warmup, slo=slo, seed=seed, labels=_labels(label),
+        reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
+        until_decided=until_decided, max_duration=max_duration)
     doc = run_one(spec, _out_dir(out), _run_name(name), env_api_key(spec, api_key), gpus)
     print_summary(doc)
     if doc["status"] == "failed":

@@ -371,6 +371,45 @@ class RunSpec(BaseModel):
     def _gpu(cls, v: str) -> str:
         return _gpu_telemetry(v)
 
+    @classmethod
+    def from_options(cls, *, url: str, model: str | None = None, api: str = "completions", tokenizer: str | None = None,
+                     ignore_eos: bool = True, continuous_usage: bool = True, timeout: float = 600.0, isl: str = "128",
+                     osl: str = "64", prefix_tokens: int = 0, prefix_groups: int = 0, dataset: str | None = None,
+                     max_model_len: int | None = None, speedup: float = 1.0, window: str | None = None, qps: float | None = None,
+                     concurrency: int | None = None, arrival: str = "poisson", max_concurrency: int | None = None,
+                     duration: float | None = None, requests: int | None = None, warmup: str = "0", slo: str | None = None,
+                     seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
+                     server_metrics: bool = True, gpu_telemetry: str = "auto", until_decided: bool = False,
+                     max_duration: float | None = None) -> RunSpec:
+        """The spec of `trilemma run`'s options (the CLI's names and string forms); SpecError names a bad one.
+        A dataset with neither --qps nor --concurrency replays the trace's own timestamps."""
+        w, unit = parse_amount(warmup, "--warmup")
+        win = None
+        if window:
+            try:
+                a, b = (float(x) for x in window.split(":"))
+                win = (a, b)
+            except ValueError:
+                raise SpecError(f"--window '{window}': write START:END in seconds, e.g. 0:120") from None
+        replay = qps is None and concurrency is None and dataset is not None
+        slos = parse_slos(slo)
+        probe = None
+        if until_decided:
+            if not slos or not duration:
+                raise SpecError("--until-decided needs --slo (what to decide) and --duration (the shortest window)")
+            probe = ProbeRule(min_duration_s=duration, max_duration_s=max_duration or max(4.0 * duration, 120.0))
+        return cls(
+            # nested as dicts: a validation error names its path (load.qps, workload.isl, ...)
+            target=dict(url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage,
+                        request_timeout_s=timeout),
+            workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
+                          prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
+                          window_s=win),
+            load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
+                      duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay),
+            slos=slos, seed=seed, labels=labels or {}, reset_prefix_cache=reset_prefix_cache,
+            scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry, probe=probe)
+
 
 def validation_message(e: ValidationError, prefix: str = "") -> str:
     """Turn a pydantic error into one line naming the field path."""
