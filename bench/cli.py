@@ -96,7 +96,8 @@ def run(
     osl: str = typer.Option("64", help="Output length (same forms)"),
     prefix_tokens: int = typer.Option(0, help="Shared prefix length P (with --prefix-groups)"),
     prefix_groups: int = typer.Option(0, help="Number G of distinct shared prefixes"),
-    dataset: Optional[str] = typer.Option(None, help="Trace or dataset (see README: azure-conv, azure-code, mooncake, sonnet, mt-bench, file:PATH)"),
+    dataset: Optional[str] = typer.Option(None, help="Trace or dataset (see README: azure-conv, azure-code, mooncake, sonnet, mt-bench, "
+                                          "file:PATH, or your trace as mooncake:PATH, azure:PATH, burstgpt:PATH)"),
     qps: Optional[float] = typer.Option(None, help="Open loop: request rate (req/s)"),
     concurrency: Optional[int] = typer.Option(None, help="Closed loop: concurrent requests"),
     arrival: str = typer.Option("poisson", help="poisson | constant | gamma:CV"),
@@ -116,6 +117,8 @@ def run(
     max_model_len: Optional[int] = typer.Option(None, help="Clip ISL+OSL to this (default: from the server)"),
     speedup: float = typer.Option(1.0, help="Trace replay: time scaling (2 = same shape, twice the rate)"),
     window: Optional[str] = typer.Option(None, help="Trace replay: START:END seconds of the trace, e.g. 0:120"),
+    columns: Optional[str] = typer.Option(None, help="--dataset file:PATH: map the file's columns, e.g. prompt=question,output_tokens=n "
+                                          "(fields: prompt, messages, input_tokens, output_tokens, timestamp)"),
     gpu_telemetry: str = typer.Option("auto", help="auto | off | nvml | dcgm:URL"),
     gpus: str = typer.Option("all", help="GPUs to sample (NVML): all or 0,1"),
     server_metrics: bool = typer.Option(True, help="Scrape the server's /metrics during the run"),
@@ -134,7 +137,7 @@ def run(
     spec = RunSpec.from_options(
         url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage, timeout=timeout,
         isl=isl, osl=osl, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len,
-        speedup=speedup, window=window, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
+        speedup=speedup, window=window, columns=columns, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
         duration=duration, requests=requests, warmup=warmup, slo=slo, seed=seed, labels=_labels(label),
         reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
         until_decided=until_decided, max_duration=max_duration)

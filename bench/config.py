@@ -225,6 +225,29 @@ def _gpu_telemetry(v: str) -> str:
     raise ValueError(f"'{v}' is not a GPU telemetry source; use auto, off, nvml or dcgm:URL (a DCGM exporter, e.g. dcgm:http://gpu-box:9400/metrics)")
 
 
+FILE_FIELDS = ("prompt", "messages", "input_tokens", "output_tokens", "timestamp")
+
+
+def parse_columns(v: str | dict | None) -> dict[str, str] | None:
+    """A column mapping, `prompt=question,output_tokens=n` or a dict: field trilemma reads -> the file's column."""
+    if v is None or v == "" or v == {}:
+        return None
+    if isinstance(v, str):
+        out = {}
+        for part in v.split(","):
+            k, eq, col = part.partition("=")
+            if not eq or not k.strip() or not col.strip():
+                raise ValueError(f"columns '{v}': write FIELD=COLUMN pairs, e.g. prompt=question,output_tokens=n")
+            out[k.strip()] = col.strip()
+        v = out
+    if not isinstance(v, dict):
+        raise ValueError("columns: a mapping of field to column, e.g. {prompt: question}")
+    bad = [k for k in v if k not in FILE_FIELDS]
+    if bad:
+        raise ValueError(f"columns: unknown field {', '.join(map(repr, bad))}; map {', '.join(FILE_FIELDS)}")
+    return {str(k): str(c) for k, c in v.items()}
+
+
 class WorkloadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     isl: LengthDist = LengthDist(kind="fixed", a=128)
@@ -235,6 +258,12 @@ class WorkloadSpec(BaseModel):
     max_model_len: int | None = None
     speedup: float = Field(1.0, gt=0)  # trace replay time scaling
     window_s: tuple[float, float] | None = None  # trace replay: [start, end) seconds of the trace
+    columns: dict[str, str] | None = None  # file:PATH: field -> the file's column ({"prompt": "question"})
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _cols(cls, v):
+        return parse_columns(v)
 
     @field_validator("isl", "osl", mode="before")
     @classmethod
@@ -375,7 +404,8 @@ class RunSpec(BaseModel):
     def from_options(cls, *, url: str, model: str | None = None, api: str = "completions", tokenizer: str | None = None,
                      ignore_eos: bool = True, continuous_usage: bool = True, timeout: float = 600.0, isl: str = "128",
                      osl: str = "64", prefix_tokens: int = 0, prefix_groups: int = 0, dataset: str | None = None,
-                     max_model_len: int | None = None, speedup: float = 1.0, window: str | None = None, qps: float | None = None,
+                     max_model_len: int | None = None, speedup: float = 1.0, window: str | None = None, columns: str | None = None,
+                     qps: float | None = None,
                      concurrency: int | None = None, arrival: str = "poisson", max_concurrency: int | None = None,
                      duration: float | None = None, requests: int | None = None, warmup: str = "0", slo: str | None = None,
                      seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
@@ -404,7 +434,7 @@ class RunSpec(BaseModel):
                         request_timeout_s=timeout),
             workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
                           prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
-                          window_s=win),
+                          window_s=win, columns=columns),
             load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
                       duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay),
             slos=slos, seed=seed, labels=labels or {}, reset_prefix_cache=reset_prefix_cache,
@@ -465,11 +495,25 @@ class CellSpec(BaseModel):
     prefix_tokens: int = Field(0, ge=0)
     prefix_groups: int = Field(0, ge=0)
     name: str | None = None
+    columns: dict[str, str] | None = None  # file:PATH: field -> the file's column ({"prompt": "question"})
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _cols(cls, v):
+        return parse_columns(v)
 
     @field_validator("isl", "osl", mode="before")
     @classmethod
     def _len(cls, v):
         return LengthDist.parse(v)
+
+    def identity(self) -> dict:
+        """The cell as a sweep point's identity records it (a mapping only when one is given, so cells
+        written before `columns` existed keep their identity)."""
+        d = self.model_dump(mode="json")
+        if d.get("columns") is None:
+            d.pop("columns", None)
+        return d
 
     def label(self) -> str:
         return self.name or WorkloadSpec(isl=self.isl, osl=self.osl, dataset=self.dataset, prefix_tokens=self.prefix_tokens,

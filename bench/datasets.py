@@ -8,8 +8,14 @@
     sonnet                   vLLM's sonnet dataset behaviour: a fixed prefix of lines + sampled lines, to the ISL
     mt-bench                 MT-Bench two-turn questions (Apache-2.0): turn 2 is sent after turn 1 completes,
                              with the real first answer in the history (chat API)
-    file:PATH                your CSV or JSONL: columns `prompt` (text) or `messages` (chat list) or
-                             `input_tokens`; optional `output_tokens`, `timestamp` (seconds; replay)
+    file:PATH                your CSV, TSV, JSON, JSONL or parquet (gzip, bz2 or zstd compressed: by extension
+                             or magic bytes): columns `prompt` (text) or `messages` (chat list) or `input_tokens`;
+                             optional `output_tokens`, `timestamp` (seconds; replay). Other column names are
+                             mapped with `columns` (--columns prompt=question,output_tokens=n)
+    mooncake:PATH            your trace in Mooncake's format (timestamp ms, input_length, output_length, hash_ids)
+    azure:PATH               your Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)
+    burstgpt:PATH            your BurstGPT CSV (Timestamp s, Request tokens, Response tokens, ...); rows of failed
+                             requests (Response tokens 0) are left out and counted
 
 Timed traces replay their own arrival times (scaled by `speedup`, windowed by `window_s`) when no --qps
 or --concurrency is given; `--isl trace:NAME` instead samples (ISL, OSL) pairs jointly from a trace
@@ -19,7 +25,9 @@ or --concurrency is given; `--isl trace:NAME` instead samples (ISL, OSL) pairs j
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +114,7 @@ class TimedTrace(Source):
     """Rows of (t_seconds, isl, osl, extra); replay offsets = (t − t_first)/speedup."""
 
     timed = True
+    failed_rows_skipped = 0  # BurstGPT: rows of requests that failed in the traced service
 
     def __init__(self, name: str, rows: list, speedup: float, window: tuple[float, float] | None, attribution: str):
         super().__init__()
@@ -129,34 +138,180 @@ class TimedTrace(Source):
 
     def describe(self) -> dict:
         span = (self.rows[-1][0] - self.t_first) if self.rows else 0
-        return {"dataset": self.name_, "rows": self.size, "trace_span_s": span, "speedup": self.speedup,
-                "replay_span_s": span / self.speedup, "offered_qps": self.size / (span / self.speedup) if span else None,
-                "attribution": self.attribution}
+        d = {"dataset": self.name_, "rows": self.size, "trace_span_s": span, "speedup": self.speedup,
+             "replay_span_s": span / self.speedup, "offered_qps": self.size / (span / self.speedup) if span else None,
+             "attribution": self.attribution}
+        if self.failed_rows_skipped:
+            d["failed_rows_skipped"] = self.failed_rows_skipped
+        return d
 
 
-def _azure_rows(name: str) -> list:
+# ------------------------------------------------------------------ reading files
+COLUMNS = ("prompt", "messages", "input_tokens", "output_tokens", "timestamp")
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}
+_COMPRESSED = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+
+
+def _compression(p: Path) -> str | None:
+    with open(p, "rb") as f:
+        head = f.read(4)
+    return next((c for m, c in _MAGIC.items() if head.startswith(m)), None)
+
+
+def read_bytes(p: Path) -> bytes:
+    """The file's bytes, decompressed when it is gzip, bz2 or zstd (told by its magic bytes, whatever its name)."""
+    kind = _compression(p)
+    raw = p.read_bytes()
+    try:
+        if kind == "gzip":
+            import gzip
+
+            return gzip.decompress(raw)
+        if kind == "bz2":
+            import bz2
+
+            return bz2.decompress(raw)
+        if kind == "zstd":
+            import pyarrow as pa
+
+            with pa.CompressedInputStream(pa.BufferReader(raw), "zstd") as z:
+                return bytes(z.read())
+    except (OSError, EOFError, ValueError) as e:
+        raise SpecError(f"{p}: looks {kind}-compressed but does not decompress ({e})") from None
+    return raw
+
+
+def _text(p: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p}: not UTF-8 text (byte {e.start}); give CSV, TSV, JSON, JSONL or parquet, "
+                        "optionally gzip, bz2 or zstd compressed") from None
+
+
+def read_table(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, row) pairs of a CSV, TSV, JSON (a list of objects), JSONL or parquet file, any of them
+    compressed. The format comes from the extension under the compression suffix, else from the content
+    ('[' a JSON list, '{' JSON lines, else CSV). `line` is the file's line number (CSV: the header is line
+    1; parquet and JSON lists: the row number from 1) for error messages."""
+    suffixes = [x.lower() for x in p.suffixes]
+    while suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes.pop()
+    ext = suffixes[-1] if suffixes else ""
+    data = read_bytes(p)
+    if ext == ".parquet" or data[:4] == b"PAR1":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            t = pq.read_table(pa.BufferReader(data))
+        except pa.ArrowInvalid as e:
+            raise SpecError(f"{p}: not a readable parquet file ({e})") from None
+        for k, row in enumerate(t.to_pylist(), start=1):
+            yield k, row
+        return
+    text = _text(p, data)
+    first = text.lstrip()[:1]
+    if ext in (".csv", ".tsv", ".txt") or (ext not in (".json", ".jsonl", ".ndjson") and first not in ("[", "{")):
+        delim = "\t" if ext == ".tsv" or (ext != ".csv" and "\t" in text.split("\n", 1)[0]) else ","
+        for ln, rec in enumerate(csv.DictReader(io.StringIO(text, newline=""), delimiter=delim), start=2):
+            yield ln, {k.strip() if isinstance(k, str) else k: v for k, v in rec.items()}
+        return
+    if first == "[":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{p}:{e.lineno}: not valid JSON ({e.msg}); give a list of objects, or one object per line (JSONL)") from None
+        for k, rec in enumerate(rows, start=1):
+            if not isinstance(rec, dict):
+                raise SpecError(f"{p}: item {k} of the JSON list is a {type(rec).__name__}, expected an object")
+            yield k, rec
+        return
+    for ln, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{p}:{ln}: not valid JSON ({e.msg}); one JSON object per line") from None
+        if not isinstance(rec, dict):
+            raise SpecError(f"{p}:{ln}: expected a JSON object, found a {type(rec).__name__}")
+        yield ln, rec
+
+
+def _user_path(spec_name: str, path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SpecError(f"--dataset {spec_name}: no such file '{path}'")
+    return p
+
+
+def _field(p: Path, ln: int, rec: dict[str, Any], key: str, cast: Any = int) -> Any:
+    if key not in rec:
+        raise SpecError(f"{p}:{ln}: no column '{key}' (found: {', '.join(map(str, rec)) or 'none'})")
+    try:
+        return cast(rec[key])
+    except (TypeError, ValueError):
+        raise SpecError(f"{p}:{ln}: column '{key}' must be a number, got {rec[key]!r}") from None
+
+
+def _azure_rows(name: str, path: Path | None = None) -> list:
+    """Azure LLM inference trace CSV: TIMESTAMP (date and time), ContextTokens, GeneratedTokens."""
     from datetime import datetime
 
-    path = TRACES / "azure-llm-2023" / AZURE[name]
+    path = path or TRACES / "azure-llm-2023" / AZURE[name]
     rows = []
-    with open(path) as f:
-        for rec in csv.DictReader(f):
-            ts = rec["TIMESTAMP"]
-            main, frac = (ts.split(".") + ["0"])[:2]
-            t = datetime.strptime(main, "%Y-%m-%d %H:%M:%S").timestamp() + float("0." + frac)
-            rows.append((t, max(1, int(rec["ContextTokens"])), max(1, int(rec["GeneratedTokens"])), None))
+    for ln, rec in read_table(path):
+        ts = str(rec.get("TIMESTAMP", ""))
+        main, frac = (ts.split(".") + ["0"])[:2]
+        try:
+            t = datetime.strptime(main, "%Y-%m-%d %H:%M:%S").timestamp() + float("0." + (frac or "0"))
+        except ValueError:
+            raise SpecError(f"{path}:{ln}: TIMESTAMP must look like 2023-11-16 18:15:46.6805900, got {ts!r}") from None
+        rows.append((t, max(1, _field(path, ln, rec, "ContextTokens")), max(1, _field(path, ln, rec, "GeneratedTokens")), None))
+    if not rows:
+        raise SpecError(f"{path}: no rows")
     rows.sort(key=lambda r: r[0])
     return rows
 
 
-def _mooncake_rows() -> list:
+def _mooncake_rows(path: Path | None = None) -> list:
+    """Mooncake trace JSONL: timestamp (ms), input_length, output_length, hash_ids (512-token blocks)."""
+    path = path or TRACES / "mooncake" / "conversation_trace.jsonl"
     rows = []
-    with open(TRACES / "mooncake" / "conversation_trace.jsonl") as f:
-        for line in f:
-            d = json.loads(line)
-            rows.append((d["timestamp"] / 1000.0, int(d["input_length"]), int(d["output_length"]), list(d["hash_ids"])))
+    for ln, d in read_table(path):
+        ids = d.get("hash_ids", [])
+        if isinstance(ids, str):  # a CSV column holding a JSON list
+            try:
+                ids = json.loads(ids or "[]")
+            except json.JSONDecodeError:
+                ids = None
+        if not isinstance(ids, list) or not all(isinstance(x, int) for x in ids):
+            raise SpecError(f"{path}:{ln}: hash_ids must be a list of integers, got {d.get('hash_ids')!r}")
+        rows.append((_field(path, ln, d, "timestamp", float) / 1000.0, _field(path, ln, d, "input_length"),
+                     _field(path, ln, d, "output_length"), ids))
+    if not rows:
+        raise SpecError(f"{path}: no rows")
     rows.sort(key=lambda r: r[0])
     return rows
+
+
+def _burstgpt_rows(path: Path) -> tuple[list, int]:
+    """BurstGPT CSV: Timestamp (s), Model, Request tokens, Response tokens, Total tokens, Log Type. A row
+    with 0 response tokens is a request that failed in the traced service: left out (and counted), since
+    replaying it would send a request the trace never saw answered."""
+    rows, failed = [], 0
+    for ln, rec in read_table(path):
+        t = _field(path, ln, rec, "Timestamp", float)
+        isl, osl = _field(path, ln, rec, "Request tokens"), _field(path, ln, rec, "Response tokens")
+        if osl <= 0:
+            failed += 1
+            continue
+        rows.append((t, max(1, isl), osl, None))
+    if not rows:
+        raise SpecError(f"{path}: no rows with a response (failed rows: {failed})")
+    rows.sort(key=lambda r: r[0])
+    return rows, failed
 
 
 class Mooncake(TimedTrace):
@@ -164,8 +319,9 @@ class Mooncake(TimedTrace):
 
     makes_items = True
 
-    def __init__(self, rows, speedup, window, scrambled: bool, seed: int):
-        super().__init__("mooncake:scrambled" if scrambled else "mooncake", rows, speedup, window, ATTRIBUTION["mooncake"])
+    def __init__(self, rows, speedup, window, scrambled: bool, seed: int, name: str | None = None):
+        super().__init__(name or ("mooncake:scrambled" if scrambled else "mooncake"), rows, speedup, window,
+                         ATTRIBUTION["mooncake"] if name is None else "your trace (Mooncake format)")
         self.scrambled, self.seed = scrambled, seed
         self.blocks: dict = {}
 
@@ -293,34 +449,28 @@ class MTBench(Source):
 
 
 class UserFile(Source):
-    """A user's CSV/JSONL, validated with line-numbered errors."""
+    """A user's CSV, TSV, JSON, JSONL or parquet file (compressed or not), validated with line-numbered
+    errors. `columns` maps the fields trilemma reads to the file's own column names ({"prompt": "question"})."""
 
     makes_items = True
 
     def __init__(self, path: str, spec):
         super().__init__()
-        p = Path(path)
+        p = Path(path).expanduser()
         if not p.is_file():
             raise SpecError(f"--dataset file:{path}: no such file")
         self.name_ = f"file:{p.name}"
+        cols = dict(getattr(spec, "columns", None) or {})
+        self.columns = cols
         self.rows = []
-        if p.suffix.lower() == ".csv":
-            with open(p, newline="") as f:
-                for ln, rec in enumerate(csv.DictReader(f), start=2):
-                    self.rows.append(self._row(rec, p, ln))
-        else:
-            with open(p) as f:
-                lines = list(f)
-            for ln, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SpecError(f"{p}:{ln}: not valid JSON ({e.msg}); one JSON object per line") from None
-                if not isinstance(rec, dict):
-                    raise SpecError(f"{p}:{ln}: expected a JSON object with prompt/messages/input_tokens")
-                self.rows.append(self._row(rec, p, ln))
+        for ln, rec in read_table(p):
+            if cols:
+                missing = [src for src in cols.values() if src not in rec]
+                if missing:
+                    raise SpecError(f"{p}:{ln}: no column {', '.join(repr(m) for m in missing)} to map "
+                                    f"(found: {', '.join(map(str, rec)) or 'none'})")
+                rec = {**rec, **{dst: rec[src] for dst, src in cols.items()}}
+            self.rows.append(self._row(rec, p, ln))
         if not self.rows:
             raise SpecError(f"{p}: no rows")
         self.timed = all(r["timestamp"] is not None for r in self.rows)
@@ -350,9 +500,13 @@ class UserFile(Source):
             except json.JSONDecodeError:
                 raise SpecError(f"{p}:{ln}: 'messages' must be a JSON list of {{role, content}}") from None
         prompt = rec.get("prompt") or None
+        if prompt is not None and not isinstance(prompt, str):
+            raise SpecError(f"{p}:{ln}: 'prompt' must be text, got {type(prompt).__name__}")
         isl = num("input_tokens")
         if prompt is None and msgs is None and isl is None:
-            raise SpecError(f"{p}:{ln}: give one of the columns prompt, messages or input_tokens")
+            found = ", ".join(str(k) for k in rec if k not in COLUMNS) or "none"
+            raise SpecError(f"{p}:{ln}: give one of the columns prompt, messages or input_tokens (other columns found: {found}; "
+                            "map one with --columns, e.g. prompt=question or input_tokens=num_prefill_tokens)")
         if msgs is not None and not (isinstance(msgs, list) and all(isinstance(m, dict) and "content" in m for m in msgs)):
             raise SpecError(f"{p}:{ln}: 'messages' must be a list of {{role, content}} objects")
         for k, m in enumerate(msgs or []):
@@ -401,5 +555,17 @@ def open_source(name: str, spec, seed: int) -> Source:
         return MTBench(int(spec.osl.a) if spec.osl.kind == "fixed" else 128)
     if name.startswith("file:"):
         return UserFile(name[5:], spec)
+    kind, _, path = name.partition(":")
+    if kind == "mooncake" and path:
+        rows = _mooncake_rows(_user_path(name, path))
+        return Mooncake(rows, spec.speedup, window, False, seed, name=f"mooncake:{Path(path).name}")
+    if kind == "azure" and path:
+        return TimedTrace(f"azure:{Path(path).name}", _azure_rows("", _user_path(name, path)), spec.speedup, window,
+                          "your trace (Azure LLM inference format)")
+    if kind == "burstgpt" and path:
+        rows, failed = _burstgpt_rows(_user_path(name, path))
+        src = TimedTrace(f"burstgpt:{Path(path).name}", rows, spec.speedup, window, "your trace (BurstGPT format)")
+        src.failed_rows_skipped = failed
+        return src
     raise SpecError(f"dataset '{name}' is not known; use azure-conv, azure-code, mooncake, mooncake:scrambled, sonnet, "
-                    "mt-bench or file:PATH")
+                    "mt-bench, file:PATH, or your own trace as mooncake:PATH, azure:PATH or burstgpt:PATH")

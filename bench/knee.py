@@ -26,7 +26,7 @@ def _lat(s: dict[str, Any], metric: str, key: str) -> Any:
 
 def workload_key(w: dict[str, Any]) -> str:
     """What must match for two results to be comparable."""
-    keys = ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups")
+    keys = ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups", "columns")
     return " ".join(f"{k}={w.get(k)}" for k in keys if w.get(k) not in (None, 0, ""))
 
 

@@ -148,7 +148,7 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
         for k in ("error_rate", "cut_rate", "delay_ms"):  # planted faults: part of the identity only when set
             if not tgt["sim"].get(k):
                 tgt["sim"].pop(k, None)
-    return {"cell": c.model_dump(mode="json"), "mode": mode, "value": round(float(value), 6), "repeat": repeat, "role": role.split("+")[0],
+    return {"cell": c.identity(), "mode": mode, "value": round(float(value), 6), "repeat": repeat, "role": role.split("+")[0],
             "seed": probe_seed(spec, cell_idx, mode, value, role.split("+")[0], repeat, seed_offset, extend),
             "duration_s": spec.duration_s, "requests": spec.requests, "warmup": str(spec.warmup), "target": tgt,
             "slos": [str(s) for s in spec.slos], "attainment": spec.attainment.model_dump(mode="json"),
@@ -165,7 +165,7 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
     """The run spec of one point. A probe's warmup is at least `warmup_lifetimes` request lifetimes as the
     previous probe of its cell measured them (the monitor extends it further when needed)."""
     w, unit = parse_amount(spec.warmup, "warmup")
-    c = spec.cells[[x.model_dump(mode="json") for x in spec.cells].index(key["cell"])]
+    c = spec.cells[[x.identity() for x in spec.cells].index(key["cell"])]
     scale = 2 ** key.get("extend", 0)
     rule = ProbeRule(**key["probe"]) if key.get("probe") else None
     if rule is not None and unit == "s" and lifetime_hint_s:
@@ -180,7 +180,7 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
     tgt = spec.target.model_dump(exclude={"sim"})
     tgt["url"] = url
     return RunSpec(target=tgt, workload=dict(isl=c.isl, osl=c.osl, dataset=c.dataset, prefix_tokens=c.prefix_tokens,
-                                             prefix_groups=c.prefix_groups, max_model_len=spec.max_model_len),
+                                             prefix_groups=c.prefix_groups, max_model_len=spec.max_model_len, columns=c.columns),
                    load=load, slos=spec.slos, seed=key["seed"], labels=spec.labels, reset_prefix_cache=spec.reset_prefix_cache,
                    gpu_telemetry=spec.gpu_telemetry, probe=rule)
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from bench.sim.engine import load_profile
+from tests.integration import user_files
 from tests.integration.conftest import ROOT, trilemma
 
 
@@ -131,3 +132,15 @@ def test_calibrate_reports_bias_and_safe_range():
         assert safe in bias and all(b < 1.0 for r, b in bias.items() if r <= safe), (safe, bias)
     else:
         assert "too loaded" in out, out  # (a rate is also unsafe when its token counts are not exact)
+
+
+@pytest.mark.parametrize("kind", ["question", "gzip", "lengths", "mooncake"])
+def test_users_own_files_run_with_exact_token_counts(sim_factory, tmp_path, kind):
+    """A question/answer JSONL, the same gzipped, a length-only CSV (num_prefill_tokens, num_decode_tokens) and
+    a Mooncake-format trace of one's own: each runs as-is with a column mapping; the trace replays its times."""
+    sim = sim_factory("--profile", "tiny-test")
+    args, expected = user_files.make(tmp_path)[kind]
+    load = [] if kind == "mooncake" else ["--qps", 4, "--requests", 6]
+    trilemma("run", "--url", sim.url, *args, *load, "--out", tmp_path / "out")
+    d = run_dir(tmp_path / "out")
+    user_files.check(pd.read_parquet(d / "requests.parquet"), expected)

@@ -9,6 +9,7 @@ import pytest
 
 from bench import datasets
 from bench.metrics import send_lag_confidently_over
+from tests.integration import user_files
 from tests.integration.conftest import trilemma
 
 pytestmark = pytest.mark.vllm
@@ -79,3 +80,12 @@ def test_mt_bench_two_turn_conversations(vllm_server, tmp_path):
     assert (t1["sent_ns"] >= t0.loc[t1.index, "end_ns"]).all()
     per_turn = json.loads((d / "run.json").read_text())["summary"]["per_turn"]
     assert per_turn["0"]["n"] == 6 and per_turn["1"]["n"] == 6 and per_turn["1"]["ttft"]["p50"] > 0
+
+
+@pytest.mark.parametrize("kind", ["question", "gzip", "lengths", "mooncake"])
+def test_users_own_files_against_vllm(vllm_server, tmp_path, kind):
+    """The four kinds of user file against the real server: its own usage counts equal what was built."""
+    args, expected = user_files.make(tmp_path)[kind]
+    load = [] if kind == "mooncake" else ["--qps", 4, "--requests", 6]
+    trilemma("run", "--url", vllm_server["url"], *args, *load, "--out", tmp_path / "out")
+    user_files.check(pd.read_parquet(run_dir(tmp_path / "out") / "requests.parquet"), expected)

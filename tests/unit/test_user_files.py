@@ -1,0 +1,123 @@
+"""Users' own files without a server: every format and compression, column mapping, their own traces in the
+shipped traces' formats, and bad files answered with one line naming the file and line."""
+
+import bz2
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench.config import SpecError, WorkloadSpec
+from bench.workload import PromptBuilder, WordTokenizer, Workload
+
+QA = [{"question": "what is the capital of france", "answer": "paris"},
+      {"question": "name three primary colours please", "answer": "red yellow blue"}]
+
+
+def wl(dataset: str, **kw) -> Workload:
+    return Workload(WorkloadSpec(dataset=dataset, **kw), PromptBuilder(WordTokenizer()), seed=0)
+
+
+def jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def zstd(data: bytes) -> bytes:
+    out = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(out, "zstd") as z:
+        z.write(data)
+    return out.getvalue().to_pybytes()
+
+
+def test_a_question_column_is_the_prompt_once_mapped(tmp_path):
+    f = tmp_path / "qa.jsonl"
+    f.write_bytes(jsonl(QA))
+    with pytest.raises(SpecError, match=r"qa.jsonl:1: give one of the columns .*found: question, answer.*--columns"):
+        wl(f"file:{f}")
+    w = wl(f"file:{f}", columns="prompt=question")
+    assert [w.item(i).prompt for i in range(2)] == [r["question"] for r in QA]
+    assert w.item(0).isl == 6  # counted by the tokenizer: the exact prompt, not a synthetic one
+    with pytest.raises(ValueError, match="unknown field 'question'"):
+        WorkloadSpec(dataset=f"file:{f}", columns="question=prompt")
+    with pytest.raises(SpecError, match=r"qa.jsonl:1: no column 'query' to map \(found: question, answer\)"):
+        wl(f"file:{f}", columns={"prompt": "query"})
+
+
+@pytest.mark.parametrize("name,pack", [("qa.jsonl.gz", gzip.compress), ("qa.jsonl.bz2", bz2.compress),
+                                       ("qa.jsonl.zst", zstd), ("qa.data", gzip.compress)])  # the last: by magic bytes
+def test_compressed_files_read_the_same(tmp_path, name, pack):
+    f = tmp_path / name
+    f.write_bytes(pack(jsonl(QA)))
+    w = wl(f"file:{f}", columns="prompt=question")
+    assert [w.item(i).prompt for i in range(2)] == [r["question"] for r in QA]
+
+
+def test_every_table_format_gives_the_same_rows(tmp_path):
+    rows = [{"q": "one two three", "n": 5}, {"q": "four five", "n": 7}]
+    (tmp_path / "a.csv").write_text("q,n\none two three,5\nfour five,7\n")
+    (tmp_path / "a.tsv").write_text("q\tn\none two three\t5\nfour five\t7\n")
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "a.jsonl").write_bytes(jsonl(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    for ext in ("csv", "tsv", "json", "jsonl", "parquet"):
+        w = wl(f"file:{tmp_path / f'a.{ext}'}", columns="prompt=q,output_tokens=n")
+        assert [(w.item(i).prompt, w.item(i).osl) for i in range(2)] == [("one two three", 5), ("four five", 7)], ext
+
+
+def test_a_length_only_csv_is_mapped_to_exact_lengths(tmp_path):
+    f = tmp_path / "lengths.csv"
+    f.write_text("num_prefill_tokens,num_decode_tokens\n40,8\n17,3\n")
+    with pytest.raises(SpecError, match="found: num_prefill_tokens, num_decode_tokens"):
+        wl(f"file:{f}")
+    w = wl(f"file:{f}", columns="input_tokens=num_prefill_tokens,output_tokens=num_decode_tokens")
+    assert [(w.item(i).isl, w.item(i).osl, len(w.item(i).prompt.split())) for i in range(2)] == [(40, 8, 40), (17, 3, 17)]
+
+
+def test_a_users_mooncake_trace_replays_its_times_and_shares_its_blocks(tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_bytes(jsonl([{"timestamp": 0, "input_length": 600, "output_length": 4, "hash_ids": [7, 8]},
+                         {"timestamp": 1500, "input_length": 520, "output_length": 6, "hash_ids": [7, 9]},
+                         {"timestamp": 900, "input_length": 100, "output_length": 2, "hash_ids": [10]}]))
+    w = wl(f"mooncake:{f}", speedup=2.0)
+    assert w.source.timed and w.source.size == 3
+    items = [w.item(i) for i in range(3)]  # sorted by time: 0, 900, 1500 ms
+    assert [it.offset_ns for it in items] == [0, 450_000_000, 750_000_000]
+    assert [it.isl for it in items] == [600, 100, 520] and items[0].source == "mooncake:mine.jsonl:row 0"
+    first_block = [" ".join(it.prompt.split()[:512]) for it in (items[0], items[2])]
+    assert first_block[0] == first_block[1]  # hash id 7 in both: the same 512-token block of text
+    (tmp_path / "bad.jsonl").write_bytes(jsonl([{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": "x"}]))
+    with pytest.raises(SpecError, match=r"bad.jsonl:1: hash_ids must be a list of integers"):
+        wl(f"mooncake:{tmp_path / 'bad.jsonl'}")
+
+
+def test_burstgpt_leaves_out_and_counts_failed_requests(tmp_path):
+    f = tmp_path / "burst.csv"
+    f.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                 "5,ChatGPT,100,20,120,Conversation log\n6,GPT-4,80,0,80,Conversation log\n9,ChatGPT,30,7,37,API log\n")
+    w = wl(f"burstgpt:{f}")
+    assert w.source.size == 2 and w.source.describe()["failed_rows_skipped"] == 1
+    assert [(w.item(i).isl, w.item(i).osl, w.item(i).offset_ns) for i in range(2)] == [(100, 20, 0), (30, 7, 4_000_000_000)]
+
+
+def test_a_users_azure_trace(tmp_path):
+    f = tmp_path / "az.csv.gz"
+    f.write_bytes(gzip.compress(b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,30,4\n2023-11-16 18:15:48.0,12,9\n"))
+    w = wl(f"azure:{f}")
+    assert [(w.item(i).isl, w.item(i).osl, w.item(i).offset_ns) for i in range(2)] == [(30, 4, 0), (12, 9, 1_500_000_000)]
+
+
+@pytest.mark.parametrize("content,dataset,match", [
+    (b'{"prompt": "a"}\n{"prompt": \n', "file", r"x:2: not valid JSON"),
+    (b"\x1f\x8b\x08\x00garbage", "file", r"x: looks gzip-compressed but does not decompress"),
+    (b"\xff\xfe\x00a,b", "file", r"x: not UTF-8 text"),
+    (b"Timestamp,Model,Request tokens,Response tokens\n1,m,ten,3\n", "burstgpt", r"x:2: column 'Request tokens' must be a number"),
+    (b"TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,3,4\n", "azure", r"x:2: TIMESTAMP must look like"),
+    (b'{"timestamp": 0, "input_length": 5}\n', "mooncake", r"x:1: no column 'output_length' \(found: timestamp, input_length\)"),
+])
+def test_bad_files_get_one_line_naming_file_and_line(tmp_path, content, dataset, match):
+    f = tmp_path / "x"
+    f.write_bytes(content)
+    with pytest.raises(SpecError, match=match):
+        wl(f"{dataset}:{f}")
