@@ -285,6 +285,39 @@ class WorkloadSpec(BaseModel):
         return s
 
 
+class Stage(BaseModel):
+    """One stretch of an open loop at a constant rate."""
+
+    model_config = ConfigDict(extra="forbid")
+    qps: float = Field(gt=0)
+    duration_s: float = Field(gt=0)
+
+    @field_validator("qps", "duration_s")
+    @classmethod
+    def _fin(cls, v):
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+
+def parse_stages(v: str | list | None) -> list | None:
+    """`2:60,8:60` (qps:seconds, in order) or a list of {qps, duration_s}."""
+    if v is None or v == "" or v == []:
+        return None
+    if isinstance(v, str):
+        out = []
+        for part in v.split(","):
+            q, colon, d = part.partition(":")
+            try:
+                out.append({"qps": float(q), "duration_s": float(d)})
+            except ValueError:
+                raise ValueError(f"stages '{v}': write QPS:SECONDS pairs in order, e.g. 2:60,8:60") from None
+            if not colon:
+                raise ValueError(f"stages '{v}': write QPS:SECONDS pairs in order, e.g. 2:60,8:60")
+        return out
+    return v
+
+
 class LoadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     qps: float | None = Field(None, gt=0)
@@ -296,6 +329,23 @@ class LoadSpec(BaseModel):
     warmup: float = Field(0.0, ge=0)
     warmup_unit: Literal["s", "r"] = "s"
     replay: bool = False  # a timed trace supplies the arrival times
+    ramp_up_s: float = Field(0.0, ge=0)  # open loop: the rate grows linearly from 0 over this long first (sent as warmup)
+    stages: list[Stage] | None = None  # open loop: constant-rate stretches in order, instead of one --qps
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, v):
+        return parse_stages(v)
+
+    def rate_pieces(self) -> list[tuple[float, float, float]]:
+        """The open loop's rate over time: (seconds, rate at start, rate at end) pieces — the ramp, then the
+        stages (or --qps for warmup + duration)."""
+        if self.stages:
+            rates = [(s.duration_s, s.qps) for s in self.stages]
+        else:
+            rates = [((self.duration_s or 0) + (self.warmup if self.warmup_unit == "s" else 0), self.qps or 0.0)]
+        out = [(self.ramp_up_s, 0.0, rates[0][1])] if self.ramp_up_s > 0 else []
+        return out + [(d, q, q) for d, q in rates]
 
     @field_validator("arrival", mode="before")
     @classmethod
@@ -324,7 +374,27 @@ class LoadSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _stages_and_ramp(self):
+        if self.stages:
+            if self.qps is not None or self.concurrency is not None or self.replay or self.requests is not None:
+                raise ValueError("stages set the rate and length of the run: drop --qps, --concurrency, --requests and trace replay")
+            total = sum(s.duration_s for s in self.stages)
+            if self.duration_s is not None and abs(self.duration_s - total) > 1e-9:
+                raise ValueError(f"stages last {total:g} s; drop --duration (it is their sum)")
+            if self.warmup_unit == "r" and self.warmup:
+                raise ValueError("with stages, give the warmup in seconds (it is the start of the first stage)")
+            self.duration_s = total
+            n = sum(s.qps * s.duration_s for s in self.stages) + self.ramp_up_s * self.stages[0].qps / 2
+            if n > MAX_PLANNED_REQUESTS:
+                raise ValueError(f"the stages plan {n:,.0f} requests, more than {MAX_PLANNED_REQUESTS:,} in one load point")
+        if self.ramp_up_s and (self.concurrency is not None or self.replay):
+            raise ValueError("--ramp-up ramps an open loop's rate (--qps or stages); a closed loop or a trace replay has none")
+        return self
+
+    @model_validator(mode="after")
     def _one_mode(self):
+        if self.stages:
+            return self
         if self.replay:
             if self.qps is not None or self.concurrency is not None:
                 raise ValueError("trace replay takes its arrival times from the trace; drop --qps/--concurrency")
@@ -340,6 +410,8 @@ class LoadSpec(BaseModel):
     def label(self) -> str:
         if self.replay:
             return "replay"
+        if self.stages:
+            return "stages" + "-".join(f"{s.qps:g}" for s in self.stages)
         return f"qps{self.qps:g}" if self.qps is not None else f"conc{self.concurrency}"
 
 
@@ -408,6 +480,7 @@ class RunSpec(BaseModel):
                      qps: float | None = None,
                      concurrency: int | None = None, arrival: str = "poisson", max_concurrency: int | None = None,
                      duration: float | None = None, requests: int | None = None, warmup: str = "0", slo: str | None = None,
+                     ramp_up: float = 0.0, stages: str | None = None,
                      seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
                      server_metrics: bool = True, gpu_telemetry: str = "auto", until_decided: bool = False,
                      max_duration: float | None = None) -> RunSpec:
@@ -436,7 +509,8 @@ class RunSpec(BaseModel):
                           prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
                           window_s=win, columns=columns),
             load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
-                      duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay),
+                      duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay and not stages,
+                      ramp_up_s=ramp_up, stages=stages),
             slos=slos, seed=seed, labels=labels or {}, reset_prefix_cache=reset_prefix_cache,
             scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry, probe=probe)
 

@@ -515,6 +515,27 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     return s
 
 
+def per_stage(recs: list[RequestRecord], t0_ns: int, pieces: list[tuple[float, float, float]], ramp: bool) -> list[dict[str, Any]]:
+    """A staged (or ramped) open loop, stage by stage: the requests the schedule sent in each stretch (their
+    realised rate beside the one asked for: the expected count is the rate's integral) and the latency of
+    the measured ones among them (warmup excluded). ITL per stage is not split (the token arrays are
+    summarised in one pass)."""
+    out = []
+    start = 0.0
+    for k, (dur, r0, r1) in enumerate(pieces):
+        lo, hi = t0_ns + int(start * 1e9), t0_ns + int((start + dur) * 1e9)
+        sent = [r for r in recs if lo <= r.intended_ns < hi]
+        m = [r for r in sent if not r.warmup and r.error_kind != "cancelled"]
+        ok = [r for r in m if r.ok]
+        expected = dur * (r0 + r1) / 2
+        out.append({"stage": "ramp" if ramp and k == 0 else (k - 1 if ramp else k), "start_s": start, "duration_s": dur,
+                    "qps": r1 if r0 == r1 else None, "qps_from_to": [r0, r1], "expected_requests": expected, "sent": len(sent),
+                    "realised_qps": len(sent) / dur if dur > 0 else math.nan, "measured": len(m), "ok": len(ok),
+                    "ttft": latency_stats(metric_values(m, "ttft")), "e2e": latency_stats(metric_values(ok, "e2e"))})
+        start += dur
+    return out
+
+
 # record fields no summary reads (identifiers for tracing a request back): left on disk by summarize_run
 _NOT_SUMMARISED = ("response_id", "source", "prefix_group", "server_recv_ns", "retries", "finish_reason")
 

@@ -113,15 +113,17 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
     from bench import schedule
 
     load = spec.load
-    warm_s = load.warmup if load.warmup_unit == "s" else 0.0
+    warm_s = (load.warmup if load.warmup_unit == "s" else 0.0) + load.ramp_up_s  # a ramp is sent as warmup
     warm_n = int(load.warmup) if load.warmup_unit == "r" else 0
-    mode = "qps" if (load.qps is not None or load.replay) else "concurrency"
+    mode = "qps" if (load.qps is not None or load.replay or load.stages) else "concurrency"
     mon = monitor or ProbeMonitor(spec.probe, spec.slos, mode, warm_s, warm_n, load.duration_s if not spec.probe else None)
     dur_ns: int | None
     if spec.probe is not None:  # the schedule runs to the rule's maximum; the monitor ends it sooner
         dur_ns = int((warm_s + spec.probe.max_duration_s * 1.5 + 1) * 1e9)
     else:
         dur_ns = int((load.duration_s + warm_s) * 1e9) if load.duration_s else None
+    if load.stages:  # the first stage's start is the warmup: the schedule is the ramp and the stages
+        dur_ns = int((load.ramp_up_s + sum(s.duration_s for s in load.stages)) * 1e9)
     n_req = (load.requests + warm_n) if load.requests else None
     tasks: set[asyncio.Task] = set()
     sem = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
@@ -180,16 +182,20 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
 
     watch = asyncio.ensure_future(mon.watch())
     try:
-        if load.qps is not None or load.replay:
+        if load.qps is not None or load.replay or load.stages:
             # open loop: absolute schedule from the seed (or the trace's own offsets)
-            if load.replay:
+            if load.stages or load.ramp_up_s:
+                offsets = [o for o in schedule.profile_offsets_ns(load.arrival, load.rate_pieces(), spec.seed).tolist()
+                           if dur_ns is None or o < dur_ns]
+            elif load.replay:
                 offsets = [o for it in items_hint if (o := it.offset_ns) is not None and (dur_ns is None or o < dur_ns)]
             else:
                 assert load.qps is not None
                 offsets = schedule.open_loop_offsets_ns(load.arrival, load.qps, spec.seed, duration_s=dur_ns / 1e9 if dur_ns else None,
                                                         count=n_req).tolist()
             progress.planned = len(offsets) if spec.probe is None else None
-            rate = load.qps or (len(offsets) / max(1e-9, (offsets[-1] - offsets[0]) / 1e9) if len(offsets) > 1 else 1.0)
+            peak = max(s.qps for s in load.stages) if load.stages else 0.0
+            rate = load.qps or peak or (len(offsets) / max(1e-9, (offsets[-1] - offsets[0]) / 1e9) if len(offsets) > 1 else 1.0)
             spin = rate <= 400
             for i, off in enumerate(offsets):
                 target = t0 + off
@@ -287,7 +293,7 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
 
 async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | None, on_progress, telemetry) -> dict:
     from bench import results
-    from bench.metrics import summarize_run
+    from bench.metrics import per_stage, summarize_run
 
     tgt = spec.target
     if api_key and cl.url_secrets(tgt.url):
@@ -408,7 +414,8 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             doc["window_ns"] = list(window)
         await asyncio.to_thread(writer.close, window[0] if window else None)
         summary, recs = await asyncio.to_thread(
-            summarize_run, run_dir, spec.slos, offered_qps=spec.load.qps, mode="qps" if spec.load.qps else "concurrency",
+            summarize_run, run_dir, spec.slos, offered_qps=spec.load.qps,
+            mode="qps" if (spec.load.qps is not None or spec.load.stages) else "concurrency",
             expect_exact_osl=tgt.ignore_eos, window_ns=window, conf=probe_mon.conf,
             lifetimes_needed=spec.probe.window_lifetimes if spec.probe else 3.0, aborted=probe_mon.aborted)
         sent = {r.index for r in recs}
@@ -416,6 +423,8 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         doc["workload"]["clipped_to_max_model_len"] = n_clipped
         if wl.size is not None and not load.replay:
             doc["workload"]["dataset_rows_reused"] = n_reused
+        if load.stages or load.ramp_up_s:
+            summary["per_stage"] = per_stage(recs, probe_mon.t0, load.rate_pieces(), bool(load.ramp_up_s))
         doc["probe"] = probe_mon.report()
         summary["probe"] = {k: v for k, v in doc["probe"].items() if k not in ("looks", "rule")} | {"n_looks": len(probe_mon.looks)}
         doc["client_health"] = {"loop_stalls": stalls.report()}

@@ -52,6 +52,42 @@ def open_loop_offsets_ns(
     return (t * 1e9).astype(np.int64)
 
 
+def profile_offsets_ns(arrival: Arrival, pieces: list[tuple[float, float, float]], seed: int) -> np.ndarray:
+    """Intended send offsets (int64 ns) for an open loop whose rate changes over time: `pieces` of
+    (seconds, rate at start, rate at end), linear within a piece (a ramp) or constant (a stage).
+
+    Time rescaling: arrivals of the unit-rate process (Exp(1) gaps for Poisson, Gamma with the given CV, or
+    1 for constant) at s_1, s_2, ... are sent at Λ⁻¹(s_i), where Λ(t) = ∫ rate is the expected number of
+    arrivals by t. So the count in any stretch has the rate's integral as its mean, and the arrival process
+    keeps its own shape (a Poisson process stays Poisson, with the time-varying rate)."""
+    rng = np.random.default_rng(seed)
+    # Λ on a grid: exact at piece boundaries; a ramp's quadratic Λ on 2,000 points (linear interpolation between)
+    ts, lam = [0.0], [0.0]
+    for dur, r0, r1 in pieces:
+        if dur <= 0:
+            continue
+        k = 2000 if r0 != r1 else 1
+        u = np.linspace(0.0, dur, k + 1)[1:]
+        base_t, base_l = ts[-1], lam[-1]
+        ts.extend((base_t + u).tolist())
+        lam.extend((base_l + r0 * u + (r1 - r0) * u**2 / (2 * dur)).tolist())
+    t_grid, l_grid = np.asarray(ts), np.asarray(lam)
+    total = float(l_grid[-1])
+    if total <= 0:
+        return np.zeros(0, dtype=np.int64)
+    unit = Arrival(kind=arrival.kind, cv=arrival.cv)
+    n = int(total * 1.3 + 50)
+    s = np.cumsum(interarrival_s(unit, 1.0, n, rng))
+    while s[-1] < total:
+        s = np.concatenate((s, s[-1] + np.cumsum(interarrival_s(unit, 1.0, n, rng))))
+    s = np.concatenate(([0.0], s[:-1])) if arrival.kind == "constant" else s  # a constant schedule starts at 0, as open_loop_offsets_ns
+    s = s[s < total]
+    keep = np.concatenate(([True], np.diff(l_grid) > 0))  # Λ is flat where the rate is 0 (a ramp's first instant)
+    t = np.interp(s, l_grid[keep], t_grid[keep])
+    out: np.ndarray = (t * 1e9).astype(np.int64)
+    return out
+
+
 def scaled_trace_offsets_ns(timestamps_s: np.ndarray, speedup: float) -> np.ndarray:
     """Trace replay: offsets relative to the first timestamp, divided by `speedup` (same shape, faster)."""
     ts = np.asarray(timestamps_s, dtype=np.float64)

@@ -44,6 +44,11 @@ def print_summary(doc: dict, console: Console | None = None) -> None:
     if s.get("offered_qps"):
         c.print(f"offered {s['offered_qps']:g} req/s · achieved send rate {_f(s.get('achieved_send_qps'), 2)} req/s · "
                 f"mean in flight {_f(s.get('mean_in_flight'), 1)}")
+    for d in s.get("per_stage") or []:
+        ask = f"{d['qps']:g} req/s" if d["qps"] is not None else "{:g}→{:g} req/s".format(*d["qps_from_to"])
+        c.print(f"stage {d['stage']}: {d['start_s']:g}-{d['start_s'] + d['duration_s']:g} s at {ask} · sent {d['sent']} "
+                f"({_f(d['realised_qps'], 2)} req/s; {d['expected_requests']:.0f} expected) · measured {d['ok']}/{d['measured']} ok · "
+                f"TTFT p50 {_f(d['ttft']['p50'], 1)} ms · p99 {_f(d['ttft']['p99'], 1)} ms")
     for t, d in (s.get("per_turn") or {}).items():
         c.print(f"turn {t}: {d['n']} requests · TTFT p50 {_f(d['ttft']['p50'], 1)} ms · p99 {_f(d['ttft']['p99'], 1)} ms · "
                 f"mean prompt {_f(d['prompt_tokens_mean'], 0)} tokens")

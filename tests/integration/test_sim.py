@@ -144,3 +144,19 @@ def test_users_own_files_run_with_exact_token_counts(sim_factory, tmp_path, kind
     trilemma("run", "--url", sim.url, *args, *load, "--out", tmp_path / "out")
     d = run_dir(tmp_path / "out")
     user_files.check(pd.read_parquet(d / "requests.parquet"), expected)
+
+
+def test_ramp_and_two_stages_realise_their_rates_and_are_summarised_per_stage(sim_factory, tmp_path):
+    """A 4 s ramp to 4 req/s, then 4 req/s for 8 s and 10 req/s for 8 s, on the simulator (capacity ~16 req/s):
+    each stretch sends its rate's integral within Poisson sampling error (3·√expected), the ramp is warmup, and
+    the summary reports every stage."""
+    sim = sim_factory("--profile", "tiny-test")
+    p = trilemma("run", "--url", sim.url, "--isl", 32, "--osl", 8, "--ramp-up", 4, "--stages", "4:8,10:8", "--out", tmp_path)
+    assert "stage ramp:" in p.stdout and "stage 1:" in p.stdout
+    doc = json.loads((run_dir(tmp_path) / "run.json").read_text())
+    st = doc["summary"]["per_stage"]
+    assert [d["stage"] for d in st] == ["ramp", 0, 1] and [d["expected_requests"] for d in st] == [8, 32, 80]
+    for d in st:
+        assert abs(d["sent"] - d["expected_requests"]) <= 3 * d["expected_requests"] ** 0.5, d
+    assert st[0]["measured"] == 0 and st[1]["measured"] > 0 and st[2]["ok"] == st[2]["measured"] > 0
+    assert doc["summary"]["n_warmup"] >= st[0]["sent"]
