@@ -100,6 +100,7 @@ def run(
                                           "file:PATH, or your trace as mooncake:PATH, azure:PATH, burstgpt:PATH)"),
     qps: Optional[float] = typer.Option(None, help="Open loop: request rate (req/s)"),
     stages: Optional[str] = typer.Option(None, help="Open loop in stages: QPS:SECONDS,... in order (e.g. 2:60,8:60); replaces --qps and --duration"),
+    think_time: float = typer.Option(0.0, min=0, help="Conversations (mt-bench, sharegpt:PATH, chat:PATH): seconds between an answer and the next turn"),
     ramp_up: float = typer.Option(0.0, help="Open loop: grow the rate linearly from 0 over this many seconds first (sent as warmup)"),
     concurrency: Optional[int] = typer.Option(None, help="Closed loop: concurrent requests"),
     arrival: str = typer.Option("poisson", help="poisson | constant | gamma:CV"),
@@ -140,7 +141,7 @@ def run(
         url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage, timeout=timeout,
         isl=isl, osl=osl, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len,
         speedup=speedup, window=window, columns=columns, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
-        duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, slo=slo, seed=seed, labels=_labels(label),
+        duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, think_time=think_time, slo=slo, seed=seed, labels=_labels(label),
         reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
         until_decided=until_decided, max_duration=max_duration)
     doc = run_one(spec, _out_dir(out), _run_name(name), env_api_key(spec, api_key), gpus)

@@ -259,6 +259,7 @@ class WorkloadSpec(BaseModel):
     speedup: float = Field(1.0, gt=0)  # trace replay time scaling
     window_s: tuple[float, float] | None = None  # trace replay: [start, end) seconds of the trace
     columns: dict[str, str] | None = None  # file:PATH: field -> the file's column ({"prompt": "question"})
+    think_s: float = Field(0.0, ge=0)  # conversations: pause between an answer and the next turn
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -480,7 +481,7 @@ class RunSpec(BaseModel):
                      qps: float | None = None,
                      concurrency: int | None = None, arrival: str = "poisson", max_concurrency: int | None = None,
                      duration: float | None = None, requests: int | None = None, warmup: str = "0", slo: str | None = None,
-                     ramp_up: float = 0.0, stages: str | None = None,
+                     ramp_up: float = 0.0, stages: str | None = None, think_time: float = 0.0,
                      seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
                      server_metrics: bool = True, gpu_telemetry: str = "auto", until_decided: bool = False,
                      max_duration: float | None = None) -> RunSpec:
@@ -507,7 +508,7 @@ class RunSpec(BaseModel):
                         request_timeout_s=timeout),
             workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
                           prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
-                          window_s=win, columns=columns),
+                          window_s=win, columns=columns, think_s=think_time),
             load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
                       duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay and not stages,
                       ramp_up_s=ramp_up, stages=stages),

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.config import LengthDist, SpecError
+from bench.records import MAX_TURNS
 
 
 @dataclass(slots=True)
@@ -48,7 +49,8 @@ class WorkItem:
     offset_ns: int | None = None  # trace replay: intended offset from t0
     conversation: int = -1
     turn: int = -1
-    followups: list = field(default_factory=list)  # later user turns of a multi-turn conversation
+    followups: list = field(default_factory=list)  # later user turns of a multi-turn conversation: (text, isl, osl)
+    think_s: float = 0.0  # multi-turn: pause between an answer's end and the next turn's send
 
 
 # ------------------------------------------------------------------ length sampling
@@ -193,12 +195,36 @@ def read_table(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, row) pairs of a CSV, TSV, JSON (a list of objects), JSONL or parquet file, any of them
     compressed. The format comes from the extension under the compression suffix, else from the content
     ('[' a JSON list, '{' JSON lines, else CSV). `line` is the file's line number (CSV: the header is line
-    1; parquet and JSON lists: the row number from 1) for error messages."""
+    1; parquet and JSON lists: the row number from 1) for error messages.
+
+    A directory is a local dataset snapshot (a Hugging Face `save_to_disk` directory of .arrow files, or a
+    hub snapshot of parquet/JSONL files): its data files in name order, rows numbered through them all."""
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and _data_file(f))
+        if not files:
+            raise SpecError(f"{p}: a directory with no data files (.parquet, .arrow, .jsonl, .json, .csv, .tsv, compressed or not)")
+        k = 0
+        for f in files:
+            for _, row in read_table(f):
+                k += 1
+                yield k, row
+        return
     suffixes = [x.lower() for x in p.suffixes]
     while suffixes and suffixes[-1] in _COMPRESSED:
         suffixes.pop()
     ext = suffixes[-1] if suffixes else ""
     data = read_bytes(p)
+    if ext == ".arrow" or data[:6] == b"ARROW1" or data[:4] == b"\xff\xff\xff\xff":  # Arrow IPC file or stream (datasets' save_to_disk)
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        try:
+            t = ipc.open_file(pa.BufferReader(data)).read_all() if data[:6] == b"ARROW1" else ipc.open_stream(pa.BufferReader(data)).read_all()
+        except pa.ArrowInvalid as e:
+            raise SpecError(f"{p}: not a readable Arrow file ({e})") from None
+        for k, row in enumerate(t.to_pylist(), start=1):
+            yield k, row
+        return
     if ext == ".parquet" or data[:4] == b"PAR1":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -239,9 +265,17 @@ def read_table(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield ln, rec
 
 
+def _data_file(f: Path) -> bool:
+    s = [x.lower() for x in f.suffixes]
+    while s and s[-1] in _COMPRESSED:
+        s.pop()
+    return bool(s) and s[-1] in (".parquet", ".arrow", ".jsonl", ".ndjson", ".json", ".csv", ".tsv") and not f.name.startswith(
+        ("dataset_info", "state", "dataset_dict"))
+
+
 def _user_path(spec_name: str, path: str) -> Path:
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise SpecError(f"--dataset {spec_name}: no such file '{path}'")
     return p
 
@@ -428,9 +462,10 @@ class MTBench(Source):
     makes_items = True
     wraps = True
 
-    def __init__(self, osl: int):
+    def __init__(self, osl: int, think_s: float = 0.0):
         super().__init__()
         self.name_ = "mt-bench"
+        self.think_s = think_s
         with open(TRACES / "mt-bench" / "question.jsonl") as f:
             self.rows = [json.loads(ln) for ln in f if ln.strip()]
         self.osl = osl
@@ -441,11 +476,87 @@ class MTBench(Source):
         msgs = [{"role": "user", "content": q["turns"][0]}]
         isl = wl.builder.tok.count_chat(msgs) if wl.builder else len(q["turns"][0].split())
         follow = [(t, 0, self.osl) for t in q["turns"][1:]]
-        return WorkItem(i * 16, msgs, isl, self.osl, source=f"mt-bench:q{q['question_id']}:turn0", conversation=int(q["question_id"]),
-                        turn=0, followups=follow)
+        return WorkItem(i * MAX_TURNS, msgs, isl, self.osl, source=f"mt-bench:q{q['question_id']}:turn0", conversation=int(q["question_id"]),
+                        turn=0, followups=follow, think_s=self.think_s)
 
     def describe(self) -> dict:
         return {"dataset": "mt-bench", "conversations": self.size, "turns": 2, "attribution": ATTRIBUTION["mt-bench"]}
+
+
+class Conversations(Source):
+    """Multi-turn sessions from a ShareGPT-format file (`conversations`: [{from: human|gpt, value}, ...]) or a chat
+    JSONL (`messages`: [{role: user|assistant, content}, ...]). Item i is conversation i's first user turn; each
+    later user turn is sent after the previous answer ends plus `think_s`, with the real history (the server's
+    own answers, so its prefix cache sees what production traffic gives it). A turn's output length is the
+    recorded answer's token count where the file has one, else --osl. At most 16 turns a conversation."""
+
+    has_lengths = False
+    makes_items = True
+    wraps = True
+
+    def __init__(self, kind: str, path: Path, spec, think_s: float):
+        super().__init__()
+        self.name_ = f"{kind}:{path.name}"
+        self.think_s = think_s
+        self.default_osl = int(spec.osl.a) if spec.osl.kind == "fixed" else 128
+        for ln, rec in read_table(path):
+            system, turns = self._turns(rec, path, ln)
+            if turns:
+                self.rows.append((ln, system, turns[:MAX_TURNS]))
+        if not self.rows:
+            raise SpecError(f"{path}: no conversation with a user turn")
+        self.truncated = sum(1 for _, _, t in self.rows if len(t) == MAX_TURNS)
+
+    @staticmethod
+    def _turns(rec: dict, p: Path, ln: int) -> tuple[list[dict[str, str]], list[tuple[str, str | None]]]:
+        """(system messages before the first user turn, [(user text, the recorded answer or None)] in order)."""
+        conv = rec.get("conversations")
+        user: tuple[str, ...]
+        assistant: tuple[str, ...]
+        if conv is not None:
+            who, text = "from", "value"
+            user, assistant = ("human", "user"), ("gpt", "assistant", "chatgpt", "bing", "bard")
+        elif rec.get("messages") is not None:
+            conv, who, text = rec["messages"], "role", "content"
+            user, assistant = ("user",), ("assistant",)
+        else:
+            raise SpecError(f"{p}:{ln}: expected 'conversations' (ShareGPT: from/value turns) or 'messages' (role/content); "
+                            f"found: {', '.join(map(str, rec)) or 'none'}")
+        if not isinstance(conv, list) or not all(isinstance(m, dict) and isinstance(m.get(text), str) for m in conv):
+            raise SpecError(f"{p}:{ln}: each turn must be an object with a text '{text}'")
+        out: list[tuple[str, str | None]] = []
+        system = []
+        for m in conv:
+            if m.get(who) == "system" and not out:
+                system.append({"role": "system", "content": m[text]})
+            elif m.get(who) in user:
+                out.append((m[text], None))
+            elif m.get(who) in assistant and out and out[-1][1] is None:
+                out[-1] = (out[-1][0], m[text])
+        return system, out
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def item(self, i: int, rng, wl):
+        ln, system, turns = self.rows[i % len(self.rows)]
+
+        def osl(answer: str | None) -> int:
+            if answer and wl.builder is not None:
+                return max(1, wl.builder.count(answer))
+            return self.default_osl
+
+        first = [*system, {"role": "user", "content": turns[0][0]}]
+        isl = wl.builder.tok.count_chat(first) if wl.builder else len(turns[0][0].split())
+        follow = [(q, 0, osl(a)) for q, a in turns[1:]]
+        return WorkItem(i * MAX_TURNS, first, isl, osl(turns[0][1]), source=f"{self.name_}:line {ln}:turn0", conversation=i,
+                        turn=0, followups=follow, think_s=self.think_s)
+
+    def describe(self) -> dict:
+        n = [len(t) for _, _, t in self.rows]  # user turns per conversation
+        return {"dataset": self.name_, "conversations": self.size, "turns_mean": float(np.mean(n)), "turns_max": max(n),
+                "think_s": self.think_s, "truncated_to_16_turns": self.truncated}
 
 
 class UserFile(Source):
@@ -457,8 +568,8 @@ class UserFile(Source):
     def __init__(self, path: str, spec):
         super().__init__()
         p = Path(path).expanduser()
-        if not p.is_file():
-            raise SpecError(f"--dataset file:{path}: no such file")
+        if not p.exists():
+            raise SpecError(f"--dataset file:{path}: no such file or directory")
         self.name_ = f"file:{p.name}"
         cols = dict(getattr(spec, "columns", None) or {})
         self.columns = cols
@@ -552,10 +663,12 @@ def open_source(name: str, spec, seed: int) -> Source:
     if name == "sonnet":
         return Sonnet(spec)
     if name == "mt-bench":
-        return MTBench(int(spec.osl.a) if spec.osl.kind == "fixed" else 128)
+        return MTBench(int(spec.osl.a) if spec.osl.kind == "fixed" else 128, spec.think_s)
     if name.startswith("file:"):
         return UserFile(name[5:], spec)
     kind, _, path = name.partition(":")
+    if kind in ("sharegpt", "chat") and path:
+        return Conversations(kind, _user_path(name, path), spec, spec.think_s)
     if kind == "mooncake" and path:
         rows = _mooncake_rows(_user_path(name, path))
         return Mooncake(rows, spec.speedup, window, False, seed, name=f"mooncake:{Path(path).name}")
@@ -568,4 +681,5 @@ def open_source(name: str, spec, seed: int) -> Source:
         src.failed_rows_skipped = failed
         return src
     raise SpecError(f"dataset '{name}' is not known; use azure-conv, azure-code, mooncake, mooncake:scrambled, sonnet, "
-                    "mt-bench, file:PATH, or your own trace as mooncake:PATH, azure:PATH or burstgpt:PATH")
+                    "mt-bench, file:PATH, your own trace as mooncake:PATH, azure:PATH or burstgpt:PATH, or conversations as "
+                    "sharegpt:PATH or chat:PATH")

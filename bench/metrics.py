@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 
 from bench import stats
 from bench.config import SLO
-from bench.records import RequestRecord
+from bench.records import MAX_TURNS, RequestRecord
 
 NS_MS = 1e-6
 
@@ -507,6 +507,14 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
                                   "prompt_tokens_mean": float(np.mean([float(r.prompt_tokens) for r in m
                                                                        if r.turn == t and r.prompt_tokens >= 0] or [math.nan]))}
                          for t in turns}
+    sessions: dict[int, list[RequestRecord]] = {}
+    for r in m:
+        if r.turn >= 0:
+            sessions.setdefault(r.index // MAX_TURNS, []).append(r)
+    if sessions:  # conversations: first send to last byte, for sessions whose every measured turn succeeded
+        done = [rs for rs in sessions.values() if all(r.ok for r in rs)]
+        s["sessions"] = {"n": len(sessions), "complete": len(done), "turns_mean": float(np.mean([len(rs) for rs in sessions.values()])),
+                         "duration_s": latency_stats([(max(r.end_ns for r in rs) - min(r.intended_ns for r in rs)) / 1e9 for rs in done])}
     s["token_mismatch"] = token_mismatches(m, expect_exact_osl)
     s["steady_state"] = ss
     s["saturation"] = {"saturated": bool(ss.get("saturated")), "reason": ss.get("reason", "") if ss.get("saturated") else "",

@@ -26,6 +26,9 @@ import pyarrow as pa
 ERROR_KINDS = ("connect", "timeout", "http", "stream_cut", "malformed", "server_error_event", "cancelled", "client")
 
 
+MAX_TURNS = 16  # a conversation's turns take consecutive request indices: its first is 16·i, turn k is 16·i + k
+
+
 def _ints() -> array[int]:
     return array("q")
 

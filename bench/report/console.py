@@ -52,6 +52,10 @@ def print_summary(doc: dict, console: Console | None = None) -> None:
     for t, d in (s.get("per_turn") or {}).items():
         c.print(f"turn {t}: {d['n']} requests · TTFT p50 {_f(d['ttft']['p50'], 1)} ms · p99 {_f(d['ttft']['p99'], 1)} ms · "
                 f"mean prompt {_f(d['prompt_tokens_mean'], 0)} tokens")
+    if s.get("sessions"):
+        ss = s["sessions"]
+        c.print(f"sessions: {ss['n']} ({ss['complete']} complete) · {ss['turns_mean']:.1f} turns on average · duration p50 "
+                f"{_f(ss['duration_s']['p50'], 1)} s · p90 {_f(ss['duration_s']['p90'], 1)} s")
     w = doc.get("workload") or {}
     if w.get("dataset"):
         c.print(f"dataset {w['dataset']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in w.items()

@@ -160,3 +160,13 @@ def test_ramp_and_two_stages_realise_their_rates_and_are_summarised_per_stage(si
         assert abs(d["sent"] - d["expected_requests"]) <= 3 * d["expected_requests"] ** 0.5, d
     assert st[0]["measured"] == 0 and st[1]["measured"] > 0 and st[2]["ok"] == st[2]["measured"] > 0
     assert doc["summary"]["n_warmup"] >= st[0]["sent"]
+
+
+def test_sharegpt_conversations_replay_turn_by_turn_with_history(sim_factory, tmp_path):
+    sim = sim_factory("--profile", "tiny-test")
+    f = user_files.sharegpt(tmp_path)
+    p = trilemma("run", "--url", sim.url, "--api", "chat", "--dataset", f"sharegpt:{f}", "--qps", 2, "--requests", 4,
+                 "--think-time", 0.5, "--out", tmp_path / "out")
+    assert "turn 2:" in p.stdout and "sessions: 4 (4 complete)" in p.stdout
+    d = run_dir(tmp_path / "out")
+    user_files.check_sessions(json.loads((d / "run.json").read_text()), pd.read_parquet(d / "requests.parquet"), 3, 4, 0.5)

@@ -89,3 +89,19 @@ def test_users_own_files_against_vllm(vllm_server, tmp_path, kind):
     load = [] if kind == "mooncake" else ["--qps", 4, "--requests", 6]
     trilemma("run", "--url", vllm_server["url"], *args, *load, "--out", tmp_path / "out")
     user_files.check(pd.read_parquet(run_dir(tmp_path / "out") / "requests.parquet"), expected)
+
+
+def test_sharegpt_history_is_served_from_the_prefix_cache(vllm_server, tmp_path):
+    """Three-turn ShareGPT conversations against vLLM: each follow-up carries the history, and vLLM's own
+    prefix-cache counter shows it (hit rate well above the same conversations cut to their first turn)."""
+    rate = {}
+    for turns in (1, 3):
+        f = user_files.sharegpt(tmp_path, turns=turns, name=f"sg{turns}.json")
+        out = tmp_path / f"out{turns}"
+        trilemma("run", "--url", vllm_server["url"], "--api", "chat", "--dataset", f"sharegpt:{f}", "--qps", 2, "--requests", 4,
+                 "--think-time", 0.2, "--out", out, timeout=900)
+        d = run_dir(out)
+        doc = json.loads((d / "run.json").read_text())
+        user_files.check_sessions(doc, pd.read_parquet(d / "requests.parquet"), turns, 4, 0.2)
+        rate[turns] = doc["summary"]["server"]["prefix_cache_hit_rate"]
+    assert rate[3] > rate[1] + 0.2, rate

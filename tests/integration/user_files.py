@@ -39,3 +39,36 @@ def check(df, expected: dict) -> None:
     for i, (isl, osl) in expected.items():
         row = df[df["index"] == i].iloc[0]
         assert (row["prompt_tokens"], row["output_tokens"]) == (isl, osl), row["source"]
+
+
+def sharegpt(tmp: Path, turns: int = 3, n: int = 4, name: str = "sg.json") -> Path:
+    """n ShareGPT conversations of `turns` user turns (about 60 words each, so a history spans several KV
+    blocks) with recorded answers of 6-8 words (the lengths each turn asks for)."""
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
+    convs = []
+    for c in range(n):
+        conv = []
+        for t in range(turns):
+            conv.append({"from": "human", "value": " ".join(words[(c + t + k) % len(words)] for k in range(60))})
+            conv.append({"from": "gpt", "value": " ".join(words[:6 + t])})
+        convs.append({"id": f"c{c}", "conversations": conv})
+    p = tmp / name
+    p.write_text(json.dumps(convs))
+    return p
+
+
+def check_sessions(doc: dict, df, turns: int, n: int, think_s: float) -> None:
+    """Every turn ok; turn k+1 carries the history (its prompt holds turn k's prompt and answer) and is sent
+    after turn k's answer ended plus the think time; per-turn TTFT and sessions in the summary."""
+    assert len(df) == turns * n and df["ok"].all(), df[["index", "turn", "ok", "error"]]
+    df = df.set_index(["conversation", "turn"]).sort_index()
+    for c in range(n):
+        for t in range(1, turns):
+            prev, cur = df.loc[(c, t - 1)], df.loc[(c, t)]
+            assert cur["prompt_tokens"] > prev["prompt_tokens"] + prev["output_tokens"]
+            assert cur["sent_ns"] >= prev["end_ns"] + think_s * 1e9
+            assert cur["output_tokens"] == 6 + t  # the recorded answer's length
+    s = doc["summary"]
+    assert sorted(s["per_turn"]) == [str(t) for t in range(turns)]
+    assert s["sessions"]["n"] == n and s["sessions"]["complete"] == n and s["sessions"]["turns_mean"] == turns
+    assert s["sessions"]["duration_s"]["p50"] > (turns - 1) * think_s

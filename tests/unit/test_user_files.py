@@ -121,3 +121,58 @@ def test_bad_files_get_one_line_naming_file_and_line(tmp_path, content, dataset,
     f.write_bytes(content)
     with pytest.raises(SpecError, match=match):
         wl(f"{dataset}:{f}")
+
+
+SHAREGPT = [{"id": "c1", "conversations": [{"from": "human", "value": "hello there friend"}, {"from": "gpt", "value": "hi how are you"},
+                                           {"from": "human", "value": "tell me a story"}, {"from": "gpt", "value": "once upon a time"},
+                                           {"from": "human", "value": "and then"}, {"from": "gpt", "value": "the end"}]},
+            {"id": "c2", "conversations": [{"from": "human", "value": "one question only"}]}]
+
+
+def test_sharegpt_conversations_become_sessions_of_turns(tmp_path):
+    f = tmp_path / "sg.json"
+    f.write_text(json.dumps(SHAREGPT))
+    w = wl(f"sharegpt:{f}", think_s=2.0)
+    assert w.source.size == 2 and w.source.describe()["turns_max"] == 3
+    it = w.item(0)
+    assert it.prompt == [{"role": "user", "content": "hello there friend"}] and it.turn == 0 and it.think_s == 2.0
+    assert it.osl == 4  # the recorded answer's tokens: the length this turn asks for
+    assert [(q, o) for q, _, o in it.followups] == [("tell me a story", 4), ("and then", 2)]
+    assert w.item(1).followups == [] and w.item(1).index == 16  # turns of session i are 16·i + k
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b"},
+                                             {"role": "assistant", "content": "c"}, {"role": "user", "content": "d e f"}]}) + "\n")
+    c = wl(f"chat:{chat}").item(0)
+    assert c.prompt == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b"}]
+    assert [q for q, _, _ in c.followups] == ["d e f"]
+    (tmp_path / "bad.jsonl").write_text('{"conversations": [{"from": "human"}]}\n')
+    with pytest.raises(SpecError, match=r"bad.jsonl:1: each turn must be an object with a text 'value'"):
+        wl(f"sharegpt:{tmp_path / 'bad.jsonl'}")
+    (tmp_path / "none.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(SpecError, match=r"none.jsonl:1: expected 'conversations'.*found: text"):
+        wl(f"sharegpt:{tmp_path / 'none.jsonl'}")
+
+
+def test_a_local_dataset_snapshot_directory(tmp_path):
+    """A Hugging Face `save_to_disk` directory (Arrow stream shards beside dataset_info.json and state.json)
+    and a hub snapshot of parquet shards read as one file, with the same column mapping."""
+    import pyarrow.ipc as ipc
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for k, rows in enumerate((QA[:1], QA[1:])):
+        t = pa.Table.from_pylist(rows)
+        with ipc.new_stream(saved / f"data-0000{k}-of-00002.arrow", t.schema) as w:
+            w.write_table(t)
+    (saved / "dataset_info.json").write_text('{"features": {}}')
+    (saved / "state.json").write_text('{"_data_files": []}')
+    hub = tmp_path / "snapshot" / "data"
+    hub.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(QA[:1]), hub / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(QA[1:]), hub / "train-00001-of-00002.parquet")
+    for d in (saved, tmp_path / "snapshot"):
+        w = wl(f"file:{d}", columns="prompt=question")
+        assert [w.item(i).prompt for i in range(2)] == [r["question"] for r in QA]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="a directory with no data files"):
+        wl(f"file:{tmp_path / 'empty'}")
