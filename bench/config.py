@@ -612,6 +612,7 @@ class SweepLoad(BaseModel):
     auto: AutoSearch | None = None
     arrival: Arrival = Arrival()
     max_concurrency: int | None = Field(None, ge=1)
+    ramp_up_s: float = Field(0.0, ge=0)  # qps grid: each point's rate grows from 0 over this long first (sent as warmup)
 
     @field_validator("arrival", mode="before")
     @classmethod
@@ -627,6 +628,8 @@ class SweepLoad(BaseModel):
             raise ValueError("qps: give a non-empty list of positive, finite rates, e.g. [2, 4, 8]")
         if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
             raise ValueError("concurrency: give a non-empty list of integers >= 1")
+        if self.ramp_up_s and self.qps is None:
+            raise ValueError("ramp_up_s ramps each point of a qps: [..] grid (a closed loop or a knee search has none)")
         return self
 
 

@@ -154,7 +154,8 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
             "slos": [str(s) for s in spec.slos], "attainment": spec.attainment.model_dump(mode="json"),
             "probe": rule.model_dump() if rule else None, "extend": extend, "arrival": str(spec.load.arrival),
             "max_concurrency": spec.load.max_concurrency, "max_model_len": spec.max_model_len,
-            "reset_prefix_cache": spec.reset_prefix_cache, "labels": spec.labels}
+            "reset_prefix_cache": spec.reset_prefix_cache, "labels": spec.labels,
+            **({"ramp_up_s": spec.load.ramp_up_s} if spec.load.ramp_up_s else {})}
 
 
 def point_hash(key: dict) -> str:
@@ -174,7 +175,7 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
             "duration_s": (rule.min_duration_s if rule else spec.duration_s * scale) if spec.duration_s else None,
             "requests": spec.requests * scale if spec.requests else None}
     if key["mode"] == "qps":
-        load.update(qps=key["value"], max_concurrency=spec.load.max_concurrency)
+        load.update(qps=key["value"], max_concurrency=spec.load.max_concurrency, ramp_up_s=spec.load.ramp_up_s)
     else:
         load.update(concurrency=int(key["value"]))
     tgt = spec.target.model_dump(exclude={"sim"})

@@ -42,3 +42,17 @@ def test_spec_round_trips_through_json():
     s = RunSpec(workload=dict(isl="uniform:10:20"), load=dict(qps=2, arrival="gamma:2", requests=5))
     again = RunSpec(**s.model_dump(mode="json"))
     assert again == s
+
+
+def test_a_sweep_ramp_reaches_each_point_and_its_identity_only_when_set():
+    from bench.config import SweepSpec
+    from bench.sweep import make_run_spec, point_hash, point_key
+
+    base = dict(name="r", target={"url": "http://x"}, cells=[{"isl": 32, "osl": 8}], duration_s=10)
+    plain = SweepSpec(**base, load={"qps": [2]})
+    ramped = SweepSpec(**base, load={"qps": [2], "ramp_up_s": 5})
+    k0, k1 = point_key(plain, 0, "qps", 2, 0, 0), point_key(ramped, 0, "qps", 2, 0, 0)
+    assert "ramp_up_s" not in k0 and k1["ramp_up_s"] == 5 and point_hash(k0) != point_hash(k1)
+    assert make_run_spec(ramped, "http://x", k1).load.ramp_up_s == 5
+    with pytest.raises(ValueError, match="ramp_up_s ramps each point of a qps"):
+        SweepSpec(**base, load={"concurrency": [2], "ramp_up_s": 5})
