@@ -115,6 +115,9 @@ def run(
     name: Optional[str] = typer.Option(None, help="Run id (default: timestamp + workload + load)"),
     ignore_eos: bool = typer.Option(True, help="Force the output length (ignore_eos; vLLM/SGLang extension)"),
     continuous_usage: bool = typer.Option(True, help="Ask for usage on every chunk (vLLM/SGLang continuous_usage_stats)"),
+    request: Optional[str] = typer.Option(None, help="Body fields added to every request, as JSON: '{\"temperature\": 0.7, \"top_p\": 0.9, "
+                                          "\"seed\": 1, \"stop\": [\"###\"]}' (response_format, tools, ... alike)"),
+    header: Optional[List[str]] = typer.Option(None, help="Extra HTTP header 'NAME: VALUE' (repeatable); values are never written to results"),
     timeout: float = typer.Option(600.0, help="Idle-read timeout (s): a request fails when no byte of its response arrives for this long "
                                                 "(a slow but steadily streaming request is never cut)"),
     max_model_len: Optional[int] = typer.Option(None, help="Clip ISL+OSL to this (default: from the server)"),
@@ -143,7 +146,7 @@ def run(
         speedup=speedup, window=window, columns=columns, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
         duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, think_time=think_time, slo=slo, seed=seed, labels=_labels(label),
         reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
-        until_decided=until_decided, max_duration=max_duration)
+        until_decided=until_decided, max_duration=max_duration, request=request, headers=header)
     doc = run_one(spec, _out_dir(out), _run_name(name), env_api_key(spec, api_key), gpus)
     print_summary(doc)
     if doc["status"] == "failed":

@@ -167,8 +167,9 @@ def build_body(api: str, model: str, prompt, max_tokens: int, *, ignore_eos: boo
     return Prepared(path, json.dumps(body, separators=(",", ":")).encode())
 
 
-def make_client(base_url: str, api_key: str | None, timeout_s: float, max_conn: int | None = None) -> "StreamClient":
-    return StreamClient(base_url, api_key, timeout_s, max_conn)
+def make_client(base_url: str, api_key: str | None, timeout_s: float, max_conn: int | None = None,
+                extra_headers: dict[str, str] | None = None) -> "StreamClient":
+    return StreamClient(base_url, api_key, timeout_s, max_conn, extra_headers)
 
 
 KEEPALIVE_S = 4.0
@@ -181,15 +182,16 @@ class StreamClient:
     httpcore's pool re-scans every open connection on each request — measured at ~56% of the client's
     CPU at 100 req/s — which would show up as timing bias."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float, max_conn: int | None = None):
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float, max_conn: int | None = None,
+                 extra_headers: dict[str, str] | None = None):
         import aiohttp
         from yarl import URL
 
         self.base = base_url.rstrip("/")
-        self.secrets = [api_key, *url_secrets(base_url)]  # redacted from every recorded error
+        self.secrets = [api_key, *url_secrets(base_url), *(extra_headers or {}).values()]  # redacted from every recorded error
         self._urls: dict[str, URL] = {}
         self._URL = URL
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {**(extra_headers or {}), "Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.session = aiohttp.ClientSession(

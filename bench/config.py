@@ -6,12 +6,13 @@ that line and exits 2, never a traceback.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_serializer, model_validator
 
 
 class SpecError(ValueError):
@@ -194,6 +195,34 @@ class TargetSpec(BaseModel):
     ignore_eos: bool = True
     continuous_usage: bool = True
     request_timeout_s: float = 600.0
+    # production request settings: body fields sent with every request (temperature, top_p, seed, stop,
+    # response_format, tools, ...) and extra HTTP headers (their values are never written to results)
+    request: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+
+    @field_validator("request")
+    @classmethod
+    def _request(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = {"model": "--model", "stream": "streaming (always on)", "stream_options": "--continuous-usage",
+                 "prompt": "the workload", "messages": "the workload", "max_tokens": "--osl", "max_completion_tokens": "--osl"}
+        bad = [k for k in v if k in owned]
+        if bad:
+            raise ValueError(f"'{bad[0]}' is set by {owned[bad[0]]}; the request block adds other fields (temperature, top_p, seed, stop, ...)")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", k):
+                raise ValueError(f"header name {k!r} is not a valid HTTP header name")
+            if k.lower() in ("authorization", "content-type", "accept", "content-length", "host"):
+                raise ValueError(f"header {k!r} is set by trilemma (the API key: --api-key or TRILEMMA_API_KEY)")
+        return {str(k): str(x) for k, x in v.items()}
+
+    @field_serializer("headers", when_used="json")
+    def _hide_headers(self, v: dict[str, str]) -> dict[str, str]:
+        return {k: "<not stored>" for k in v}
 
     @field_validator("url")
     @classmethod
@@ -484,7 +513,7 @@ class RunSpec(BaseModel):
                      ramp_up: float = 0.0, stages: str | None = None, think_time: float = 0.0,
                      seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
                      server_metrics: bool = True, gpu_telemetry: str = "auto", until_decided: bool = False,
-                     max_duration: float | None = None) -> RunSpec:
+                     max_duration: float | None = None, request: str | None = None, headers: list[str] | None = None) -> RunSpec:
         """The spec of `trilemma run`'s options (the CLI's names and string forms); SpecError names a bad one.
         A dataset with neither --qps nor --concurrency replays the trace's own timestamps."""
         w, unit = parse_amount(warmup, "--warmup")
@@ -497,6 +526,20 @@ class RunSpec(BaseModel):
                 raise SpecError(f"--window '{window}': write START:END in seconds, e.g. 0:120") from None
         replay = qps is None and concurrency is None and dataset is not None
         slos = parse_slos(slo)
+        body: dict[str, Any] = {}
+        if request:
+            try:
+                body = json.loads(request)
+            except json.JSONDecodeError as e:
+                raise SpecError(f"--request '{request}': not JSON ({e.msg}); e.g. --request '{{\"temperature\": 0.7, \"stop\": [\"###\"]}}'") from None
+            if not isinstance(body, dict):
+                raise SpecError("--request: give a JSON object of body fields, e.g. '{\"temperature\": 0.7}'")
+        hdrs = {}
+        for h in headers or []:
+            k, colon, v = h.partition(":")
+            if not colon or not k.strip():
+                raise SpecError(f"--header '{h}': write NAME: VALUE, e.g. --header 'X-Tenant: team-a'")
+            hdrs[k.strip()] = v.strip()
         probe = None
         if until_decided:
             if not slos or not duration:
@@ -505,7 +548,7 @@ class RunSpec(BaseModel):
         return cls(
             # nested as dicts: a validation error names its path (load.qps, workload.isl, ...)
             target=dict(url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage,
-                        request_timeout_s=timeout),
+                        request_timeout_s=timeout, request=body, headers=hdrs),
             workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
                           prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
                           window_s=win, columns=columns, think_s=think_time),

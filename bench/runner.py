@@ -301,7 +301,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
     if api_key and cl.url_secrets(tgt.url):
         raise cl.TargetError("--url carries a password and an API key is set: both would go in the Authorization header; "
                              "give only one (drop user:password@ from --url, or unset --api-key / the key's env var)")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {**tgt.headers, **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     info = await cl.discover(tgt.url, headers)
     model = tgt.model or info.get("default_model")
     if not model:
@@ -354,13 +354,14 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                        **(wl.source.describe() if wl.source else {})}
 
     def prepare(it: WorkItem) -> cl.Prepared:
-        return cl.build_body(tgt.api, model, it.prompt, it.osl, ignore_eos=tgt.ignore_eos, continuous_usage=tgt.continuous_usage)
+        return cl.build_body(tgt.api, model, it.prompt, it.osl, ignore_eos=tgt.ignore_eos, continuous_usage=tgt.continuous_usage,
+                             extra=tgt.request)
 
     writer = IncrementalWriter(run_dir)
     progress = Progress()
     doc["anchor"] = {"wall_ns": time.time_ns(), "perf_ns": perf_ns()}
     results.write_run_doc(run_dir, doc)
-    http = cl.make_client(tgt.url, api_key, tgt.request_timeout_s)
+    http = cl.make_client(tgt.url, api_key, tgt.request_timeout_s, extra_headers=tgt.headers)
     stop_flush = asyncio.Event()
 
     async def flusher() -> None:

@@ -143,6 +143,9 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
     c = spec.cells[cell_idx]
     rule = role_rule(spec, role, extend)
     tgt = spec.target.model_dump(mode="json", exclude={"api_key_env"})
+    for k in ("request", "headers"):  # part of the identity only when given (header values are never stored)
+        if not tgt.get(k):
+            tgt.pop(k, None)
     if spec.target.sim is not None:
         tgt.pop("url", None)
         for k in ("error_rate", "cut_rate", "delay_ms"):  # planted faults: part of the identity only when set

@@ -32,6 +32,7 @@ class FaultServer:
         self.reset_control, self.no_done, self.slow_models_s, self.echo_auth = reset_control, no_done, slow_models_s, echo_auth
         self.tokenize_fails_after, self.max_model_len = tokenize_fails_after, max_model_len
         self.counts = {"connections": 0, "resets": 0, "tokenize": 0, "streams": 0}
+        self.seen: list[tuple[dict, dict]] = []  # (headers, body) of every generation request and control call
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self._ready = threading.Event()
@@ -113,6 +114,7 @@ class FaultServer:
 
     async def _route(self, method: str, path: str, headers: dict, body: bytes, writer: asyncio.StreamWriter) -> None:
         req = json.loads(body) if body else {}
+        self.seen.append((dict(headers), dict(req, _path=path)))
         if path == "/v1/models":
             if self.slow_models_s:
                 await asyncio.sleep(self.slow_models_s)

@@ -298,3 +298,22 @@ def test_chat_message_with_non_string_content_is_one_line(tmp_path):
 
 def test_timeout_help_says_it_is_an_idle_read_timeout():
     assert "Idle-read timeout" in trilemma("run", "--help").stdout
+
+
+def test_request_settings_and_headers_reach_the_server_and_header_values_are_not_stored(tmp_path):
+    """Production request settings: body fields (temperature, top_p, seed, a stop string) on every generation
+    request, an extra header on every call; the header's value appears in no result file."""
+    with FaultServer() as fs:
+        trilemma("run", "--url", fs.url, "--isl", 8, "--osl", 3, "--qps", 20, "--requests", 5, *QUIET, "--out", tmp_path, "--name", "rq",
+                 "--request", '{"temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["###"]}', "--header", "X-Tenant: team-s3cr3t")
+        gen = [(h, b) for h, b in fs.seen if b["_path"] == "/v1/completions"]
+        assert len(gen) == 5 and all(b["temperature"] == 0.7 and b["top_p"] == 0.9 and b["seed"] == 3 and b["stop"] == ["###"]
+                                     and b["max_tokens"] == 3 for _, b in gen)
+        assert all(h.get("x-tenant") == "team-s3cr3t" for h, _ in fs.seen)  # discovery, /tokenize and generation alike
+    doc = json.loads((tmp_path / "rq" / "run.json").read_text())
+    assert doc["spec"]["target"]["request"]["temperature"] == 0.7 and doc["spec"]["target"]["headers"] == {"X-Tenant": "<not stored>"}
+    for f in (tmp_path / "rq").rglob("*"):
+        if f.is_file():
+            assert b"team-s3cr3t" not in f.read_bytes(), f
+    p = trilemma("run", "--url", fs.url, "--request", '{"max_tokens": 5}', "--qps", 1, "--requests", 1, "--out", tmp_path, check=False)
+    assert p.returncode == 2 and "'max_tokens' is set by --osl" in p.stderr and "Traceback" not in p.stderr
