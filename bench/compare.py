@@ -289,7 +289,9 @@ def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: 
             "regressions": [r for r in checks if r["verdict"] == WORSE],
             "undecided": [r for r in checks if r["verdict"] == UNDECIDED],
             "base": [str(p) for p in base_paths], "new": [str(p) for p in new_paths],
-            "interrupted": [f"{side}: {x}" for side, df in (("base", b), ("new", n)) for x in interrupted_points(df)]}
+            "interrupted": [f"{side}: {x}" for side, df in (("base", b), ("new", n)) for x in interrupted_points(df)],
+            # one run a side: latency intervals hold request-to-request variation, not the server's run-to-run drift
+            "single_run": any(r.get("runs_base") == 1 or r.get("runs_new") == 1 for r in rows if r.get("rule") == "latency")}
 
 
 def check_label(r: dict) -> str:

@@ -67,6 +67,9 @@ def test_grid_sweep_resumes_after_kill(vllm_server, tmp_path):
     assert all(h > 0.2 for h in hits["shared"]), hits  # 192 of 256 prompt tokens shared by 2 groups
 
 
+GATE = "30%"  # above this rig's run-to-run drift (see below)
+
+
 def test_compare_same_server_is_no_regression_and_a_throttled_one_is(vllm_server, tmp_path):
     """The CI gate on the real server: two sweeps of one vLLM server compare as no regression (exit 0); the same
     server restarted with a throttling serve config compares as a regression on the latency rule (exit 1). Same spec
@@ -75,16 +78,21 @@ def test_compare_same_server_is_no_regression_and_a_throttled_one_is(vllm_server
     The throttle is `--max-num-seqs 1 --max-num-batched-tokens 8`: every 64-token prompt is prefilled in 8 chunks,
     one request at a time, so each request's TTFT grows (measured on this rig: p50 8.8 -> 23.0 ms, p99 21 -> 89 ms).
     `--max-num-seqs 1` alone only queues requests at 8 req/s (~35% busy): its TTFT tail moved +121% in one run and
-    -52% in another, within this 2-core rig's noise, so it cannot be the planted regression."""
+    -52% in another, within this 2-core rig's noise, so it cannot be the planted regression.
+
+    The gate's threshold is set beyond the rig's measured run-to-run drift: two back-to-back sweeps of the same
+    server differed by TPOT p50 +15.6% (request-level 95% interval +10.1..+20.9%), ITL p99 +23% and E2E p50 +13%
+    (a CI run). One run per side cannot see that drift (compare says so), so at 5% the same server was called a
+    regression. At 30% the same server must pass and the throttle (TTFT p50 +160%) must still be caught."""
     base = {"target": {"url": vllm_server["url"]}, "cells": [{"name": "short", "isl": 64, "osl": 16}], "load": {"qps": [8]},
             "requests": 240, "warmup": "20r", "seed": 0, "slos": {"ttft_p99": "500ms"}, "labels": {"gpu": "cpu", "gpus": "1"}}
     for name in ("a", "b"):
         spec = tmp_path / f"{name}.yaml"
         spec.write_text(yaml.safe_dump({"name": name, **base}))
         trilemma("sweep", spec, "--out", tmp_path, "--no-plots")
-    same = trilemma("compare", tmp_path / "a", tmp_path / "b", "--fail-on-regression", "5%", check=False)
+    same = trilemma("compare", tmp_path / "a", tmp_path / "b", "--fail-on-regression", GATE, check=False)
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "REGRESSION" not in same.stdout
+    assert "REGRESSION" not in same.stdout and "one run per side" in same.stdout
     rig = vllm_server["rig"]
     proc, url = rig.start_server(max_num_seqs=1, extra=("--max-num-batched-tokens", "8"))
     try:
@@ -93,7 +101,7 @@ def test_compare_same_server_is_no_regression_and_a_throttled_one_is(vllm_server
         trilemma("sweep", spec, "--out", tmp_path, "--no-plots")
     finally:
         rig.stop_server(proc)
-    worse = trilemma("compare", tmp_path / "a", tmp_path / "throttled", "--fail-on-regression", "5%", check=False)
+    worse = trilemma("compare", tmp_path / "a", tmp_path / "throttled", "--fail-on-regression", GATE, check=False)
     assert worse.returncode == 1 and "latency rule" in worse.stderr, worse.stdout + worse.stderr
     # every prefill is chunked: the TTFT median itself regresses, not only its tail
     assert __import__("re").search(r"REGRESSION short, 8 req/s: ttft_p50 \(latency rule\)", worse.stdout), worse.stdout
