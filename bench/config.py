@@ -367,6 +367,22 @@ class LoadSpec(BaseModel):
     def _stages(cls, v):
         return parse_stages(v)
 
+    @property
+    def open_loop(self) -> bool:
+        return self.qps is not None or self.replay or bool(self.stages)
+
+    def warm_seconds(self) -> float:
+        """Time-based warmup of the schedule: a ramp (sent as warmup) plus --warmup in seconds."""
+        return (self.warmup if self.warmup_unit == "s" else 0.0) + self.ramp_up_s
+
+    def planned_requests(self) -> int | None:
+        """Requests an open loop is expected to send (the rate's integral over the schedule), for pre-building prompts."""
+        if self.stages or self.ramp_up_s:
+            return int(math.ceil(sum(d * (r0 + r1) / 2 for d, r0, r1 in self.rate_pieces())))
+        if self.qps is not None:
+            return int(math.ceil(self.qps * ((self.duration_s or 0) + self.warm_seconds())))
+        return None
+
     def rate_pieces(self) -> list[tuple[float, float, float]]:
         """The open loop's rate over time: (seconds, rate at start, rate at end) pieces — the ramp, then the
         stages (or --qps for warmup + duration)."""

@@ -498,6 +498,7 @@ class Conversations(Source):
         super().__init__()
         self.name_ = f"{kind}:{path.name}"
         self.think_s = think_s
+        self.special: int | None = None
         self.default_osl = int(spec.osl.a) if spec.osl.kind == "fixed" else 128
         for ln, rec in read_table(path):
             system, turns = self._turns(rec, path, ln)
@@ -544,7 +545,9 @@ class Conversations(Source):
 
         def osl(answer: str | None) -> int:
             if answer and wl.builder is not None:
-                return max(1, wl.builder.count(answer))
+                if self.special is None:  # what the tokenizer adds to any prompt (BOS): not part of an answer
+                    self.special = wl.builder.count("")
+                return max(1, wl.builder.count(answer) - self.special)
             return self.default_osl
 
         first = [*system, {"role": "user", "content": turns[0][0]}]

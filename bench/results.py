@@ -143,7 +143,7 @@ def settle(run_dir: Path, doc: dict) -> dict:
     spec = RunSpec.model_validate(doc["spec"])
     ld = spec.load
     s, recs = summarize_run(Path(run_dir), spec.slos, offered_qps=ld.qps,
-                            mode="qps" if (ld.qps is not None or ld.replay or ld.stages) else "concurrency",
+                            mode="qps" if ld.open_loop else "concurrency",
                             expect_exact_osl=spec.target.ignore_eos, window_ns=tuple(doc["window_ns"]) if doc.get("window_ns") else None)
     if not recs:
         return doc

@@ -113,9 +113,9 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
     from bench import schedule
 
     load = spec.load
-    warm_s = (load.warmup if load.warmup_unit == "s" else 0.0) + load.ramp_up_s  # a ramp is sent as warmup
+    warm_s = load.warm_seconds()  # a ramp is sent as warmup
     warm_n = int(load.warmup) if load.warmup_unit == "r" else 0
-    mode = "qps" if (load.qps is not None or load.replay or load.stages) else "concurrency"
+    mode = "qps" if load.open_loop else "concurrency"
     mon = monitor or ProbeMonitor(spec.probe, spec.slos, mode, warm_s, warm_n, load.duration_s if not spec.probe else None)
     dur_ns: int | None
     if spec.probe is not None:  # the schedule runs to the rule's maximum; the monitor ends it sooner
@@ -340,8 +340,8 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         raise RunFailed(msg)
     load = spec.load
     planned = (load.requests + (int(load.warmup) if load.warmup_unit == "r" else 0) if load.requests else
-               int(math.ceil((load.qps or 0) * ((load.duration_s or 0) + (load.warmup if load.warmup_unit == "s" else 0)) * 1.2)) + 64)
-    if load.qps is not None and not load.replay:
+               int(math.ceil((load.planned_requests() or 0) * 1.2)) + 64)
+    if (load.qps is not None or load.stages) and not load.replay:
         n_pre = min(planned, 5000)  # a dataset shorter than the schedule wraps around (Workload.item); later items are built as sent
     elif wl.size is not None:
         n_pre = min(wl.size, planned) if load.requests else wl.size
@@ -390,9 +390,9 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         await telemetry.start()
     doc["window_wall"] = {"start": time.time()}
     load = spec.load
-    probe_mon = ProbeMonitor(spec.probe, spec.slos, "qps" if (load.qps is not None or load.replay) else "concurrency",
-                       load.warmup if load.warmup_unit == "s" else 0.0, int(load.warmup) if load.warmup_unit == "r" else 0,
-                       load.duration_s if not spec.probe else None)
+    probe_mon = ProbeMonitor(spec.probe, spec.slos, "qps" if load.open_loop else "concurrency",
+                             load.warm_seconds(), int(load.warmup) if load.warmup_unit == "r" else 0,
+                             load.duration_s if not spec.probe else None)
     try:
         await drive(spec, wl, items, http, prepare, writer, progress, monitor=probe_mon)
     except asyncio.CancelledError:
@@ -418,7 +418,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         await asyncio.to_thread(writer.close, window[0] if window else None)
         summary, recs = await asyncio.to_thread(
             summarize_run, run_dir, spec.slos, offered_qps=spec.load.qps,
-            mode="qps" if (spec.load.qps is not None or spec.load.stages) else "concurrency",
+            mode="qps" if load.open_loop else "concurrency",
             expect_exact_osl=tgt.ignore_eos, window_ns=window, conf=probe_mon.conf,
             lifetimes_needed=spec.probe.window_lifetimes if spec.probe else 3.0, aborted=probe_mon.aborted)
         sent = {r.index for r in recs}

@@ -169,4 +169,5 @@ def test_sharegpt_conversations_replay_turn_by_turn_with_history(sim_factory, tm
                  "--think-time", 0.5, "--out", tmp_path / "out")
     assert "turn 2:" in p.stdout and "sessions: 4 (4 complete)" in p.stdout
     d = run_dir(tmp_path / "out")
-    user_files.check_sessions(json.loads((d / "run.json").read_text()), pd.read_parquet(d / "requests.parquet"), 3, 4, 0.5)
+    user_files.check_sessions(json.loads((d / "run.json").read_text()), pd.read_parquet(d / "requests.parquet"), 3, 4, 0.5,
+                                words_are_tokens=True)

@@ -57,7 +57,7 @@ def sharegpt(tmp: Path, turns: int = 3, n: int = 4, name: str = "sg.json") -> Pa
     return p
 
 
-def check_sessions(doc: dict, df, turns: int, n: int, think_s: float) -> None:
+def check_sessions(doc: dict, df, turns: int, n: int, think_s: float, words_are_tokens: bool = False) -> None:
     """Every turn ok; turn k+1 carries the history (its prompt holds turn k's prompt and answer) and is sent
     after turn k's answer ended plus the think time; per-turn TTFT and sessions in the summary."""
     assert len(df) == turns * n and df["ok"].all(), df[["index", "turn", "ok", "error"]]
@@ -67,7 +67,10 @@ def check_sessions(doc: dict, df, turns: int, n: int, think_s: float) -> None:
             prev, cur = df.loc[(c, t - 1)], df.loc[(c, t)]
             assert cur["prompt_tokens"] > prev["prompt_tokens"] + prev["output_tokens"]
             assert cur["sent_ns"] >= prev["end_ns"] + think_s * 1e9
-            assert cur["output_tokens"] == 6 + t  # the recorded answer's length
+            # each turn asks for its recorded answer's length (answers grow by a word a turn) and gets it exactly
+            assert cur["output_tokens"] == cur["osl"] and cur["osl"] > prev["osl"]
+            if words_are_tokens:  # the simulator's tokenizer: one word, one token
+                assert cur["osl"] == 6 + t
     s = doc["summary"]
     assert sorted(s["per_turn"]) == [str(t) for t in range(turns)]
     assert s["sessions"]["n"] == n and s["sessions"]["complete"] == n and s["sessions"]["turns_mean"] == turns
