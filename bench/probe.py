@@ -24,7 +24,7 @@ import numpy as np
 
 from bench import stats
 from bench.config import SLO, ProbeRule
-from bench.metrics import over_samples, request_value, steady_state
+from bench.metrics import SERIES_DEFF, over_samples, request_value, steady_state
 from bench.records import RequestRecord
 
 perf_ns = time.perf_counter_ns
@@ -80,7 +80,7 @@ class ProbeMonitor:
             n = len(ts)
             if not n:
                 continue
-            if slo.metric != "itl":
+            if slo.metric in SERIES_DEFF:
                 vals.append(request_value(rec, slo) or 0.0)  # over_samples gave a sample: the value is there
             mem.extend([(rec.intended_ns - t0) / 1e9] * n)
             bt.frombytes(((np.asarray(ts, dtype=np.int64) - t0) / 1e9).tobytes())
@@ -174,7 +174,7 @@ class ProbeMonitor:
             sel = m >= lo_s
             b, o = b[sel], o[sel]
             tau = 1.0
-            if slo.metric != "itl":  # one value per request, in completion order: put them in send order
+            if slo.metric in SERIES_DEFF:  # one value per request, in completion order: put them in send order
                 x = np.frombuffer(vals)[sel]
                 tau = stats.autocorr_time(x[np.argsort(b, kind="stable")])
             extra_t, extra_o = self._inflight_known(slo, now)

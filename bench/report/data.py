@@ -21,7 +21,7 @@ METHODS = [
     ("Probe", "warmup >= 2 request lifetimes (E2E p50) and half the requests completed; window >= the minimum and 3 lifetimes; a "
               "sequential probe stops once every SLO is decided, at once on a decisive failure or saturation, else at its maximum"),
     ("SLO decision", "the share of samples over the threshold with a Clopper-Pearson interval on the effective sample size (design effect: "
-                     "the larger of a time-block estimate and, per request, the metric's autocorrelation time, so correlated samples "
+                     "the larger of a time-block estimate and, for TTFT, its autocorrelation time, so correlated samples "
                      "are not counted as independent); PASS when the interval lies below 1 − percentile, "
                      "FAIL when above, else undecided (never PASS); the 5% error is spent over the probe's looks"),
     ("Throughput", "open loop (req/s): the offered rate × the share completed, with their mean tokens; closed loop (concurrency): "
