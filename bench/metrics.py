@@ -640,7 +640,7 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
     tau = 1.0
     if slo.metric in SERIES_DEFF:  # one value per request: their autocorrelation in send order floors the design effect
         tv = [(r.intended_ns, x) for r in m if (x := request_value(r, slo)) is not None]
-        tau = stats.autocorr_time([x for _, x in sorted(tv, key=lambda p: p[0])])
+        tau = stats.autocorr_time([x for _, x in sorted(tv, key=lambda p: p[0])], clip_at=slo.threshold_ms)
     decision, iv = stats.percentile_decision(n_b, k_b, slo.pct, conf, tau)
     within = int(np.count_nonzero(vals <= slo.threshold_ms))
     return {

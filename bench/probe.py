@@ -176,7 +176,7 @@ class ProbeMonitor:
             tau = 1.0
             if slo.metric in SERIES_DEFF:  # one value per request, in completion order: put them in send order
                 x = np.frombuffer(vals)[sel]
-                tau = stats.autocorr_time(x[np.argsort(b, kind="stable")])
+                tau = stats.autocorr_time(x[np.argsort(b, kind="stable")], clip_at=slo.threshold_ms)
             extra_t, extra_o = self._inflight_known(slo, now)
             if extra_t:
                 b = np.concatenate([b, extra_t])

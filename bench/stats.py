@@ -280,22 +280,33 @@ def block_counts(t: ArrayLike, over: ArrayLike, t0: float, t1: float, blocks: in
     return np.bincount(b, minlength=blocks).astype(np.float64), np.bincount(b, weights=o, minlength=blocks)
 
 
-def autocorr_time(x: ArrayLike) -> float:
+def autocorr_time(x: ArrayLike, clip_at: float | None = None) -> float:
     """Integrated autocorrelation time τ ≥ 1 of a series in time order: n/τ samples carry the information
     of independent ones. Geyer's initial monotone sequence estimator (Geyer 1992, "Practical Markov chain
-    Monte Carlo", the estimator behind MCMC effective sample sizes) on the ranks of the values, so a
-    failed request (infinitely slow) and heavy tails weigh as much as any other rank. For a threshold
-    exceedance the indicator's correlation is at most the ranks' (Gaussian copula), so τ of the values
-    bounds the exceedance count's variance inflation from above. 1 for fewer than 8 values."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.size
+    Monte Carlo", the estimator behind MCMC effective sample sizes) on the values clipped at `clip_at` (an
+    SLO's threshold): a value past the threshold (a failed request: ∞) counts as at it, so the series is what
+    the exceedance indicator is a function of, and its excursions toward the threshold (a queue building) weigh
+    by their size — a rank transform would drown a few clustered slow TTFTs in the step-phase noise of the rest.
+
+    1 for fewer than 8 values, and when the estimate is within what independent samples give by chance: the
+    95th percentile of τ over 1,000 iid series (exponential and lognormal σ=1, clipped at their p90) is
+    1.9 / 1.9 / 1.8 / 1.5 / 1.4 / 1.24 at n = 10 / 50 / 96 / 200 / 400 / 1000; the band used here, 1 + 7.5/√n
+    (3.4 / 2.1 / 1.77 / 1.53 / 1.38 / 1.24), sits at that percentile from n ≈ 100 and above it below (10 TTFTs
+    of an idle server gave τ ≈ 1.9: noise, not a queue)."""
+    y = np.asarray(x, dtype=np.float64)
+    n = y.size
     if n < 8:
         return 1.0
-    r = _st.rankdata(x)
-    r -= r.mean()
-    if not r.any():
+    if clip_at is not None:
+        y = np.minimum(y, clip_at)
+    y = y[np.isfinite(y)] if clip_at is None else y
+    n = y.size
+    if n < 8:
         return 1.0
-    f = np.fft.rfft(r, 2 * n)
+    y = y - y.mean()
+    if not y.any():
+        return 1.0
+    f = np.fft.rfft(y, 2 * n)
     ac = np.fft.irfft(f * np.conj(f))[:n]
     ac /= ac[0]
     m = (n - 1) // 2
@@ -304,7 +315,8 @@ def autocorr_time(x: ArrayLike) -> float:
     pairs = pairs[: neg[0]] if neg.size else pairs
     if not pairs.size:
         return 1.0
-    return max(1.0, float(-1.0 + 2.0 * np.minimum.accumulate(pairs).sum()))
+    tau = float(-1.0 + 2.0 * np.minimum.accumulate(pairs).sum())
+    return tau if tau > 1.0 + 7.5 / math.sqrt(n) else 1.0  # within independent samples' 95% band: no evidence
 
 
 def exceedance_interval(n_b: ArrayLike, k_b: ArrayLike, conf: float = 0.95, tau: float = 1.0) -> dict[str, Any]:
