@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.config import LengthDist, SpecError
+from bench.config import FILE_FIELDS, LengthDist, SpecError
 from bench.records import MAX_TURNS
 
 
@@ -149,21 +149,22 @@ class TimedTrace(Source):
 
 
 # ------------------------------------------------------------------ reading files
-COLUMNS = ("prompt", "messages", "input_tokens", "output_tokens", "timestamp")
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}
 _COMPRESSED = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
 
 
-def _compression(p: Path) -> str | None:
-    with open(p, "rb") as f:
-        head = f.read(4)
-    return next((c for m, c in _MAGIC.items() if head.startswith(m)), None)
+def _base_ext(f: Path) -> str:
+    """The format's extension under any compression suffix ('data.jsonl.gz' -> '.jsonl'), '' if none."""
+    s = [x.lower() for x in f.suffixes]
+    while s and s[-1] in _COMPRESSED:
+        s.pop()
+    return s[-1] if s else ""
 
 
 def read_bytes(p: Path) -> bytes:
     """The file's bytes, decompressed when it is gzip, bz2 or zstd (told by its magic bytes, whatever its name)."""
-    kind = _compression(p)
     raw = p.read_bytes()
+    kind = next((c for m, c in _MAGIC.items() if raw.startswith(m)), None)
     try:
         if kind == "gzip":
             import gzip
@@ -209,32 +210,23 @@ def read_table(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 k += 1
                 yield k, row
         return
-    suffixes = [x.lower() for x in p.suffixes]
-    while suffixes and suffixes[-1] in _COMPRESSED:
-        suffixes.pop()
-    ext = suffixes[-1] if suffixes else ""
+    ext = _base_ext(p)
     data = read_bytes(p)
-    if ext == ".arrow" or data[:6] == b"ARROW1" or data[:4] == b"\xff\xff\xff\xff":  # Arrow IPC file or stream (datasets' save_to_disk)
+    arrow = ext == ".arrow" or data[:6] == b"ARROW1" or data[:4] == b"\xff\xff\xff\xff"  # Arrow IPC file or stream (save_to_disk)
+    if arrow or ext == ".parquet" or data[:4] == b"PAR1":
         import pyarrow as pa
         import pyarrow.ipc as ipc
-
-        try:
-            t = ipc.open_file(pa.BufferReader(data)).read_all() if data[:6] == b"ARROW1" else ipc.open_stream(pa.BufferReader(data)).read_all()
-        except pa.ArrowInvalid as e:
-            raise SpecError(f"{p}: not a readable Arrow file ({e})") from None
-        for k, row in enumerate(t.to_pylist(), start=1):
-            yield k, row
-        return
-    if ext == ".parquet" or data[:4] == b"PAR1":
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        buf = pa.BufferReader(data)
         try:
-            t = pq.read_table(pa.BufferReader(data))
+            if not arrow:
+                t = pq.read_table(buf)
+            else:
+                t = (ipc.open_file(buf) if data[:6] == b"ARROW1" else ipc.open_stream(buf)).read_all()
         except pa.ArrowInvalid as e:
-            raise SpecError(f"{p}: not a readable parquet file ({e})") from None
-        for k, row in enumerate(t.to_pylist(), start=1):
-            yield k, row
+            raise SpecError(f"{p}: not a readable {'Arrow' if arrow else 'parquet'} file ({e})") from None
+        yield from enumerate(t.to_pylist(), start=1)
         return
     text = _text(p, data)
     first = text.lstrip()[:1]
@@ -266,10 +258,7 @@ def read_table(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _data_file(f: Path) -> bool:
-    s = [x.lower() for x in f.suffixes]
-    while s and s[-1] in _COMPRESSED:
-        s.pop()
-    return bool(s) and s[-1] in (".parquet", ".arrow", ".jsonl", ".ndjson", ".json", ".csv", ".tsv") and not f.name.startswith(
+    return _base_ext(f) in (".parquet", ".arrow", ".jsonl", ".ndjson", ".json", ".csv", ".tsv") and not f.name.startswith(
         ("dataset_info", "state", "dataset_dict"))
 
 
@@ -500,13 +489,14 @@ class Conversations(Source):
         self.think_s = think_s
         self.special: int | None = None
         self.default_osl = int(spec.osl.a) if spec.osl.kind == "fixed" else 128
+        self.truncated = 0
         for ln, rec in read_table(path):
             system, turns = self._turns(rec, path, ln)
             if turns:
                 self.rows.append((ln, system, turns[:MAX_TURNS]))
+                self.truncated += len(turns) > MAX_TURNS
         if not self.rows:
             raise SpecError(f"{path}: no conversation with a user turn")
-        self.truncated = sum(1 for _, _, t in self.rows if len(t) == MAX_TURNS)
 
     @staticmethod
     def _turns(rec: dict, p: Path, ln: int) -> tuple[list[dict[str, str]], list[tuple[str, str | None]]]:
@@ -618,7 +608,7 @@ class UserFile(Source):
             raise SpecError(f"{p}:{ln}: 'prompt' must be text, got {type(prompt).__name__}")
         isl = num("input_tokens")
         if prompt is None and msgs is None and isl is None:
-            found = ", ".join(str(k) for k in rec if k not in COLUMNS) or "none"
+            found = ", ".join(str(k) for k in rec if k not in FILE_FIELDS) or "none"
             raise SpecError(f"{p}:{ln}: give one of the columns prompt, messages or input_tokens (other columns found: {found}; "
                             "map one with --columns, e.g. prompt=question or input_tokens=num_prefill_tokens)")
         if msgs is not None and not (isinstance(msgs, list) and all(isinstance(m, dict) and "content" in m for m in msgs)):

@@ -594,7 +594,7 @@ def over_samples(r: RequestRecord, slo: SLO) -> tuple[np.ndarray | list[int], np
 # Per-request metrics whose own autocorrelation time floors an SLO decision's design effect (stats.exceedance_interval).
 # TTFT only: a TTFT is a point observation of the queue, and its correlation is the queue's (what time blocks miss
 # in a window that has not crossed the threshold yet). TPOT and E2E average over a request's whole lifetime, so
-# neighbours share most of their decode steps and their rank autocorrelation is that overlap even far below the
+# neighbours share most of their decode steps and their autocorrelation is that overlap even far below the
 # threshold: on the demo's H100 profile at 13.7 req/s, 0 of 406 TPOT samples over a 50 ms p90 stayed undecided
 # for 30 s with it. They keep the time-block estimate.
 SERIES_DEFF = ("ttft",)

@@ -46,7 +46,7 @@ class ProbeMonitor:
         self.starts, self.ends = array("q"), array("q")
         self.inflight: dict[int, RequestRecord] = {}
         self.samples = [(array("d"), array("d"), array("b")) for _ in slos]  # member time, block time, over
-        self.values = [array("d") for _ in slos]  # per-request SLOs: the value, for its autocorrelation time
+        self.values = [array("d") for _ in slos]  # SERIES_DEFF SLOs (TTFT): each value, for its autocorrelation time
         self.looks: list[dict] = []
         self.next_look_s: float | None = None
         self.done = asyncio.Event()

@@ -184,7 +184,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
 
     watch = asyncio.ensure_future(mon.watch())
     try:
-        if load.qps is not None or load.replay or load.stages:
+        if load.open_loop:
             # open loop: absolute schedule from the seed (or the trace's own offsets)
             if load.stages or load.ramp_up_s:
                 offsets = [o for o in schedule.profile_offsets_ns(load.arrival, load.rate_pieces(), spec.seed).tolist()
@@ -341,7 +341,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
     load = spec.load
     planned = (load.requests + (int(load.warmup) if load.warmup_unit == "r" else 0) if load.requests else
                int(math.ceil((load.planned_requests() or 0) * 1.2)) + 64)
-    if (load.qps is not None or load.stages) and not load.replay:
+    if load.open_loop and not load.replay:
         n_pre = min(planned, 5000)  # a dataset shorter than the schedule wraps around (Workload.item); later items are built as sent
     elif wl.size is not None:
         n_pre = min(wl.size, planned) if load.requests else wl.size

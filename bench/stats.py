@@ -294,12 +294,7 @@ def autocorr_time(x: ArrayLike, clip_at: float | None = None) -> float:
     (3.4 / 2.1 / 1.77 / 1.53 / 1.38 / 1.24), sits at that percentile from n ≈ 100 and above it below (10 TTFTs
     of an idle server gave τ ≈ 1.9: noise, not a queue)."""
     y = np.asarray(x, dtype=np.float64)
-    n = y.size
-    if n < 8:
-        return 1.0
-    if clip_at is not None:
-        y = np.minimum(y, clip_at)
-    y = y[np.isfinite(y)] if clip_at is None else y
+    y = np.minimum(y, clip_at) if clip_at is not None else y[np.isfinite(y)]
     n = y.size
     if n < 8:
         return 1.0

@@ -107,7 +107,7 @@ def print_compare(res: dict, title: str, cm, c: Console) -> None:
     rows = res["rows"].to_dict("records") if len(res["rows"]) else []
     if res.get("single_run"):
         c.print("[yellow]one run per side:[/] the latency intervals cover request-to-request variation, not a server's run-to-run "
-                "drift (two back-to-back sweeps of one vLLM CPU server differed by +16% TPOT p50); for a gate, run `repeats: 3` "
+                "drift (back-to-back runs of one server can differ by more than 10%); for a gate, run `repeats: 3` "
                 "and keep the threshold above the drift your servers show")
     if rows:
         t = Table(title=f"{title} (threshold ±{thr:.0%}; latency over successful requests; 95% intervals: bootstrap over requests/runs, Newcombe, Welch t)",
