@@ -281,7 +281,9 @@ def sweep(
         el = __import__("time").time() - t0
         if kind == "start":
             counter["n"] += 1
-            con.print(f"[dim]{el:6.0f}s[/] point {counter['n']}: {key['cell'].get('name') or ''} {key['mode']}={key['value']:g} ({role}) ...")
+            what = ("stages " + ",".join(f"{st['qps']:g}:{st['duration_s']:g}" for st in key["stages"]) if key.get("stages")
+                    else f"{key['mode']}={key['value']:g}")
+            con.print(f"[dim]{el:6.0f}s[/] point {counter['n']}: {key['cell'].get('name') or ''} {what} ({role}) ...")
         elif kind == "skip":
             con.print(f"[dim]{el:6.0f}s   already measured: {key['mode']}={key['value']:g} ({role}) — skipped[/]")
         elif kind == "note":
@@ -307,7 +309,7 @@ def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | 
     from rich.console import Console
     from rich.table import Table
 
-    from bench.knee import fmt, knee_table, load_points, write_knee
+    from bench.knee import fmt, knee_table, load_points, stage_rows, write_knee
 
     df = load_points(results, gpus_per_replica)
     knees = knee_table(df)
@@ -315,6 +317,24 @@ def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | 
     files = write_knee(df, knees, out_dir)
     con = Console(width=max(160, Console().width))
     sim = " — SIMULATED server" if df["simulated"].any() else ""
+    stages = stage_rows(df)
+    if stages:
+        import pandas as pd
+
+        st = Table(title=f"Staged loads, per stage{sim} (the stages share one queue: no knee)", title_justify="left")
+        for c in ("sweep", "cell", "stage", "from s", "for s", "req/s asked", "sent (expected)", "realised req/s", "ok/measured",
+                  "TTFT p50", "TTFT p99", "E2E p50", "E2E p99"):
+            st.add_column(c)
+        for r in stages:
+            st.add_row(r["sweep"], r["cell"], str(r["stage"]), fmt(r["start_s"]), fmt(r["duration_s"]), r["qps"],
+                       f"{r['sent']} ({fmt(r['expected'])})", fmt(r["realised_qps"], 2), f"{r['ok']}/{r['measured']}",
+                       fmt(r["ttft_p50"]), fmt(r["ttft_p99"]), fmt(r["e2e_p50"]), fmt(r["e2e_p99"]))
+        con.print(st)
+        pd.DataFrame(stages).to_csv(out_dir / "stages.csv", index=False)
+        files.append(out_dir / "stages.csv")
+    if knees.empty:  # staged points only
+        con.print(f"[dim]written: {', '.join(str(f) for f in files)}[/]")
+        return
     t = Table(title=f"SLO knee per cell{sim}", title_justify="left")
     for c in ("sweep", "cell", "knee", "bracket", "binding SLO", "req/s", "conc.", "out tok/s", "total tok/s", "tok/s/user",
               "TTFT p99", "ITL p99", "attainment (95% CI)"):

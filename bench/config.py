@@ -391,6 +391,18 @@ class LoadSpec(BaseModel):
         out = [(self.ramp_up_s, 0.0, rates[0][1])] if self.ramp_up_s > 0 else []
         return out + [(d, q, q) for d, q in rates]
 
+    def stage_at(self, offset_s: float) -> int:
+        """Which stretch of the schedule a send `offset_s` after its start falls in: -1 the ramp, k the k-th
+        stage (0 for a run without stages, and for a follow-up past the last stage's end: the last)."""
+        if self.ramp_up_s > 0 and offset_s < self.ramp_up_s:
+            return -1
+        t = offset_s - self.ramp_up_s
+        for k, s in enumerate(self.stages or []):
+            if t < s.duration_s:
+                return k
+            t -= s.duration_s
+        return max(0, len(self.stages or []) - 1)
+
     @field_validator("arrival", mode="before")
     @classmethod
     def _arr(cls, v):
@@ -669,24 +681,33 @@ class SweepLoad(BaseModel):
     auto: AutoSearch | None = None
     arrival: Arrival = Arrival()
     max_concurrency: int | None = Field(None, ge=1)
-    ramp_up_s: float = Field(0.0, ge=0)  # qps grid: each point's rate grows from 0 over this long first (sent as warmup)
+    ramp_up_s: float = Field(0.0, ge=0)  # qps grid or stages: each point's rate grows from 0 over this long first (sent as warmup)
+    # one staged open loop per cell (and repeat) instead of a grid: [{qps: 2, duration_s: 60}, {qps: 8, duration_s: 60}]
+    stages: list[Stage] | None = None
 
     @field_validator("arrival", mode="before")
     @classmethod
     def _arr(cls, v):
         return Arrival.parse(v)
 
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, v):
+        if isinstance(v, list):  # `duration:` is accepted for duration_s, as the sweep's own duration_s is spelled
+            v = [{("duration_s" if k == "duration" else k): x for k, x in st.items()} if isinstance(st, dict) else st for st in v]
+        return parse_stages(v)
+
     @model_validator(mode="after")
     def _one(self):
-        given = sum(x is not None for x in (self.qps, self.concurrency, self.auto))
+        given = sum(x is not None for x in (self.qps, self.concurrency, self.auto, self.stages))
         if given != 1:
-            raise ValueError("give exactly one of qps: [..], concurrency: [..] or auto")
+            raise ValueError("give exactly one of qps: [..], concurrency: [..], auto or stages: [..]")
         if self.qps is not None and (not self.qps or min(self.qps) <= 0 or not all(math.isfinite(q) for q in self.qps)):
             raise ValueError("qps: give a non-empty list of positive, finite rates, e.g. [2, 4, 8]")
         if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
             raise ValueError("concurrency: give a non-empty list of integers >= 1")
-        if self.ramp_up_s and self.qps is None:
-            raise ValueError("ramp_up_s ramps each point of a qps: [..] grid (a closed loop or a knee search has none)")
+        if self.ramp_up_s and self.qps is None and self.stages is None:
+            raise ValueError("ramp_up_s ramps each point of a qps: [..] grid or stages: [..] (a closed loop or a knee search has none)")
         return self
 
 
@@ -762,7 +783,12 @@ class SweepSpec(BaseModel):
     def _check(self):
         if not self.cells:
             raise ValueError("give at least one workload cell")
-        if self.duration_s is None and self.requests is None:
+        if self.load.stages is not None:
+            if self.duration_s is not None or self.requests is not None:
+                raise ValueError("load.stages set each point's rate and length; drop duration_s and requests")
+            if parse_amount(self.warmup, "warmup")[1] != "s":
+                raise ValueError("with load.stages, give warmup in seconds (it is the start of the first stage)")
+        elif self.duration_s is None and self.requests is None:
             raise ValueError("give duration_s or requests per point")
         if self.load.auto is not None and not self.slos:
             raise ValueError("load: auto searches for the SLO knee; give slos (e.g. ttft_p99: 500ms)")
@@ -772,8 +798,8 @@ class SweepSpec(BaseModel):
 
     def probe_rule(self) -> ProbeRule | None:
         """The probe rule of a time-based sweep (None for `requests:` sweeps: a fixed count per point)."""
-        if self.requests is not None and self.duration_s is None:
-            return None
+        if (self.requests is not None and self.duration_s is None) or self.load.stages is not None:
+            return None  # a fixed count per point, or stages (their own schedule)
         d = dict(self.probe)
         d.setdefault("min_duration_s", self.duration_s)
         d.setdefault("max_duration_s", max(4 * d["min_duration_s"], 120.0))

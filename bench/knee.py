@@ -154,7 +154,8 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
     delivers there. knee = highest load decided PASS (no FAIL, no undecided full probe), below the lowest
     load with a FAIL (bracket_hi); undecided loads in between are listed — the knee's real uncertainty."""
     out = []
-    for (sweep, cell, mode), g in df[df["role"] != "baseline"].groupby(["sweep", "cell", "mode"], sort=False):
+    # a staged run is one schedule whose stages share a queue: no knee (its stages are reported as they are)
+    for (sweep, cell, mode), g in df[(df["role"] != "baseline") & (df["mode"] != "stages")].groupby(["sweep", "cell", "mode"], sort=False):
         history: dict[float, list[tuple[str, bool]]] = {}  # a ladder screen is not a full probe, as in the search
         for x, v, role in zip(g["load"], g["verdict"], g["role"]):
             history.setdefault(float(x), []).append((v, role != "ladder"))
@@ -185,7 +186,26 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                    knee_keep_up=k["keep_up_ratio"], knee_prefix_hit_rate=k["prefix_hit_rate"], knee_evidence=k["why"],
                    note=("" if above is not None else "every tested load passed: the knee is above the highest load tested") + und)
         out.append(row)
-    return pd.DataFrame(out)
+    # the columns every row has, also when no cell has a knee table (staged runs only)
+    return pd.DataFrame(out, columns=None if out else ["sweep", "cell", "mode", "gpu", "gpus", "gpus_source", "simulated", "points",
+                                                       "slos", "undecided_loads", "interrupted_loads", "feasible", "knee",
+                                                       "bracket_hi", "note"])
+
+
+def stage_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per stage of every staged (or ramped) point: the rate asked for and realised, requests sent
+    and completed, and the latency of that stage's measured requests."""
+    rows = []
+    for r in df.sort_values(["sweep", "cell", "repeat"]).to_dict("records"):
+        for st in r["_summary"].get("per_stage") or []:
+            q0, q1 = st.get("qps_from_to") or [None, None]
+            rows.append({"sweep": r["sweep"], "cell": r["cell"], "repeat": r["repeat"], "stage": st["stage"],
+                         "start_s": st["start_s"], "duration_s": st["duration_s"],
+                         "qps": f"{q0:g}→{q1:g}" if q0 != q1 else f"{q1:g}", "expected": st["expected_requests"],
+                         "sent": st["sent"], "realised_qps": st["realised_qps"], "measured": st["measured"], "ok": st["ok"],
+                         "ttft_p50": (st.get("ttft") or {}).get("p50"), "ttft_p99": (st.get("ttft") or {}).get("p99"),
+                         "e2e_p50": (st.get("e2e") or {}).get("p50"), "e2e_p99": (st.get("e2e") or {}).get("p99")})
+    return rows
 
 
 def write_knee(df_points: pd.DataFrame, knees: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -523,16 +523,18 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     return s
 
 
-def per_stage(recs: list[RequestRecord], t0_ns: int, pieces: list[tuple[float, float, float]], ramp: bool) -> list[dict[str, Any]]:
+def per_stage(recs: list[RequestRecord], pieces: list[tuple[float, float, float]], ramp: bool) -> list[dict[str, Any]]:
     """A staged (or ramped) open loop, stage by stage: the requests the schedule sent in each stretch (their
     realised rate beside the one asked for: the expected count is the rate's integral) and the latency of
     the measured ones among them (warmup excluded). ITL per stage is not split (the token arrays are
     summarised in one pass)."""
     out = []
     start = 0.0
+    by_stage: dict[int, list[RequestRecord]] = {}
+    for r in recs:  # each request's `stage` column (the send schedule's stretch it was sent in)
+        by_stage.setdefault(r.stage, []).append(r)
     for k, (dur, r0, r1) in enumerate(pieces):
-        lo, hi = t0_ns + int(start * 1e9), t0_ns + int((start + dur) * 1e9)
-        sent = [r for r in recs if lo <= r.intended_ns < hi]
+        sent = by_stage.get(-1 if ramp and k == 0 else (k - 1 if ramp else k), [])
         m = [r for r in sent if not r.warmup and r.error_kind != "cancelled"]
         ok = [r for r in m if r.ok]
         expected = dur * (r0 + r1) / 2

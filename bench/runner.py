@@ -125,6 +125,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
     if load.stages:  # the first stage's start is the warmup: the schedule is the ramp and the stages
         dur_ns = int((load.ramp_up_s + sum(s.duration_s for s in load.stages)) * 1e9)
     n_req = (load.requests + warm_n) if load.requests else None
+    staged = bool(load.stages or load.ramp_up_s)
     tasks: set[asyncio.Task] = set()
     sem = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
     t0 = perf_ns() + LEAD_NS
@@ -138,7 +139,8 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
 
     async def one(it: WorkItem, intended: int, prepared: cl.Prepared, warm: bool, history: list | None = None) -> None:
         rec = RequestRecord(index=it.index, intended_ns=intended, warmup=warm, isl=it.isl, osl=it.osl,
-                            prefix_group=it.prefix_group, source=it.source, conversation=it.conversation, turn=it.turn)
+                            prefix_group=it.prefix_group, source=it.source, conversation=it.conversation, turn=it.turn,
+                            stage=load.stage_at((intended - t0) / 1e9) if staged else 0)
         rec.prompt_tokens_local = it.isl if wl.builder is not None else -1
         progress.sent += 1
         slot = mon.started(rec)
@@ -427,7 +429,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         if wl.size is not None and not load.replay:
             doc["workload"]["dataset_rows_reused"] = n_reused
         if load.stages or load.ramp_up_s:
-            summary["per_stage"] = per_stage(recs, probe_mon.t0, load.rate_pieces(), bool(load.ramp_up_s))
+            summary["per_stage"] = per_stage(recs, load.rate_pieces(), bool(load.ramp_up_s))
         doc["probe"] = probe_mon.report()
         summary["probe"] = {k: v for k, v in doc["probe"].items() if k not in ("looks", "rule")} | {"n_looks": len(probe_mon.looks)}
         doc["client_health"] = {"loop_stalls": stalls.report()}

@@ -158,7 +158,8 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
             "probe": rule.model_dump() if rule else None, "extend": extend, "arrival": str(spec.load.arrival),
             "max_concurrency": spec.load.max_concurrency, "max_model_len": spec.max_model_len,
             "reset_prefix_cache": spec.reset_prefix_cache, "labels": spec.labels,
-            **({"ramp_up_s": spec.load.ramp_up_s} if spec.load.ramp_up_s else {})}
+            **({"ramp_up_s": spec.load.ramp_up_s} if spec.load.ramp_up_s else {}),
+            **({"stages": [st.model_dump() for st in spec.load.stages]} if mode == "stages" and spec.load.stages else {})}
 
 
 def point_hash(key: dict) -> str:
@@ -179,6 +180,8 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
             "requests": spec.requests * scale if spec.requests else None}
     if key["mode"] == "qps":
         load.update(qps=key["value"], max_concurrency=spec.load.max_concurrency, ramp_up_s=spec.load.ramp_up_s)
+    elif key["mode"] == "stages":
+        load.update(stages=key["stages"], max_concurrency=spec.load.max_concurrency, ramp_up_s=spec.load.ramp_up_s)
     else:
         load.update(concurrency=int(key["value"]))
     tgt = spec.target.model_dump(exclude={"sim"})
@@ -228,7 +231,8 @@ class SweepRunner:
         s = self._measure_key(key, role, execute_run, results)
         rule = key.get("probe")
         extend = self.spec.load.auto.extend_inconclusive if self.spec.load.auto else True
-        if self.spec.slos and extend and not (rule and rule["sequential"]) and role.split("+")[0] not in SCREENING_ROLES:
+        if self.spec.slos and extend and not (rule and rule["sequential"]) and role.split("+")[0] not in SCREENING_ROLES \
+                and mode != "stages":  # stages are a fixed schedule: not re-measured longer
             v, why = verdict(s, self.spec.slos, self.spec.attainment.rule, self.spec.attainment.target)
             if v == INCONCLUSIVE:
                 self.on_event("note", key=key, role=role, why=f"undecided ({why}): measuring again with windows twice as long")
@@ -313,6 +317,8 @@ class SweepRunner:
                 for rep in range(spec.repeats):
                     if spec.load.auto is not None:
                         searches.append({"cell": ci, "repeat": rep, **self._search(ci, rep)})
+                    elif spec.load.stages is not None:  # one staged open loop per cell; its value is the peak rate
+                        self.measure(ci, "stages", max(st.qps for st in spec.load.stages), rep)
                     else:
                         values = spec.load.qps if spec.load.qps is not None else spec.load.concurrency or []
                         mode = "qps" if spec.load.qps is not None else "concurrency"

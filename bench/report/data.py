@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
-from bench.knee import interrupted_points, knee_table, load_points
+from bench.knee import interrupted_points, knee_table, load_points, stage_rows
 from bench.results import find_run_dirs, read_run_doc
 
 METHODS = [
@@ -68,7 +68,7 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
                 cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization, "cost_note": ""})
             except ValueError as e:  # the SKU lacks the chosen pricing tier
                 cost_rows.append({**r, "cost_note": str(e)})
-    knees_cost = pd.DataFrame(cost_rows)
+    knees_cost = pd.DataFrame(cost_rows, columns=None if cost_rows else list(knees.columns))
     for col in COST_COLUMNS:  # every cell the templates read exists (NaN renders as "—")
         if col not in knees_cost:
             knees_cost[col] = float("nan")
@@ -109,4 +109,4 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
         notes.append("replicas: pass --peak-qps (peak traffic in req/s) or set peak_qps in --cost to size the fleet")
     return {"points": df, "knees": knees_cost, "cost_notes": notes, "env": envs, "workloads": workloads, "warnings": warnings,
             "simulated": bool(df["simulated"].any()), "interrupted": interrupted, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cost_model": cm,
-            "methods": METHODS, "cells": sorted(df["cell"].unique())}
+            "methods": METHODS, "cells": sorted(df["cell"].unique()), "stages": stage_rows(df)}

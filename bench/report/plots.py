@@ -43,6 +43,8 @@ def plot_all(df: pd.DataFrame, knees: pd.DataFrame, out: Path, slo_lines: dict[s
     out.mkdir(parents=True, exist_ok=True)
     slo_lines = slo_lines or {}
     files: list[Path] = []
+    if (df["mode"] == "stages").all():  # staged runs only: their per-stage table is the result, no load axis
+        return files
     sim = " (SIMULATED)" if df["simulated"].any() else ""
 
     # 1. latency vs offered load, at the percentile each SLO names (p99 where no SLO names one)

@@ -22,10 +22,21 @@ class SimStartError(ValueError):
     """The simulator exited or did not answer; the message is its own one-line reason."""
 
 
-def start_sim(*args: str, timeout_s: float = 30.0) -> tuple[subprocess.Popen, str]:
+def start_sim(*args: str, timeout_s: float = 30.0, tries: int = 3) -> tuple[subprocess.Popen, str]:
     """Start `trilemma sim` on a free port and wait for /health. The child exits with this process
     (TRILEMMA_SIM_PARENT: the simulator watches its parent, see sim.server.exit_with_parent); if it exits
-    early, its own error line is raised at once."""
+    early, its own error line is raised at once — except a port taken between choosing and binding it
+    (another process's outgoing connection can take any free port), which is retried on a new one."""
+    for attempt in range(tries):
+        try:
+            return _start_once(args, timeout_s)
+        except SimStartError as e:
+            if "address already in use" not in str(e) or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(args: tuple[str, ...], timeout_s: float) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()

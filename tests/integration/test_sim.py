@@ -160,6 +160,13 @@ def test_ramp_and_two_stages_realise_their_rates_and_are_summarised_per_stage(si
         assert abs(d["sent"] - d["expected_requests"]) <= 3 * d["expected_requests"] ** 0.5, d
     assert st[0]["measured"] == 0 and st[1]["measured"] > 0 and st[2]["ok"] == st[2]["measured"] > 0
     assert doc["summary"]["n_warmup"] >= st[0]["sent"]
+    # each request records its stage: the stretch of the schedule its send time fell in
+    df = pd.read_parquet(run_dir(tmp_path) / "requests.parquet").sort_values("intended_ns")
+    assert df["stage"].is_monotonic_increasing and sorted(df["stage"].unique()) == [-1, 0, 1]
+    assert [int((df["stage"] == k).sum()) for k in (-1, 0, 1)] == [d["sent"] for d in st]
+    assert (df["warmup"] == (df["stage"] == -1)).all()  # the ramp is the warmup, nothing else is
+    starts = df.groupby("stage")["intended_ns"].min() / 1e9
+    assert 8.0 - 2.0 < starts[1] - starts[0] <= 8.0 + 1.0  # stage 0 lasts 8 s (less the first gaps, exponential)
 
 
 def test_sharegpt_conversations_replay_turn_by_turn_with_history(sim_factory, tmp_path):

@@ -168,3 +168,35 @@ def test_report_renders_in_headless_chromium(regression_results, tmp_path):
     img = Image.open(shot).convert("RGB").resize((130, 260))
     assert len(img.getcolors(maxcolors=1 << 16) or []) > 50  # a rendered page, not a blank one
 
+
+
+def test_a_staged_sweep_runs_each_cell_through_its_stages_and_reports_them(tmp_path):
+    """load: {ramp_up_s, stages} in a sweep: one staged open loop per cell, every stage sending its rate's
+    integral (within 3·√expected), each request's stage on disk, a per-stage table from the sweep and the
+    report, no knee claimed; a rerun reuses the point and a changed stage list measures a new one."""
+    stages = [{"qps": 4, "duration": 6}, {"qps": 10, "duration": 6}]
+    spec = dict(name="staged", target={"sim": {"profile": "tiny-test"}}, cells=[{"name": "c", "isl": 32, "osl": 8}],
+                load={"ramp_up_s": 2, "stages": stages}, slos={"ttft_p99": "500ms"})
+    p = trilemma("sweep", write_spec(tmp_path / "s.yaml", **spec), "--out", tmp_path)
+    assert "stages 4:6,10:6" in p.stderr and "Staged loads, per stage" in p.stdout and "SLO knee per cell" not in p.stdout
+    (pdir,) = [d for d in (tmp_path / "staged" / "points").iterdir() if d.is_dir()]
+    doc = json.loads((pdir / "run.json").read_text())
+    assert doc["point"]["mode"] == "stages" and doc["point"]["value"] == 10
+    st = doc["summary"]["per_stage"]
+    assert [d["stage"] for d in st] == ["ramp", 0, 1] and [d["expected_requests"] for d in st] == [4, 24, 60]
+    for d in st:
+        assert abs(d["sent"] - d["expected_requests"]) <= 3 * d["expected_requests"] ** 0.5, d
+    import pandas as pd
+
+    df = pd.read_parquet(pdir / "requests.parquet")
+    assert df.groupby("stage").size().to_dict() == {-1: st[0]["sent"], 0: st[1]["sent"], 1: st[2]["sent"]}
+    table = pd.read_csv(tmp_path / "staged" / "knee" / "stages.csv")
+    assert table["sent"].tolist() == [d["sent"] for d in st]
+    trilemma("report", tmp_path / "staged", "--out", tmp_path / "rep")
+    md = (tmp_path / "rep" / "staged" / "summary.md").read_text()
+    assert "## Staged loads" in md and "no knee to price" in md
+    again = trilemma("sweep", write_spec(tmp_path / "s.yaml", **spec), "--out", tmp_path)
+    assert "0 points measured, 1 reused" in again.stderr
+    spec["load"]["stages"] = [{"qps": 4, "duration": 6}, {"qps": 8, "duration": 6}]
+    changed = trilemma("sweep", write_spec(tmp_path / "s.yaml", **spec), "--out", tmp_path)
+    assert "1 points measured, 0 reused" in changed.stderr

@@ -56,3 +56,23 @@ def test_a_sweep_ramp_reaches_each_point_and_its_identity_only_when_set():
     assert make_run_spec(ramped, "http://x", k1).load.ramp_up_s == 5
     with pytest.raises(ValueError, match="ramp_up_s ramps each point of a qps"):
         SweepSpec(**base, load={"concurrency": [2], "ramp_up_s": 5})
+
+
+def test_sweep_stages_run_one_staged_point_per_cell_and_are_part_of_its_identity():
+    from bench.config import SweepSpec
+    from bench.sweep import make_run_spec, point_hash, point_key
+
+    base = dict(name="s", target={"url": "http://x"}, cells=[{"isl": 32, "osl": 8}])
+    sp = SweepSpec(**base, load={"ramp_up_s": 3, "stages": [{"qps": 2, "duration": 20}, {"qps": 6, "duration_s": 10}]})
+    assert sp.probe_rule() is None  # the stages are the schedule: no probe rule lengthens or stops them
+    k = point_key(sp, 0, "stages", 6, 0, 0)
+    ld = make_run_spec(sp, "http://x", k).load
+    assert ld.rate_pieces() == [(3, 0.0, 2.0), (20.0, 2.0, 2.0), (10.0, 6.0, 6.0)] and ld.duration_s == 30
+    other = SweepSpec(**base, load={"stages": "2:20,7:10"})
+    assert point_hash(k) != point_hash(point_key(other, 0, "stages", 7, 0, 0))
+    for bad, msg in ((dict(load={"stages": "2:20"}, duration_s=10), "drop duration_s"),
+                     (dict(load={"stages": "2:20", "qps": [2]}), "exactly one of"),
+                     (dict(load={"stages": "2:20"}, warmup="5r"), "warmup in seconds"),
+                     (dict(load={"stages": "2-20"}), "QPS:SECONDS")):
+        with pytest.raises(ValueError, match=msg):
+            SweepSpec(**base, **bad)

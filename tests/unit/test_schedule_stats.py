@@ -72,6 +72,9 @@ def test_stages_are_validated_with_one_line():
 
     ld = LoadSpec(stages="2:30,8:10", ramp_up_s=5)
     assert ld.duration_s == 40 and ld.rate_pieces() == [(5, 0.0, 2.0), (30.0, 2.0, 2.0), (10.0, 8.0, 8.0)]
+    # each send's stretch: the ramp is -1, stage k is k, boundaries belong to the stretch they open
+    assert [ld.stage_at(t) for t in (0, 4.99, 5, 34.99, 35, 44.9, 60)] == [-1, -1, 0, 0, 1, 1, 1]
+    assert LoadSpec(qps=2, duration_s=10).stage_at(3) == 0 and LoadSpec(qps=2, duration_s=10, ramp_up_s=2).stage_at(1) == -1
     for bad, msg in ((dict(stages="2:30", qps=3), "drop --qps"), (dict(stages="2-30"), "QPS:SECONDS"),
                      (dict(stages="2:30", duration_s=10), "stages last 30 s"), (dict(concurrency=2, duration_s=5, ramp_up_s=3), "closed loop")):
         with pytest.raises(ValueError, match=msg):
