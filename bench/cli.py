@@ -104,7 +104,8 @@ def run(
     ramp_up: float = typer.Option(0.0, help="Open loop: grow the rate linearly from 0 over this many seconds first (sent as warmup)"),
     concurrency: Optional[int] = typer.Option(None, help="Closed loop: concurrent requests"),
     arrival: str = typer.Option("poisson", help="poisson | constant | gamma:CV"),
-    max_concurrency: Optional[int] = typer.Option(None, help="Cap in-flight requests in an open loop"),
+    max_concurrency: Optional[int] = typer.Option(None, help="Cap in-flight requests in an open loop (default 4096; past the cap "
+                                                  "requests wait at the client, their latencies still counted from the schedule)"),
     duration: Optional[float] = typer.Option(None, help="Measured seconds (after warmup)"),
     requests: Optional[int] = typer.Option(None, help="Measured requests (after warmup)"),
     warmup: str = typer.Option("0", help="Warmup: seconds (10s) or requests (20r); kept in records, flagged"),
@@ -289,10 +290,10 @@ def sweep(
         elif kind == "note":
             con.print(f"[dim]{el:6.0f}s   {why}[/]")
         elif kind == "done":
-            pr = summary.get("probe") or {}
-            con.print(f"[dim]{el:6.0f}s   {summary.get('n_measured', 0)} requests measured over {summary.get('window_s', 0):.1f} s "
-                      f"after {pr.get('warmup_s') or 0:.1f} s warmup; stopped: {pr.get('stopped', '?')}"
-                      f"{' — ' + pr['why'] if pr.get('why') else ''}[/]")
+            pr = summary.probe
+            con.print(f"[dim]{el:6.0f}s   {summary.n_measured} requests measured over {summary.window_s or 0:.1f} s "
+                      f"after {pr.warmup_s or 0:.1f} s warmup; stopped: {pr.stopped or '?'}"
+                      f"{' — ' + pr.why if pr.why else ''}[/]")
         elif kind == "verdict":
             col = {"PASS": "green", "FAIL": "red"}.get(verdict, "yellow")
             label = "UNDECIDED" if verdict == "INCONCLUSIVE" else verdict

@@ -32,6 +32,7 @@ from bench import metrics, stats
 from bench.knee import interrupted_points, knee_table, load_points, workload_key
 from bench.records import read_records
 from bench.results import read_run_doc
+from bench.summary import RunDoc
 
 LATENCY = [("ttft", 50.0), ("ttft", 99.0), ("tpot", 50.0), ("itl", 50.0), ("itl", 99.0), ("e2e", 50.0)]
 INTENDED = ("gpu", "gpus", "server_kind", "server_version", "harness", "simulated")  # shown, never refused
@@ -42,10 +43,10 @@ class CompareError(ValueError):
     pass
 
 
-def setup_of(doc: dict, mode: str) -> dict[str, str]:
+def setup_of(run_doc: RunDoc | dict, mode: str) -> dict[str, str]:
     """What must be equal for two points to be compared: everything that shapes the load, not the server."""
-    spec = doc.get("spec") or {}
-    w, load, tgt = spec.get("workload") or {}, spec.get("load") or {}, spec.get("target") or {}
+    doc = run_doc if isinstance(run_doc, RunDoc) else RunDoc.model_validate(run_doc)
+    w, load, tgt = doc.spec.workload, doc.spec.load, doc.spec.target
     return {
         "workload": workload_key(w) + "".join(f" {k}={w[k]}" for k in ("max_model_len", "window_s") if w.get(k) is not None)
                     + (f" speedup={w['speedup']}" if w.get("speedup", 1.0) != 1.0 else ""),
@@ -53,8 +54,8 @@ def setup_of(doc: dict, mode: str) -> dict[str, str]:
         "arrival": str(load.get("arrival", "poisson")) + (" (trace replay)" if load.get("replay") else ""),
         "load unit": "req/s" if mode == "qps" else "concurrency",
         "max concurrency": str(load.get("max_concurrency")),
-        "SLOs": ", ".join(sorted(f"{s['metric']}_p{s['pct']:g}<={s['threshold_ms']:g}ms" for s in spec.get("slos", []))) or "none",
-        "model": str((doc.get("target") or {}).get("model") or tgt.get("model")),
+        "SLOs": ", ".join(sorted(str(x) for x in doc.slo_specs)) or "none",
+        "model": str(doc.target.model or tgt.get("model")),
         "API": str(tgt.get("api")),
     }
 

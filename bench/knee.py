@@ -15,13 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.config import SLO, CellSpec, WorkloadSpec
+from bench.config import CellSpec, WorkloadSpec
 from bench.results import find_run_dirs, read_run_doc, settle
+from bench.summary import PointSummary, RunDoc, SteadyState
 from bench.verdict import PASS, binding_slo, knee_rule, verdict
-
-
-def _lat(s: dict[str, Any], metric: str, key: str) -> Any:
-    return ((s.get("latency_ms") or {}).get(metric) or {}).get(key)
 
 
 def workload_key(w: dict[str, Any]) -> str:
@@ -30,19 +27,20 @@ def workload_key(w: dict[str, Any]) -> str:
     return " ".join(f"{k}={w.get(k)}" for k in keys if w.get(k) not in (None, 0, ""))
 
 
-def gpus_per_replica(doc: dict[str, Any]) -> tuple[float | None, str]:
+def gpus_per_replica(run_doc: RunDoc | dict[str, Any]) -> tuple[float | None, str]:
     """GPUs per replica (G in $/M) and where it came from: the run's `gpus` label; else the GPUs on which NVML
     saw a compute process during the run (environment.gpus[].compute_processes, a single replica on this
     host); else unknown (None) — never assumed 1, which would price a multi-GPU replica G times too low."""
-    lab = (doc.get("labels") or {}).get("gpus")
+    doc = run_doc if isinstance(run_doc, RunDoc) else RunDoc.model_validate(run_doc)
+    lab = doc.labels.get("gpus")
     if lab not in (None, ""):
         try:
             g = float(lab)
         except ValueError:
-            raise ValueError(f"{doc.get('run_id')}: label gpus='{lab}' is not a number; label gpus=N (GPUs per replica)") from None
+            raise ValueError(f"{doc.run_id}: label gpus='{lab}' is not a number; label gpus=N (GPUs per replica)") from None
         if g > 0:
             return g, "label"
-    inv = [g for g in (doc.get("environment") or {}).get("gpus") or [] if "compute_processes" in g]
+    inv = [g for g in doc.environment.get("gpus") or [] if "compute_processes" in g]
     busy = sum(1 for g in inv if g["compute_processes"])
     if busy:
         return float(busy), "nvml processes"
@@ -54,50 +52,42 @@ def readable_why(why: str) -> str:
     return why.replace(" inf ms", " ∞ (failures)")
 
 
-def point_row(run_dir: Path, doc: dict[str, Any]) -> dict[str, Any]:
-    s = doc.get("summary") or {}
-    spec = doc.get("spec") or {}
-    pt = doc.get("point") or {}
-    load = spec.get("load") or {}
-    if pt:
-        cell = pt.get("cell_label") or CellSpec(**pt["cell"]).label()
-        mode, value = pt["mode"], pt["value"]
+def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
+    s = doc.summary or PointSummary()
+    pt = doc.point
+    w = doc.spec.workload
+    value: float | None
+    if pt is not None:
+        cell = pt.cell_label or CellSpec(**pt.cell).label()
+        mode, value = pt.mode, pt.value
     else:
-        w = spec.get("workload") or {}
         cell = WorkloadSpec(**{k: w[k] for k in ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups") if k in w}).label()
-        mode = "qps" if load.get("qps") is not None else "concurrency"
-        value = load.get("qps") if mode == "qps" else load.get("concurrency")
-    tgt = doc.get("target") or {}
-    e = s.get("energy") or {}
+        mode, value = doc.spec.load_point()
+    tgt, e, ss = doc.target, s.energy, s.steady_state or SteadyState()
     sweep = run_dir.parent.parent.name if run_dir.parent.name == "points" else run_dir.name
-    labels = doc.get("labels") or {}
     gpus, gpus_source = gpus_per_replica(doc)
+    lat = {f"{m}_{p}": s.lat(m, p) for m, ps in (("ttft", ("p50", "p90", "p99")), ("tpot", ("p50", "p90", "p99")),
+                                                 ("itl", ("p50", "p90", "p99")), ("e2e", ("p50", "p99")), ("send_lag", ("p99",)))
+           for p in ps}
     return {
-        "sweep": sweep, "cell": cell, "mode": mode, "workload": workload_key(spec.get("workload") or {}), "load": value,
-        "role": pt.get("role", "run"), "repeat": pt.get("repeat", 0),
-        "seed": doc.get("seed"), "status": doc.get("status"), "run_dir": str(run_dir),
-        "gpu": labels.get("gpu") or (tgt.get("sim") or {}).get("profile") or "", "gpus": gpus if gpus is not None else math.nan,
+        "sweep": sweep, "cell": cell, "mode": mode, "workload": workload_key(w), "load": value,
+        "role": pt.role if pt else "run", "repeat": pt.repeat if pt else 0,
+        "seed": doc.seed, "status": doc.status, "run_dir": str(run_dir),
+        "gpu": doc.labels.get("gpu") or (tgt.sim or {}).get("profile") or "", "gpus": gpus if gpus is not None else math.nan,
         "gpus_source": gpus_source,
-        "server_kind": tgt.get("server_kind"), "server_version": tgt.get("server_version"), "simulated": bool(tgt.get("simulated")),
-        "model": tgt.get("model"), "request_throughput": s.get("request_throughput"), "output_tps": s.get("output_tps"),
-        "input_tps": s.get("input_tps"), "total_tps": s.get("total_tps"), "achieved_send_qps": s.get("achieved_send_qps"),
-        "ttft_p50": _lat(s, "ttft", "p50"), "ttft_p90": _lat(s, "ttft", "p90"), "ttft_p99": _lat(s, "ttft", "p99"),
-        "tpot_p50": _lat(s, "tpot", "p50"), "tpot_p90": _lat(s, "tpot", "p90"), "tpot_p99": _lat(s, "tpot", "p99"),
-        "itl_p50": _lat(s, "itl", "p50"), "itl_p90": _lat(s, "itl", "p90"),
-        "itl_p99": _lat(s, "itl", "p99"), "e2e_p50": _lat(s, "e2e", "p50"), "e2e_p99": _lat(s, "e2e", "p99"),
-        "send_lag_p99": _lat(s, "send_lag", "p99"), "attainment": s.get("attainment"),
-        "attainment_lo": (s.get("attainment_ci") or [None, None])[0], "attainment_hi": (s.get("attainment_ci") or [None, None])[1],
-        "interactivity": s.get("interactivity_p50"), "mean_in_flight": s.get("mean_in_flight"), "n_measured": s.get("n_measured"),
-        "n_failed": s.get("n_failed"), "saturated": (s.get("saturation") or {}).get("saturated"),
-        "energy_j": e.get("energy_j"), "j_per_output_token": e.get("j_per_output_token"), "j_per_token": e.get("j_per_token"),
-        "avg_power_w": e.get("avg_power_w"), "energy_source": e.get("source"),
-        "window_s": s.get("window_s"), "warmup_s": (s.get("probe") or {}).get("warmup_s"), "stopped": (s.get("probe") or {}).get("stopped"),
-        "window_lifetimes": (s.get("steady_state") or {}).get("window_lifetimes"),
-        "keep_up_ratio": ((s.get("steady_state") or {}).get("keep_up") or {}).get("ratio"),
-        "prefix_hit_rate": (s.get("prefix_cache") or {}).get("hit_rate"),
-        "throughput_estimator": (s.get("throughput") or {}).get("estimator"),
-        "api": (spec.get("target") or {}).get("api"), "harness": (doc.get("harness") or {}).get("version"),
-        "slos": [str(SLO(**x)) for x in spec.get("slos", [])], "_summary": s, "_slos": [SLO(**x) for x in spec.get("slos", [])],
+        "server_kind": tgt.server_kind, "server_version": tgt.server_version, "simulated": tgt.simulated,
+        "model": tgt.model, "request_throughput": s.request_throughput, "output_tps": s.output_tps,
+        "input_tps": s.input_tps, "total_tps": s.total_tps, "achieved_send_qps": s.achieved_send_qps, **lat,
+        "attainment": s.attainment, "attainment_lo": s.attainment_ci[0], "attainment_hi": s.attainment_ci[1],
+        "interactivity": s.interactivity_p50, "mean_in_flight": s.mean_in_flight, "n_measured": s.n_measured,
+        "n_failed": s.n_failed, "saturated": s.saturation.saturated,
+        "energy_j": e.energy_j, "j_per_output_token": e.j_per_output_token, "j_per_token": e.j_per_token,
+        "avg_power_w": e.avg_power_w, "energy_source": e.source,
+        "window_s": s.window_s, "warmup_s": s.probe.warmup_s, "stopped": s.probe.stopped,
+        "window_lifetimes": ss.window_lifetimes, "keep_up_ratio": ss.keep_up.ratio,
+        "prefix_hit_rate": s.prefix_cache.hit_rate, "throughput_estimator": s.throughput.estimator,
+        "api": doc.spec.target.get("api"), "harness": doc.harness.get("version"),
+        "slos": [str(x) for x in doc.slo_specs], "_summary": s, "_slos": doc.slo_specs,
     }
 
 
@@ -106,11 +96,11 @@ def load_points(paths: Sequence[str | Path], gpus_per_replica: float | None = No
     (the --gpus-per-replica flag) fills in points whose run does not say it (label, NVML)."""
     rows = []
     for d in find_run_dirs(paths):
-        doc = settle(d, read_run_doc(d))  # a killed run: interrupted, its summary rebuilt from the saved requests
-        if doc.get("superseded_by") or not doc.get("summary"):
+        doc = RunDoc.model_validate(settle(d, read_run_doc(d)))  # a killed run: interrupted, its summary rebuilt from the saved requests
+        if doc.superseded_by or doc.summary is None:
             continue
         # interrupted points are read and marked (never a PASS: the probe did not run as planned); failed ones are not
-        if doc.get("status") == "complete" or (doc.get("status") == "interrupted" and doc["summary"].get("n_measured")):
+        if doc.status == "complete" or (doc.status == "interrupted" and doc.summary.n_measured):
             rows.append(point_row(d, doc))
     if not rows:
         raise FileNotFoundError(f"no completed or interrupted points with measured requests under {', '.join(map(str, paths))}; "
@@ -197,14 +187,11 @@ def stage_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     and completed, and the latency of that stage's measured requests."""
     rows = []
     for r in df.sort_values(["sweep", "cell", "repeat"]).to_dict("records"):
-        for st in r["_summary"].get("per_stage") or []:
-            q0, q1 = st.get("qps_from_to") or [None, None]
-            rows.append({"sweep": r["sweep"], "cell": r["cell"], "repeat": r["repeat"], "stage": st["stage"],
-                         "start_s": st["start_s"], "duration_s": st["duration_s"],
-                         "qps": f"{q0:g}→{q1:g}" if q0 != q1 else f"{q1:g}", "expected": st["expected_requests"],
-                         "sent": st["sent"], "realised_qps": st["realised_qps"], "measured": st["measured"], "ok": st["ok"],
-                         "ttft_p50": (st.get("ttft") or {}).get("p50"), "ttft_p99": (st.get("ttft") or {}).get("p99"),
-                         "e2e_p50": (st.get("e2e") or {}).get("p50"), "e2e_p99": (st.get("e2e") or {}).get("p99")})
+        for st in r["_summary"].per_stage:
+            rows.append({"sweep": r["sweep"], "cell": r["cell"], "repeat": r["repeat"], "stage": st.stage,
+                         "start_s": st.start_s, "duration_s": st.duration_s, "qps": st.rate, "expected": st.expected_requests,
+                         "sent": st.sent, "realised_qps": st.realised_qps, "measured": st.measured, "ok": st.ok,
+                         "ttft_p50": st.ttft.p50, "ttft_p99": st.ttft.p99, "e2e_p50": st.e2e.p50, "e2e_p99": st.e2e.p99})
     return rows
 
 

@@ -73,8 +73,14 @@ def chunk_gaps_ms(r: RequestRecord) -> np.ndarray:
 
 
 def send_lag_ms(r: RequestRecord) -> float:
-    """Send lag = actual send − intended send (how late the client was)."""
-    return (r.sent_ns - r.intended_ns) * NS_MS
+    """Send lag = actual send − when it could be sent: the intended time, or the moment an in-flight slot
+    freed for it (how late the client itself was; waiting for a slot is queueing, counted in its latency)."""
+    return (r.sent_ns - max(r.intended_ns, r.slot_ns)) * NS_MS
+
+
+def slot_wait_ms(r: RequestRecord) -> float:
+    """Time a request waited at the client for one of the in-flight cap's slots (0: none)."""
+    return max(0, r.slot_ns - r.intended_ns) * NS_MS if r.slot_ns else 0.0
 
 
 def interactivity(tpot: float) -> float:
@@ -490,6 +496,8 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
                               (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else math.nan)
     lat = {k: latency_stats(metric_values(mc, k)) if k != "itl" else tokens.gaps.stats() for k in ("ttft", "ttft_from_send", "tpot", "itl", "e2e")}
     lat["send_lag"] = latency_stats([send_lag_ms(r) for r in m if r.sent_ns])
+    waited = [slot_wait_ms(r) for r in m if r.slot_ns]
+    s["client_queue"] = {"waited": len(waited), "wait_ms": latency_stats(waited)}
     s["latency_ms"] = lat
     s["interactivity_p50"] = interactivity(lat["tpot"]["p50"])
     s["mean_in_flight"] = time_avg_in_flight(st, en, t0, t1) if window_s > 0 and recs else math.nan

@@ -38,6 +38,7 @@ class RequestRecord:
     index: int
     intended_ns: int  # scheduled send time (closed loop: = sent_ns)
     sent_ns: int = 0  # when the request was handed to the connection
+    slot_ns: int = 0  # open loop with an in-flight cap: when a slot freed for it (0: it did not wait for one)
     first_byte_ns: int = 0  # first response body bytes
     end_ns: int = 0  # last byte (or failure)
     # live records hold int64 arrays (8 bytes a token; a list of Python ints costs ~36); any int sequence is accepted

@@ -24,6 +24,11 @@ from bench.workload import PromptBuilder, Workload, make_tokenizer
 
 perf_ns = time.perf_counter_ns
 LEAD_NS = 100_000_000  # t0 is 100 ms after scheduling starts, so the first sends are not late
+# An open loop without --max-concurrency still holds at most this many requests in flight: past a server's
+# capacity its backlog otherwise grows without end (~10 KB of client memory and a socket each; a 5-minute run
+# at twice a server's capacity holds ~27 k). A request past the cap waits at the client, in schedule order, and
+# its latencies still count from its scheduled send, so the cap never flatters a result; the run says how many waited.
+DEFAULT_MAX_IN_FLIGHT = 4096
 
 
 _BUILDERS: dict[tuple, tuple] = {}
@@ -101,6 +106,7 @@ class Progress:
     done: int = 0
     failed: int = 0
     planned: int | None = None
+    not_sent: int = 0  # scheduled, due, but still waiting for an in-flight slot when the run stopped
     started_ns: int = 0
     end_ns_planned: int = 0
 
@@ -127,7 +133,8 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
     n_req = (load.requests + warm_n) if load.requests else None
     staged = bool(load.stages or load.ramp_up_s)
     tasks: set[asyncio.Task] = set()
-    sem = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
+    cap = load.max_concurrency or (DEFAULT_MAX_IN_FLIGHT if load.open_loop else None)
+    sem = asyncio.Semaphore(cap) if cap else None
     t0 = perf_ns() + LEAD_NS
     mon.begin(t0)
     progress.started_ns = t0
@@ -137,17 +144,44 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
     def stopped(t_ns: int) -> bool:
         return (stop is not None and stop.is_set()) or (mon.stop_at is not None and t_ns >= mon.stop_at)
 
-    async def one(it: WorkItem, intended: int, prepared: cl.Prepared, warm: bool, history: list | None = None) -> None:
+    async def take_slot(intended: int) -> bool:
+        """The scheduler waits here for an in-flight slot (no task or record exists for a request that
+        waits); False when the run is stopped or aborted meanwhile. A request due inside the window is sent
+        when a slot frees, also after the window's end, as it would have queued at the server."""
+        assert sem is not None
+        acq = asyncio.ensure_future(sem.acquire())
+        while True:
+            done, _ = await asyncio.wait({acq}, timeout=0.2)
+            if done:
+                return True
+            if stopped(intended) or mon.aborted:
+                acq.cancel()
+                try:
+                    await acq
+                except asyncio.CancelledError:
+                    return False
+                sem.release()  # acquired as it was cancelled
+                return False
+
+    async def one(it: WorkItem, intended: int, prepared: cl.Prepared, warm: bool, held: int | None = None) -> None:
+        """Send one request. `held`: the scheduler already took its in-flight slot (the time the slot freed,
+        0 if there was no wait); a follow-up turn (None) waits for its own."""
         rec = RequestRecord(index=it.index, intended_ns=intended, warmup=warm, isl=it.isl, osl=it.osl,
                             prefix_group=it.prefix_group, source=it.source, conversation=it.conversation, turn=it.turn,
-                            stage=load.stage_at((intended - t0) / 1e9) if staged else 0)
+                            stage=load.stage_at((intended - t0) / 1e9) if staged else 0, slot_ns=held or 0)
         rec.prompt_tokens_local = it.isl if wl.builder is not None else -1
         progress.sent += 1
         slot = mon.started(rec)
         try:
             if sem is not None:
-                async with sem:
+                if held is None:
+                    waits = sem.locked()
+                    await sem.acquire()
+                    rec.slot_ns = perf_ns() if waits else 0
+                try:
                     await cl.send_streaming(http, prepared, rec)
+                finally:
+                    sem.release()
             else:
                 await cl.send_streaming(http, prepared, rec)
         except asyncio.CancelledError:
@@ -201,6 +235,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
             peak = max(s.qps for s in load.stages) if load.stages else 0.0
             rate = load.qps or peak or (len(offsets) / max(1e-9, (offsets[-1] - offsets[0]) / 1e9) if len(offsets) > 1 else 1.0)
             spin = rate <= 400
+            released = 0  # when the scheduler last got a slot it had to wait for
             for i, off in enumerate(offsets):
                 target = t0 + off
                 if stopped(target):
@@ -210,7 +245,18 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
                 await sleep_until(target, spin)
                 if stopped(target):
                     break
-                spawn(one(it, target, prepared, mon.is_warm(i, target)))
+                held = None
+                if sem is not None:
+                    waits = sem.locked()
+                    if not await take_slot(target):
+                        now = perf_ns()
+                        progress.not_sent = sum(1 for o in offsets[i:] if t0 + o <= now)
+                        break
+                    if waits:
+                        released = perf_ns()
+                    # it waited for a slot itself, or queued behind one that did (its time passed meanwhile)
+                    held = released if released > target else 0
+                spawn(one(it, target, prepared, mon.is_warm(i, target), held))
         else:
             progress.planned = n_req
             counter = iter(range(10**12))
@@ -430,6 +476,18 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             doc["workload"]["dataset_rows_reused"] = n_reused
         if load.stages or load.ramp_up_s:
             summary["per_stage"] = per_stage(recs, load.rate_pieces(), bool(load.ramp_up_s))
+        cq = summary["client_queue"]
+        cq["cap"] = load.max_concurrency or (DEFAULT_MAX_IN_FLIGHT if load.open_loop else None)
+        cq["cap_from"] = "--max-concurrency" if load.max_concurrency else "default" if load.open_loop else None
+        cq["not_sent"] = progress.not_sent
+        if progress.not_sent:
+            summary["warnings"].append(f"not sent: {progress.not_sent} requests were due but still waited for an in-flight slot when "
+                                       "the run stopped; they are in no figure")
+        if cq["waited"] and not load.max_concurrency:
+            summary["warnings"].append(
+                f"in-flight cap: {cq['waited']} requests waited at the client (p99 {cq['wait_ms']['p99']:,.0f} ms) because "
+                f"{DEFAULT_MAX_IN_FLIGHT} were already in flight — the server was not keeping up with this rate; their latencies "
+                "count from the scheduled send, so they include the wait (set --max-concurrency to change the cap)")
         doc["probe"] = probe_mon.report()
         summary["probe"] = {k: v for k, v in doc["probe"].items() if k not in ("looks", "rule")} | {"n_looks": len(probe_mon.looks)}
         doc["client_health"] = {"loop_stalls": stalls.report()}

@@ -22,10 +22,15 @@ import time
 from pathlib import Path
 
 from bench.config import AutoSearch, ProbeRule, RunSpec, SpecError, SweepSpec, parse_amount
+from bench.summary import PointSummary, RunDoc, as_summary
 from bench.verdict import FAIL, INCONCLUSIVE, INVALID, PASS, knee_rule, leans_fail, verdict
 
 
 # ------------------------------------------------------------------ adaptive search
+def _lifetime(s: PointSummary) -> float:
+    return (s.steady_state.lifetime_s if s.steady_state else None) or 0.0
+
+
 def knee_search(auto: AutoSearch, ladder: float = 4.0):
     """Generator: yields (mode, value, role, seed_offset) and receives (verdict, summary) for each probe
     (verdict PASS, FAIL or INCONCLUSIVE = undecided). Returns {"feasible", "knee_qps", "bracket",
@@ -42,8 +47,9 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
     history: dict[float, list[tuple[str, bool]]] = {}  # load -> [(verdict, full probe?)]
     v, s = yield ("concurrency", 1, "baseline", 0)
     probes += 1
-    r_s = s.get("request_throughput") or 0.0
-    base_life = (s.get("steady_state") or {}).get("lifetime_s") or 0.0  # one request at a time: no queue
+    s = as_summary(s)
+    r_s = s.request_throughput or 0.0
+    base_life = _lifetime(s)  # one request at a time: no queue
     if v == FAIL:
         return {"feasible": False, "knee_qps": None, "bracket": None, "r_single": r_s, "tput_at_first_fail": None, "probes": probes,
                 "note": "even one request at a time misses the SLO: no load can meet it", "undecided": []}
@@ -66,12 +72,13 @@ def knee_search(auto: AutoSearch, ladder: float = 4.0):
     while probes < auto.max_probes:  # ladder up until a probe fails, or shows exceedances it cannot yet judge
         v, s = yield ("qps", lam, "ladder", 0)
         probes += 1
-        life = (s.get("steady_state") or {}).get("lifetime_s") or 0.0
-        troubled = v == INCONCLUSIVE and (any(leans_fail(x) for x in s.get("slos", []))
+        s = as_summary(s)
+        life = _lifetime(s)
+        troubled = v == INCONCLUSIVE and (any(leans_fail(x) for x in s.slos)
                                           or (base_life > 0 and life > 1.5 * base_life))  # requests live longer: a queue
         record(lam, v, troubled)  # an undecided screen that leans to FAIL bounds the bisection like a full undecided probe
         if v == FAIL or troubled:
-            tput_fail = s.get("request_throughput") if v == FAIL else None
+            tput_fail = s.request_throughput if v == FAIL else None
             break
         lam *= ladder
     confirmed: set[float] = set()
@@ -221,7 +228,7 @@ class SweepRunner:
                "spec": spec_doc, "updated_at": time.time(), **(extra or {})}
         write_json(self.dir / "sweep.json", doc)
 
-    def measure(self, cell_idx: int, mode: str, value: float, repeat: int = 0, seed_offset: int = 0, role: str = "grid") -> dict:
+    def measure(self, cell_idx: int, mode: str, value: float, repeat: int = 0, seed_offset: int = 0, role: str = "grid") -> PointSummary:
         """Measure one point (or return it from disk if already complete). Returns its summary.
         A non-sequential point left undecided is re-measured once with windows twice as long."""
         from bench import results
@@ -252,18 +259,18 @@ class SweepRunner:
             doc["superseded_by"] = point_hash(new)
             results.write_run_doc(d, doc)
 
-    def _measure_key(self, key: dict, role: str, execute_run, results) -> dict:
+    def _measure_key(self, key: dict, role: str, execute_run, results) -> PointSummary:
         import shutil
 
         h = point_hash(key)
         pdir = self.points_dir / h
         if (pdir / "run.json").is_file():
-            doc = results.read_run_doc(pdir)
-            if doc.get("status") == "complete" and doc.get("summary"):
+            old = RunDoc.model_validate(results.read_run_doc(pdir))
+            if old.status == "complete" and old.summary is not None:
                 self.skipped += 1
-                self._hint(key, doc["summary"])
-                self.on_event("skip", key=key, role=role, summary=doc["summary"])
-                return doc["summary"]
+                self._hint(key, old.summary)
+                self.on_event("skip", key=key, role=role, summary=old.summary)
+                return old.summary
         if pdir.exists():
             shutil.rmtree(pdir)  # unfinished: measure again from scratch
         self.on_event("start", key=key, role=role)
@@ -271,22 +278,23 @@ class SweepRunner:
 
         rs = make_run_spec(self.spec, self.url, key, self.lifetime_hint.get(key["cell"]["name"] or str(key["cell"])))
         tel = telemetry_for(rs, self.spec.gpus, self.api_key)
-        doc = execute_run(rs, pdir, self.api_key, None, tel, extra={"point": {**key, "hash": h, "role": role,
-                                                                                "cell_label": self._cell_label(key)}})
-        if doc.get("status") == "interrupted":
+        doc = RunDoc.model_validate(execute_run(rs, pdir, self.api_key, None, tel, extra={
+            "point": {**key, "hash": h, "role": role, "cell_label": self._cell_label(key)}}))
+        if doc.status == "interrupted":
             raise Interrupted()
-        if doc.get("status") == "failed" and not doc.get("summary", {}).get("n_measured"):
+        if doc.status == "failed" and not (doc.summary and doc.summary.n_measured):
             from bench.runner import RunFailed
 
-            raise RunFailed(doc.get("error") or "point failed")
+            raise RunFailed(doc.error or "point failed")
+        summary = doc.summary or PointSummary()
         self.measured += 1
-        self._hint(key, doc["summary"])
-        self.on_event("done", key=key, role=role, summary=doc["summary"])
-        return doc["summary"]
+        self._hint(key, summary)
+        self.on_event("done", key=key, role=role, summary=summary)
+        return summary
 
-    def _hint(self, key: dict, summary: dict) -> None:
-        life = (summary.get("steady_state") or {}).get("lifetime_s")
-        if (summary.get("probe") or {}).get("stopped") in ("fail", "saturated"):
+    def _hint(self, key: dict, summary: PointSummary) -> None:
+        life = _lifetime(summary)
+        if summary.probe.stopped in ("fail", "saturated"):
             return  # an aborted probe's lifetimes are a queue's, not the next probe's
         if life:
             self.lifetime_hint[key["cell"]["name"] or str(key["cell"])] = life

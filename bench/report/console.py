@@ -7,6 +7,8 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from bench.summary import RunDoc
+
 
 def _f(x, nd=1) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -14,73 +16,77 @@ def _f(x, nd=1) -> str:
     return f"{x:,.{nd}f}"
 
 
-def print_summary(doc: dict, console: Console | None = None) -> None:
+def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> None:
     c = console or Console()
-    s = doc.get("summary") or {}
-    tgt = doc.get("target") or {}
-    sim = " [bold magenta](SIMULATED server)[/]" if tgt.get("simulated") else ""
-    c.print(f"[bold]{doc.get('run_id')}[/] — {tgt.get('model', '?')} @ {tgt.get('url', '?')} "
-            f"({tgt.get('server_kind', '?')} {tgt.get('server_version') or ''}){sim}  status: [bold]{doc.get('status')}[/]")
-    if doc.get("error"):
-        c.print(f"[red]{doc['error']}[/]")
-    if not s:
+    doc = run_doc if isinstance(run_doc, RunDoc) else RunDoc.model_validate(run_doc)
+    tgt = doc.target
+    sim = " [bold magenta](SIMULATED server)[/]" if tgt.simulated else ""
+    c.print(f"[bold]{doc.run_id}[/] — {tgt.model or '?'} @ {tgt.url or '?'} "
+            f"({tgt.server_kind or '?'} {tgt.server_version or ''}){sim}  status: [bold]{doc.status}[/]")
+    if doc.error:
+        c.print(f"[red]{doc.error}[/]")
+    s = doc.summary
+    if s is None:
         return
-    lat = s.get("latency_ms", {})
+    lat = s.latency_ms
     t = Table(title="latency (ms, from the scheduled send)", title_justify="left")
     for col in ("metric", "n", "mean", "p50", "p90", "p95", "p99", "p99 95% CI"):
         t.add_column(col, justify="right" if col != "metric" else "left")
     names = {"ttft": "TTFT", "ttft_from_send": "TTFT (from send)", "tpot": "TPOT", "itl": "ITL", "e2e": "E2E", "send_lag": "send lag"}
     for k, label in names.items():
         d = lat.get(k)
-        if not d:
+        if d is None:
             continue
-        lo, hi = (d.get("p99_ci") or [None, None])
-        t.add_row(label, str(d["n"]), _f(d["mean"], 2), _f(d["p50"], 2), _f(d["p90"], 2), _f(d["p95"], 2), _f(d["p99"], 2),
-                  f"[{_f(lo, 2)}, {_f(hi, 2)}]")
+        lo, hi = (d.p99_ci + [None, None])[:2]
+        t.add_row(label, str(d.n), _f(d.mean, 2), _f(d.p50, 2), _f(d.p90, 2), _f(d.p95, 2), _f(d.p99, 2), f"[{_f(lo, 2)}, {_f(hi, 2)}]")
     c.print(t)
-    c.print(f"window {_f(s.get('window_s'), 1)} s · requests {s['n_ok']}/{s['n_measured']} ok (+{s['n_warmup']} warmup) · "
-            f"{_f(s.get('request_throughput'), 2)} req/s · output {_f(s.get('output_tps'), 1)} tok/s · "
-            f"total {_f(s.get('total_tps'), 1)} tok/s · interactivity p50 {_f(s.get('interactivity_p50'), 1)} tok/s/user")
-    if s.get("offered_qps"):
-        c.print(f"offered {s['offered_qps']:g} req/s · achieved send rate {_f(s.get('achieved_send_qps'), 2)} req/s · "
-                f"mean in flight {_f(s.get('mean_in_flight'), 1)}")
-    for d in s.get("per_stage") or []:
-        ask = f"{d['qps']:g} req/s" if d["qps"] is not None else "{:g}→{:g} req/s".format(*d["qps_from_to"])
-        c.print(f"stage {d['stage']}: {d['start_s']:g}-{d['start_s'] + d['duration_s']:g} s at {ask} · sent {d['sent']} "
-                f"({_f(d['realised_qps'], 2)} req/s; {d['expected_requests']:.0f} expected) · measured {d['ok']}/{d['measured']} ok · "
-                f"TTFT p50 {_f(d['ttft']['p50'], 1)} ms · p99 {_f(d['ttft']['p99'], 1)} ms")
-    for t, d in (s.get("per_turn") or {}).items():
-        c.print(f"turn {t}: {d['n']} requests · TTFT p50 {_f(d['ttft']['p50'], 1)} ms · p99 {_f(d['ttft']['p99'], 1)} ms · "
-                f"mean prompt {_f(d['prompt_tokens_mean'], 0)} tokens")
-    if s.get("sessions"):
-        ss = s["sessions"]
-        c.print(f"sessions: {ss['n']} ({ss['complete']} complete) · {ss['turns_mean']:.1f} turns on average · duration p50 "
-                f"{_f(ss['duration_s']['p50'], 1)} s · p90 {_f(ss['duration_s']['p90'], 1)} s")
-    w = doc.get("workload") or {}
+    c.print(f"window {_f(s.window_s, 1)} s · requests {s.n_ok}/{s.n_measured} ok (+{s.n_warmup} warmup) · "
+            f"{_f(s.request_throughput, 2)} req/s · output {_f(s.output_tps, 1)} tok/s · "
+            f"total {_f(s.total_tps, 1)} tok/s · interactivity p50 {_f(s.interactivity_p50, 1)} tok/s/user")
+    if s.offered_qps:
+        c.print(f"offered {s.offered_qps:g} req/s · achieved send rate {_f(s.achieved_send_qps, 2)} req/s · "
+                f"mean in flight {_f(s.mean_in_flight, 1)}")
+    cq = s.client_queue
+    if cq.waited or cq.not_sent:
+        c.print(f"client queue: {cq.waited} requests waited for one of {cq.cap} in-flight slots ({cq.cap_from} cap; wait p50 "
+                f"{_f(cq.wait_ms.p50, 0)} ms, p99 {_f(cq.wait_ms.p99, 0)} ms)" + (f"; {cq.not_sent} due were never sent" if cq.not_sent else ""))
+    for st in s.per_stage:
+        c.print(f"stage {st.stage}: {st.start_s:g}-{st.start_s + st.duration_s:g} s at {st.rate} req/s · sent {st.sent} "
+                f"({_f(st.realised_qps, 2)} req/s; {st.expected_requests:.0f} expected) · measured {st.ok}/{st.measured} ok · "
+                f"TTFT p50 {_f(st.ttft.p50, 1)} ms · p99 {_f(st.ttft.p99, 1)} ms")
+    for turn, tr in s.per_turn.items():
+        c.print(f"turn {turn}: {tr.n} requests · TTFT p50 {_f(tr.ttft.p50, 1)} ms · p99 {_f(tr.ttft.p99, 1)} ms · "
+                f"mean prompt {_f(tr.prompt_tokens_mean, 0)} tokens")
+    if s.sessions is not None and s.sessions.n:
+        ss = s.sessions
+        c.print(f"sessions: {ss.n} ({ss.complete} complete) · {ss.turns_mean:.1f} turns on average · duration p50 "
+                f"{_f(ss.duration_s.p50, 1)} s · p90 {_f(ss.duration_s.p90, 1)} s")
+    w = doc.workload
     if w.get("dataset"):
         c.print(f"dataset {w['dataset']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in w.items()
                                                         if k not in ("dataset", "tokenizer") and v not in (None, 0)))
-    if s.get("errors"):
-        c.print("[red]errors:[/] " + ", ".join(f"{k}={v}" for k, v in s["errors"].items()))
-    if s.get("slos"):
-        parts = [f"{v['slo']} {_f(v['value_ms'], 1)}/{v['threshold_ms']:g} ms {'[green]met[/]' if v['met'] else '[red]missed[/]'}"
-                 for v in s["slos"]]
-        c.print("SLOs: " + " · ".join(parts) + f" · goodput {_f(s.get('goodput_rps'), 2)} req/s "
-                f"(attainment {_f(100 * (s.get('attainment') or 0), 1)}%)")
-    e = s.get("energy")
-    if e:
-        c.print(f"energy ({e.get('source')}): {_f(e.get('energy_j'), 1)} J · avg {_f(e.get('avg_power_w'), 1)} W · "
-                f"{_f(e.get('j_per_output_token'), 3)} J/output token")
-    sv = s.get("server")
-    if sv:
-        c.print(f"server ({sv.get('engine')}): running mean {_f(sv.get('running_mean'))} · max waiting {_f(sv.get('waiting_max'), 0)} · "
-                f"KV max {_f(100 * (sv.get('kv_usage_max') or 0))}% · preemptions {_f(sv.get('preemptions'), 0)} · "
-                f"prefix hit {_f(100 * sv['prefix_cache_hit_rate']) + '%' if sv.get('prefix_cache_hit_rate') is not None else '—'}"
-                + (f" · client−server TTFT mean {_f(lat['ttft']['mean'] - sv['server_ttft_mean_ms'], 2)} ms" if sv.get("server_ttft_mean_ms") else ""))
-    for n in (doc.get("telemetry") or {}).get("notices", []):
+    if s.errors:
+        c.print("[red]errors:[/] " + ", ".join(f"{k}={v}" for k, v in s.errors.items()))
+    if s.slos:
+        parts = [f"{v.slo} {_f(v.value_ms, 1)}/{v.threshold_ms:g} ms {'[green]met[/]' if v.met else '[red]missed[/]'}" for v in s.slos]
+        c.print("SLOs: " + " · ".join(parts) + f" · goodput {_f(s.goodput_rps, 2)} req/s "
+                f"(attainment {_f(100 * (s.attainment or 0), 1)}%)")
+    e = s.energy
+    if e.source or e.energy_j is not None:
+        c.print(f"energy ({e.source}): {_f(e.energy_j, 1)} J · avg {_f(e.avg_power_w, 1)} W · "
+                f"{_f(e.j_per_output_token, 3)} J/output token")
+    sv = s.server
+    if sv is not None:
+        ttft_mean = s.lat("ttft", "mean")
+        c.print(f"server ({sv.engine}): running mean {_f(sv.running_mean)} · max waiting {_f(sv.waiting_max, 0)} · "
+                f"KV max {_f(100 * (sv.kv_usage_max or 0))}% · preemptions {_f(sv.preemptions, 0)} · "
+                f"prefix hit {_f(100 * sv.prefix_cache_hit_rate) + '%' if sv.prefix_cache_hit_rate is not None else '—'}"
+                + (f" · client−server TTFT mean {_f(ttft_mean - sv.server_ttft_mean_ms, 2)} ms"
+                   if sv.server_ttft_mean_ms and ttft_mean is not None else ""))
+    for n in doc.telemetry.get("notices", []):
         c.print(f"[dim]note: {n}[/]")
-    for w in s.get("warnings", []):
-        c.print(f"[yellow]warning:[/] {w}")
+    for warning in s.warnings:
+        c.print(f"[yellow]warning:[/] {warning}")
 
 
 def _pct(x) -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
 from bench.knee import interrupted_points, knee_table, load_points, stage_rows
 from bench.results import find_run_dirs, read_run_doc
+from bench.summary import RunDoc
 
 METHODS = [
     ("TTFT", "first token-bearing chunk − scheduled (intended) send; the schedule is computed up front, so client lag cannot hide queueing"),
@@ -78,24 +79,22 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
         dirs = find_run_dirs([p])
         if not dirs:
             continue
-        doc = read_run_doc(dirs[0])
-        env = doc.get("environment") or {}
-        t = doc.get("target") or {}
+        doc = RunDoc.model_validate(read_run_doc(dirs[0]))
+        env, t = doc.environment, doc.target
         name = Path(p).name
-        envs.append({"results": name, "gpu label": (doc.get("labels") or {}).get("gpu", ""),
-                     "server": f"{t.get('server_kind')} {t.get('server_version') or ''}",
-                     "model": t.get("model"), "simulated": "yes" if t.get("simulated") else "no",
+        envs.append({"results": name, "gpu label": doc.labels.get("gpu", ""),
+                     "server": f"{t.server_kind} {t.server_version or ''}",
+                     "model": t.model, "simulated": "yes" if t.simulated else "no",
                      "GPUs seen by NVML": ", ".join(g["name"] for g in env.get("gpus") or []) or "none (client host)",
                      "client CPU": f"{(env.get('cpu') or {}).get('model')} ×{(env.get('cpu') or {}).get('cores')}",
-                     "harness": f"{(doc.get('harness') or {}).get('version')} ({(doc.get('harness') or {}).get('git_sha') or 'no git'})"})
-        spec = doc.get("spec") or {}
-        workloads.append({"results": name, "workload": (doc.get("workload") or {}).get("tokenizer", ""),
-                          "slos": ", ".join(f"{s['metric']}_p{s['pct']:g} ≤ {s['threshold_ms']:g} ms" for s in spec.get("slos", [])),
-                          "api": (spec.get("target") or {}).get("api"), "arrival": (spec.get("load") or {}).get("arrival")})
+                     "harness": f"{doc.harness.get('version')} ({doc.harness.get('git_sha') or 'no git'})"})
+        workloads.append({"results": name, "workload": doc.workload.get("tokenizer", ""),
+                          "slos": ", ".join(f"{x.name} ≤ {x.threshold_ms:g} ms" for x in doc.slo_specs),
+                          "api": doc.spec.target.get("api"), "arrival": doc.spec.load.get("arrival")})
     for r in knees.to_dict("records"):
         if isinstance(r.get("knee_run_dir"), str):  # NaN in rows without a knee
-            s = read_run_doc(Path(r["knee_run_dir"])).get("summary") or {}
-            warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in s.get("warnings", [])]
+            ks = RunDoc.model_validate(read_run_doc(Path(r["knee_run_dir"]))).summary
+            warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in (ks.warnings if ks else [])]
         if r.get("note"):
             warnings.append(f"{r['sweep']} / {r['cell']}: {r['note']}")
     interrupted = interrupted_points(df, why=True)

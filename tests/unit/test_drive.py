@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench import client as cl
-from bench import runner, schedule
+from bench import metrics, runner, schedule
 from bench.config import RunSpec, WorkloadSpec
 from bench.records import IncrementalWriter, read_records
 from bench.workload import PromptBuilder, WordTokenizer, Workload
@@ -100,6 +100,22 @@ def test_warmup_by_count_and_the_concurrency_cap(tmp_path, monkeypatch):
     assert fake.max_in_flight == 3  # 400 req/s against ~32 ms requests would hold ~13 without the cap
     # the wait for a slot is queueing, not client lag: latencies still count from the intended send
     assert max((r.chunk_ns[0] - r.intended_ns) / 1e9 for r in recs) > 5 * TTFT_S
+    waited = [r for r in recs if r.slot_ns]
+    assert len(waited) >= 10 and all(r.slot_ns > r.intended_ns and r.sent_ns >= r.slot_ns for r in waited)
+    assert max(metrics.slot_wait_ms(r) for r in recs) > 5 * TTFT_S * 1e3
+    assert np.median([metrics.send_lag_ms(r) for r in recs]) < 5  # the client itself sent each as soon as it could
+
+
+def test_an_open_loop_past_the_server_holds_at_most_the_default_cap_in_flight(tmp_path, monkeypatch):
+    """Without --max-concurrency an open loop still caps what it holds in flight (its memory and sockets):
+    past the cap the scheduler waits, creating nothing for the requests that wait, and sends them in
+    schedule order as slots free; every scheduled request is still sent, none lost."""
+    monkeypatch.setattr(runner, "DEFAULT_MAX_IN_FLIGHT", 4)
+    fake, _, recs, spec = _drive(tmp_path, monkeypatch, {"qps": 500, "requests": 60})
+    assert fake.max_in_flight == 4 and len(recs) == 60 and all(r.ok for r in recs)
+    assert sum(1 for r in recs if r.slot_ns) > 40
+    by_send = sorted(recs, key=lambda r: r.sent_ns)
+    assert [r.index for r in by_send] == sorted(r.index for r in recs)  # FIFO: schedule order kept
 
 
 def test_closed_loop_keeps_n_in_flight_and_sends_after_each_end(tmp_path, monkeypatch):

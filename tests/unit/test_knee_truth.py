@@ -206,7 +206,7 @@ def _ladder_search(screen_exceed):
         elif role == "ladder":
             k, n = screen_exceed(value)
             v, s = INCONCLUSIVE, {"request_throughput": value, "steady_state": {"lifetime_s": 1.0},
-                                  "slos": [{"slo": "ttft_p90", "exceed": {"k": k, "n": n}}]}
+                                  "slos": [{"slo": "ttft_p90", "threshold_ms": 500.0, "exceed": {"k": k, "n": n}}]}
         else:
             v, s = PASS, {"request_throughput": value}
         try:
