@@ -119,6 +119,9 @@ def run(
     request: Optional[str] = typer.Option(None, help="Body fields added to every request, as JSON: '{\"temperature\": 0.7, \"top_p\": 0.9, "
                                           "\"seed\": 1, \"stop\": [\"###\"]}' (response_format, tools, ... alike)"),
     header: Optional[List[str]] = typer.Option(None, help="Extra HTTP header 'NAME: VALUE' (repeatable); values are never written to results"),
+    launch: Optional[str] = typer.Option(None, help="Start the server for this run and stop it after: a command with {port}, e.g. "
+                                         "'vllm serve MODEL --port {port}' (its log and exact command are kept in the run directory)"),
+    launch_timeout: float = typer.Option(900.0, help="With --launch: seconds to wait for the server to answer /v1/models"),
     timeout: float = typer.Option(600.0, help="Idle-read timeout (s): a request fails when no byte of its response arrives for this long "
                                                 "(a slow but steadily streaming request is never cut)"),
     max_model_len: Optional[int] = typer.Option(None, help="Clip ISL+OSL to this (default: from the server)"),
@@ -148,7 +151,29 @@ def run(
         duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, think_time=think_time, slo=slo, seed=seed, labels=_labels(label),
         reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
         until_decided=until_decided, max_duration=max_duration, request=request, headers=header)
-    doc = run_one(spec, _out_dir(out), _run_name(name), env_api_key(spec, api_key), gpus)
+    out_dir, run_name = _out_dir(out), _run_name(name)
+    if launch is None:
+        doc = run_one(spec, out_dir, run_name, env_api_key(spec, api_key), gpus)
+    else:
+        from pydantic import ValidationError
+
+        from bench.config import LaunchSpec, validation_message
+        from bench.launch import LaunchedServer, LaunchError
+        from bench.results import new_run_id
+
+        run_dir = out_dir / (run_name or new_run_id(spec))
+        try:
+            server = LaunchedServer(LaunchSpec(cmd=launch, startup_timeout_s=launch_timeout), {}, run_dir)
+        except ValidationError as e:
+            fail(f"--launch: {validation_message(e)}")
+        typer.echo(f"starting the server: {launch}", err=True)
+        try:
+            spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": server.start()})})
+            doc = run_one(spec, out_dir, run_dir.name, env_api_key(spec, api_key), gpus, extra={"launch": server.record()})
+        except LaunchError as e:
+            fail(f"--launch: {e}", 1)
+        finally:
+            server.stop()
     print_summary(doc)
     if doc["status"] == "failed":
         fail(doc.get("error") or "the run failed; see run.json", 1)
@@ -156,7 +181,7 @@ def run(
         raise typer.Exit(130)
 
 
-def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = "all") -> dict:
+def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = "all", extra: dict | None = None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.results import new_run_id
@@ -172,7 +197,7 @@ def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = 
         def on_progress(p):
             bar.update(task, completed=p.done, total=p.planned, failed=p.failed)
 
-        doc = execute_run(spec, run_dir, api_key, on_progress, tel)
+        doc = execute_run(spec, run_dir, api_key, on_progress, tel, extra=extra)
     typer.echo(f"results: {run_dir}", err=True)
     return doc
 
@@ -272,7 +297,7 @@ def sweep(
     _out_dir(out)
     spec = load_sweep_spec(spec_file)
     if url:
-        spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": url, "sim": None})})
+        spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": url, "sim": None, "launch": None})})
     key = api_key or os.environ.get(spec.target.api_key_env)
     con = Console(stderr=True)
     t0 = __import__("time").time()

@@ -625,8 +625,50 @@ class SimTarget(BaseModel):
     delay_ms: float = Field(0.0, ge=0, le=600_000)  # added before the engine: TTFT/E2E up, ITL unchanged
 
 
+class LaunchSpec(BaseModel):
+    """A server trilemma starts (bench/launch.py): a command template and its serve parameters. In a sweep a
+    parameter given as a list is a grid: every combination is one server start, measured over every cell and load."""
+
+    model_config = ConfigDict(extra="forbid")
+    cmd: str  # e.g. "vllm serve meta-llama/Llama-3.1-8B-Instruct --port {port} --max-num-seqs {max_num_seqs}"
+    params: dict[str, Any] = {}
+    health_path: str | None = None  # default: /v1/models answers 200
+    startup_timeout_s: float = Field(900.0, gt=0)
+    env: dict[str, str] = {}
+    image: str | None = None  # container form: `docker run ... IMAGE <cmd>` (e.g. vllm/vllm-openai:v0.11.0)
+    gpus: str = "all"  # docker --gpus
+    docker_args: list[str] = []
+    restarts: int = Field(1, ge=0)  # a server that dies mid-sweep is started again this many times
+
+    @field_validator("cmd")
+    @classmethod
+    def _cmd(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give the server's command, e.g. 'vllm serve MODEL --port {port}'")
+        if "{port}" not in v:
+            raise ValueError("the command must listen on {port} (trilemma picks a free port), e.g. '... --port {port}'")
+        return v
+
+    def configs(self) -> list[dict[str, Any]]:
+        """Every serve config: the product of the parameters given as lists (scalars are fixed)."""
+        import itertools
+
+        keys = sorted(self.params)
+        axes = [v if isinstance(v, list) else [v] for v in (self.params[k] for k in keys)]
+        if any(not a for a in axes):
+            raise ValueError("a serve parameter's list of values is empty")
+        return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
 class SweepTarget(TargetSpec):
     sim: SimTarget | None = None
+    launch: LaunchSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_server(self):
+        if self.sim is not None and self.launch is not None:
+            raise ValueError("give sim (the built-in simulator) or launch (a server command), not both")
+        return self
 
 
 class CellSpec(BaseModel):

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench.config import AutoSearch, ProbeRule, RunSpec, SpecError, SweepSpec, parse_amount
+from bench.launch import LaunchedServer, LaunchError, config_hash, config_label
 from bench.summary import PointSummary, RunDoc, as_summary
 from bench.verdict import FAIL, INCONCLUSIVE, INVALID, PASS, knee_rule, leans_fail, verdict
 
@@ -144,7 +145,7 @@ def role_rule(spec: SweepSpec, role: str, extend: int = 0) -> ProbeRule | None:
 
 
 def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: int, seed_offset: int, extend: int = 0,
-              role: str = "grid") -> dict:
+              role: str = "grid", serve: dict | None = None) -> dict:
     """What identifies a point: everything that changes the measurement (target included), not the
     server's port. A rerun reuses a point only when this matches."""
     c = spec.cells[cell_idx]
@@ -153,6 +154,10 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
     for k in ("request", "headers"):  # part of the identity only when given (header values are never stored)
         if not tgt.get(k):
             tgt.pop(k, None)
+    if spec.target.launch is not None:  # a launched server: its command and this serve config, not the grid or the port
+        tgt.pop("url", None)
+        tgt["launch"] = {k: tgt["launch"][k] for k in ("cmd", "image", "env", "docker_args") if tgt["launch"].get(k)}
+        tgt["launch"]["config"] = serve or {}
     if spec.target.sim is not None:
         tgt.pop("url", None)
         for k in ("error_rate", "cut_rate", "delay_ms"):  # planted faults: part of the identity only when set
@@ -191,7 +196,7 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
         load.update(stages=key["stages"], max_concurrency=spec.load.max_concurrency, ramp_up_s=spec.load.ramp_up_s)
     else:
         load.update(concurrency=int(key["value"]))
-    tgt = spec.target.model_dump(exclude={"sim"})
+    tgt = spec.target.model_dump(exclude={"sim", "launch"})
     tgt["url"] = url
     return RunSpec(target=tgt, workload=dict(isl=c.isl, osl=c.osl, dataset=c.dataset, prefix_tokens=c.prefix_tokens,
                                              prefix_groups=c.prefix_groups, max_model_len=spec.max_model_len, columns=c.columns),
@@ -201,6 +206,10 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
 
 class Interrupted(Exception):
     pass
+
+
+class ServerFailed(RuntimeError):
+    """A launched serve config did not start, or died more often than target.launch.restarts allows."""
 
 
 class SweepRunner:
@@ -215,6 +224,9 @@ class SweepRunner:
         self.skipped = 0
         self.url = spec.target.url
         self.sim_proc = None
+        self.server: LaunchedServer | None = None  # target.launch: the serve config being measured
+        self.serve: dict | None = None
+        self.servers: list[dict] = []  # what sweep.json records about each serve config
         self.lifetime_hint: dict[str, float] = {}  # cell -> request lifetime (E2E p50, s) of its last probe
 
     def _doc(self, status: str, extra: dict | None = None) -> None:
@@ -234,7 +246,7 @@ class SweepRunner:
         from bench import results
         from bench.runner import execute_run
 
-        key = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, role=role)
+        key = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, role=role, serve=self.serve)
         s = self._measure_key(key, role, execute_run, results)
         rule = key.get("probe")
         extend = self.spec.load.auto.extend_inconclusive if self.spec.load.auto else True
@@ -243,7 +255,7 @@ class SweepRunner:
             v, why = verdict(s, self.spec.slos, self.spec.attainment.rule, self.spec.attainment.target)
             if v == INCONCLUSIVE:
                 self.on_event("note", key=key, role=role, why=f"undecided ({why}): measuring again with windows twice as long")
-                key2 = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, extend=1, role=role)
+                key2 = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, extend=1, role=role, serve=self.serve)
                 s = self._measure_key(key2, role + "+extended", execute_run, results)
                 self.supersede(key, key2)
         return s
@@ -273,13 +285,19 @@ class SweepRunner:
                 return old.summary
         if pdir.exists():
             shutil.rmtree(pdir)  # unfinished: measure again from scratch
+        if self.serve is not None and self.server is None:
+            self._start_server(self.serve)
         self.on_event("start", key=key, role=role)
         from bench.telemetry import telemetry_for
 
         rs = make_run_spec(self.spec, self.url, key, self.lifetime_hint.get(key["cell"]["name"] or str(key["cell"])))
         tel = telemetry_for(rs, self.spec.gpus, self.api_key)
         doc = RunDoc.model_validate(execute_run(rs, pdir, self.api_key, None, tel, extra={
-            "point": {**key, "hash": h, "role": role, "cell_label": self._cell_label(key)}}))
+            "point": {**key, "hash": h, "role": role, "cell_label": self._cell_label(key)},
+            **({"launch": self.server.record()} if self.server is not None else {})}))
+        if self.server is not None and not self.server.alive():  # the launched server died during the point
+            self._server_died(pdir, key)
+            return self._measure_key(key, role, execute_run, results)
         if doc.status == "interrupted":
             raise Interrupted()
         if doc.status == "failed" and not (doc.summary and doc.summary.n_measured):
@@ -300,9 +318,15 @@ class SweepRunner:
             self.lifetime_hint[key["cell"]["name"] or str(key["cell"])] = life
 
     def _cell_label(self, key: dict) -> str:
+        """The cell's label; with a grid of serve configs, the config too (the knee table, report and compare
+        then treat each config as its own cell)."""
         from bench.config import CellSpec
 
-        return CellSpec(**key["cell"]).label()
+        label = CellSpec(**key["cell"]).label()
+        launch = self.spec.target.launch
+        if launch is not None and len(launch.configs()) > 1 and self.serve:
+            label += f" ({config_label(self.serve)})"
+        return label
 
     def _start_sim(self) -> None:
         if self.spec.target.sim is None:
@@ -317,21 +341,27 @@ class SweepRunner:
     def run(self) -> dict:
         spec = self.spec
         self._doc("running")
-        searches = []
+        searches: list[dict] = []
         status, error = "complete", None
         try:
             self._start_sim()
-            for ci, _cell in enumerate(spec.cells):
-                for rep in range(spec.repeats):
-                    if spec.load.auto is not None:
-                        searches.append({"cell": ci, "repeat": rep, **self._search(ci, rep)})
-                    elif spec.load.stages is not None:  # one staged open loop per cell; its value is the peak rate
-                        self.measure(ci, "stages", max(st.qps for st in spec.load.stages), rep)
-                    else:
-                        values = spec.load.qps if spec.load.qps is not None else spec.load.concurrency or []
-                        mode = "qps" if spec.load.qps is not None else "concurrency"
-                        for v in values:
-                            self.measure(ci, mode, v, rep)
+            for serve in spec.target.launch.configs() if spec.target.launch is not None else [None]:
+                if serve is None:
+                    self._measure_all(searches)
+                    continue
+                self.serve = serve  # started when its first point needs measuring: a resumed sweep skips finished configs
+                try:
+                    self._measure_all(searches)
+                    if self.server is not None:
+                        self.servers[-1]["status"] = "complete"
+                except ServerFailed as e:  # this serve config could not be measured: the next one is
+                    self.servers[-1].update(status="failed", error=str(e))
+                    self.on_event("note", why=f"serve config {config_label(serve) or '(default)'} failed: {e}")
+                finally:
+                    self._stop_server()
+            if any(x.get("status") == "failed" for x in self.servers):
+                status = "failed"
+                error = "; ".join(f"{x['config'] or 'default'}: {x['error']}" for x in self.servers if x.get("status") == "failed")
         except (Interrupted, KeyboardInterrupt):
             status = "interrupted"
         except Exception as e:  # e.g. the target is unreachable: the sweep did not measure what it set out to
@@ -340,6 +370,7 @@ class SweepRunner:
             status, error = "failed", one_line(e)
             raise
         finally:
+            self._stop_server()
             if self.sim_proc is not None:
                 import subprocess
 
@@ -349,8 +380,76 @@ class SweepRunner:
                 except subprocess.TimeoutExpired:
                     self.sim_proc.kill()
                     self.sim_proc.wait(10)
-            self._doc(status, {"searches": searches, "measured": self.measured, "skipped": self.skipped, "error": error})
-        return {"status": status, "dir": self.dir, "measured": self.measured, "skipped": self.skipped, "searches": searches}
+            self._doc(status, {"searches": searches, "measured": self.measured, "skipped": self.skipped, "error": error,
+                               **({"servers": self.servers} if self.servers else {})})
+        return {"status": status, "dir": self.dir, "measured": self.measured, "skipped": self.skipped, "searches": searches,
+                "servers": self.servers, "error": error}
+
+    def _measure_all(self, searches: list[dict]) -> None:
+        spec = self.spec
+        for ci, _cell in enumerate(spec.cells):
+            for rep in range(spec.repeats):
+                if spec.load.auto is not None:
+                    searches.append({"cell": ci, "repeat": rep, **({"serve": self.serve} if self.serve is not None else {}),
+                                     **self._search(ci, rep)})
+                elif spec.load.stages is not None:  # one staged open loop per cell; its value is the peak rate
+                    self.measure(ci, "stages", max(st.qps for st in spec.load.stages), rep)
+                else:
+                    values = spec.load.qps if spec.load.qps is not None else spec.load.concurrency or []
+                    mode = "qps" if spec.load.qps is not None else "concurrency"
+                    for v in values:
+                        self.measure(ci, mode, v, rep)
+
+    # ------------------------------------------------------------------ launched servers (target.launch)
+    def _start_server(self, serve: dict) -> None:
+        launch = self.spec.target.launch
+        assert launch is not None
+        self.server = LaunchedServer(launch, serve, self.dir / "servers" / config_hash(launch.cmd, serve))
+        self.servers.append({"config": config_label(serve), "params": serve, "status": "starting"})
+        self.on_event("note", why=f"starting the server for serve config {config_label(serve) or '(default)'}")
+        try:
+            self.url = self.server.start()
+        except LaunchError as e:
+            raise ServerFailed(str(e)) from None
+        finally:
+            self.servers[-1].update(self.server.record())
+        self.servers[-1]["status"] = "running"
+        self._doc("running", {"servers": self.servers})
+
+    def _stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.servers[-1].update(self.server.record())
+            self.server = None
+
+    def _server_died(self, pdir: Path, key: dict) -> None:
+        """The launched server exited during a point: its attempt is kept aside (superseded, never read as a
+        result), the server is started again (target.launch.restarts times) and the caller measures the point
+        again; past the restarts the serve config is failed."""
+        from bench import results
+
+        assert self.server is not None and self.server.proc is not None
+        launch = self.spec.target.launch
+        assert launch is not None
+        rc, tail = self.server.proc.returncode, self.server.log_tail()
+        deaths = self.servers[-1].setdefault("deaths", [])
+        deaths.append({"point": point_hash(key), "exit_status": rc, "log_tail": tail, "at": time.time()})
+        kept = pdir.with_name(f"{pdir.name}.server-died-{len(deaths)}")
+        if (pdir / "run.json").is_file():
+            doc = results.read_run_doc(pdir)
+            doc.update(superseded_by=point_hash(key), status="failed", error=f"the launched server exited (status {rc}) during this point")
+            results.write_run_doc(pdir, doc)
+            pdir.rename(kept)
+        self.on_event("note", why=f"the server exited (status {rc}) during a point; its attempt is kept in {kept.name}")
+        if len(deaths) > launch.restarts:
+            raise ServerFailed(f"the server exited {len(deaths)} times (status {rc}); last log lines:\n{tail}")
+        self.server.stop()
+        try:
+            self.url = self.server.start()
+        except LaunchError as e:
+            raise ServerFailed(str(e)) from None
+        self.servers[-1].update(self.server.record())
+        self.on_event("note", why="server restarted: measuring the point again")
 
     def _search(self, ci: int, rep: int) -> dict:
         spec = self.spec
@@ -365,8 +464,8 @@ class SweepRunner:
             if v == INVALID and invalid < 1:
                 invalid += 1
                 self.on_event("note", key={"mode": mode, "value": value}, role=role, why=f"{why}: measuring again")
-                self.supersede(point_key(spec, ci, mode, value, rep, seed_off, role=role),
-                               point_key(spec, ci, mode, value, rep, seed_off + 100, role=role))
+                self.supersede(point_key(spec, ci, mode, value, rep, seed_off, role=role, serve=self.serve),
+                               point_key(spec, ci, mode, value, rep, seed_off + 100, role=role, serve=self.serve))
                 continue  # client was unhealthy: measure again, never count it as a FAIL
             if v == INVALID:
                 v, why = INCONCLUSIVE, f"{why} (twice): undecided"

@@ -11,9 +11,13 @@ Budgets (issues): a 9 k-request run (qps 150, OSL 256) peaks below 400 MB and a 
 `compare` of vllm-regression-sized results stays below 500 MB.
 
 Each row says whether the server kept up (delivered req/s, saturated). The summary's memory does not grow
-with the run (token arrays are streamed from disk); the run phase holds every request in flight (~20 KB
-each), so past the server's capacity it grows with the queue: at qps 150 the h100 profile delivers ~58 req/s
-for ISL 128 / OSL 256, and a 5x longer run holds ~5x the queue. `--qps 40` is a load it sustains.
+with the run's tokens (token arrays are streamed from disk; ~0.3 KB of scalars per request remain). Each
+request in flight costs ~10 KB and a socket; past the server's capacity (the h100 profile delivers ~55 req/s
+at ISL 128 / OSL 256, so qps 150 is far past it) an open loop's backlog would grow with the run, so an open
+loop holds at most runner.DEFAULT_MAX_IN_FLIGHT (4096) in flight and the rest wait at the client.
+Measured on the 2-core development box: 60 s → 9,058 requests, peak 324 MB; 300 s → 45,021 requests, all ok,
+peak 337 MB (1.04x for 5x the requests). Before the cap: 342 MB and 854 MB, and the 300 s run lost 8,132
+requests to the 20,000-descriptor limit (connect errors) and was reported as not saturated.
 """
 
 from __future__ import annotations

@@ -1,0 +1,184 @@
+"""Servers trilemma launches itself (target.launch, run --launch), with the built-in simulator as the launched
+command (a real HTTP server process, seconds to start): serve-config grids as a knee dimension, the exact command
+and log kept, restart after a server death mid-sweep, and no server left behind after the sweep, Ctrl-C or kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.knee import knee_table, load_points
+from tests.integration.conftest import ROOT, trilemma
+
+SIM = f"{sys.executable} -m bench.cli sim --port {{port}} --profile tiny-test"
+
+
+def server_pids(marker: str) -> list[int]:
+    """Processes whose command line holds `marker` (each test's launch command carries its own)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd and "bench.cli sim" in cmd:
+                out.append(int(p.name))
+    return out
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def spec_file(tmp_path: Path, marker: str, **over) -> Path:
+    spec = {"name": "launched", "cells": [{"name": "c", "isl": 32, "osl": 16}], "load": {"qps": [3, 10]}, "requests": 60,
+            "warmup": "5r", "slos": {"ttft_p90": "150ms"},
+            "target": {"launch": {"cmd": f"{SIM} --seed {marker} --slowdown {{slowdown}}", "params": {"slowdown": [1.0, 3.0]}}}}
+    spec.update(over)
+    f = tmp_path / "launch.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    return f
+
+
+def marker() -> str:
+    return str(uuid.uuid4().int % 10**9)
+
+
+def test_a_grid_of_serve_configs_is_a_knee_dimension_with_each_command_and_log_kept(tmp_path):
+    """Two serve configs (the engine 3x slower in the second): each is started, measured over every load and
+    stopped; the knee table has one row per config, the slower one's knee lower; sweep.json and every point
+    hold the exact command, version and log; a rerun reuses every point without starting a server."""
+    m = marker()
+    f = spec_file(tmp_path, m)
+    p = trilemma("sweep", f, "--out", tmp_path, "--no-plots")
+    assert p.stderr.count("starting the server for serve config") == 2 and not server_pids(m)
+    d = tmp_path / "launched"
+    servers = json.loads((d / "sweep.json").read_text())["servers"]
+    assert [(s["config"], s["status"], s["starts"]) for s in servers] == [("slowdown=1.0", "complete", 1), ("slowdown=3.0", "complete", 1)]
+    for s in servers:
+        assert f"--slowdown {s['params']['slowdown']}" in s["command"] and s["version"].startswith("trilemma-sim")
+        log = Path(s["log"])
+        assert log.is_file() and log.parent.parent == d / "servers" and s["command"] in log.read_text()
+    for rj in (d / "points").glob("*/run.json"):
+        doc = json.loads(rj.read_text())
+        assert doc["launch"]["command"] in {s["command"] for s in servers} and doc["point"]["target"]["launch"]["config"]
+    knees = knee_table(load_points([d])).set_index("cell")
+    fast, slow = knees.loc["c (slowdown=1.0)"], knees.loc["c (slowdown=3.0)"]
+    assert fast["feasible"] and (not slow["feasible"] or slow["knee"] < fast["knee"]), knees[["knee", "note"]]
+    again = trilemma("sweep", f, "--out", tmp_path, "--no-plots")
+    assert "starting the server" not in again.stderr and "0 points measured, 4 reused" in again.stderr
+
+
+def test_a_server_that_dies_mid_sweep_is_restarted_and_the_point_measured_again(tmp_path):
+    """The launched server is killed during a point: that attempt is kept aside (superseded), the server is
+    started again, the point is measured again, and the sweep completes with every point; a second config is
+    unaffected."""
+    m = marker()
+    f = spec_file(tmp_path, m, load={"qps": [4]}, requests=150,
+                  target={"launch": {"cmd": f"{SIM} --seed {m}", "restarts": 1}})
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: bool(list((tmp_path / "launched" / "points").glob("*/requests.parts/*.parquet"))), 60, "the point to measure")
+    for pid in server_pids(m):
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    d = tmp_path / "launched"
+    srv = json.loads((d / "sweep.json").read_text())["servers"][0]
+    assert srv["status"] == "complete" and srv["starts"] == 2 and len(srv["deaths"]) == 1, srv
+    (died,) = list((d / "points").glob("*.server-died-1"))
+    assert json.loads((died / "run.json").read_text())["superseded_by"] == died.name.split(".")[0]
+    doc = json.loads((d / "points" / died.name.split(".")[0] / "run.json").read_text())
+    assert doc["status"] == "complete" and doc["summary"]["n_ok"] == doc["summary"]["n_measured"] > 100
+    assert len(load_points([d])) == 1 and not server_pids(m) and not group_members(srv["pid"])
+
+
+def test_no_server_is_left_after_ctrl_c_or_kill_9(tmp_path):
+    """Ctrl-C: trilemma stops the server it started. kill -9 of trilemma: its watchdog does."""
+    for how in ("SIGINT", "SIGKILL"):
+        m = marker()
+        (tmp_path / how).mkdir()
+        f = spec_file(tmp_path / how, m, requests=2000)
+        proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path / how), "--no-plots"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: bool(list((tmp_path / how / "launched" / "points").glob("*/requests.parts/*.parquet"))), 60,
+                 "the first point to measure")
+        assert server_pids(m)
+        proc.send_signal(getattr(signal, how))
+        proc.wait(60)
+        wait_for(lambda: not server_pids(m), 30, f"the server to go after {how}")
+        if how == "SIGINT":
+            assert proc.returncode == 130 and json.loads((tmp_path / how / "launched" / "sweep.json").read_text())["status"] == "interrupted"
+
+
+def test_run_launch_keeps_the_server_log_and_command_in_the_run_directory(tmp_path):
+    m = marker()
+    trilemma("run", "--launch", f"{SIM} --seed {m}", "--qps", 4, "--requests", 12, "--isl", 32, "--osl", 8,
+             "--out", tmp_path, "--name", "r")
+    doc = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert doc["status"] == "complete" and doc["launch"]["command"].endswith(f"--seed {m}")
+    assert (tmp_path / "r" / "server.log").is_file() and doc["launch"]["log"] == str(tmp_path / "r" / "server.log")
+    assert not server_pids(m)
+    bad = trilemma("run", "--launch", f"{sys.executable} -c 'import sys; print(\"no model here\"); sys.exit(3)' --port {{port}}",
+                   "--qps", 1, "--requests", 2, "--out", tmp_path, check=False)
+    assert bad.returncode == 1 and "exited with status 3" in bad.stderr and "no model here" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in process group `pgid` (a launched server and everything it started)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(p.name))
+    return out
+
+
+@pytest.mark.vllm
+def test_vllm_serve_configs_launched_by_trilemma_give_knees_in_the_expected_direction(tmp_path):
+    """The real vLLM CPU rig, started by trilemma with --max-num-seqs 1 and 16: one sequence at a time queues
+    requests that sixteen would batch, so its knee is lower; each server's exact command and log are kept and
+    no process of either server's group is left when the sweep ends."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import vllm_rig
+
+    v, model = vllm_rig.setup()
+    argv = vllm_rig.server_cmd(v / "bin" / "python", model, "{port}", "{max_num_seqs}")
+    env = {k: x for k, x in vllm_rig.server_env().items() if os.environ.get(k) != x}
+    f = tmp_path / "vllm.yaml"
+    f.write_text(yaml.safe_dump({
+        "name": "seqs", "cells": [{"name": "c", "isl": 64, "osl": 64}], "load": {"qps": [1, 3]}, "requests": 40, "warmup": "4r",
+        "slos": {"ttft_p90": "250ms"},
+        "target": {"model": vllm_rig.SERVED_NAME, "launch": {"cmd": "nice -n 19 " + " ".join(argv), "env": env, "startup_timeout_s": 300,
+                                                            "params": {"max_num_seqs": [1, 16]}}}}))
+    trilemma("sweep", f, "--out", tmp_path, "--no-plots", timeout=1200)
+    d = tmp_path / "seqs"
+    servers = json.loads((d / "sweep.json").read_text())["servers"]
+    assert [s["status"] for s in servers] == ["complete", "complete"]
+    for s in servers:
+        assert f"--max-num-seqs {s['params']['max_num_seqs']}" in s["command"] and s["version"]
+        assert Path(s["log"]).is_file() and s["command"] in Path(s["log"]).read_text()
+        assert not group_members(s["pid"]), f"left running: {group_members(s['pid'])}"
+    pts = load_points([d])
+    knees = knee_table(pts).set_index("cell")
+    one, many = knees.loc["c (max_num_seqs=1)"], knees.loc["c (max_num_seqs=16)"]
+    table = pts[["cell", "load", "verdict", "why", "ttft_p90"]].to_string()
+    assert many["feasible"] and (not one["feasible"] or one["knee"] < many["knee"]), table
