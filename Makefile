@@ -23,11 +23,12 @@ browser:
 test: setup rig browser lint
 	$(BIN)/python -m pytest -q --durations=20 tests
 
-# style (ruff), types (mypy: the whole package; the numeric core strictly) and the package's floors (import-linter)
+# style (ruff), types (mypy: the whole package; the numeric core strictly), the package's floors (import-linter), shell (shellcheck)
 lint: setup
 	$(BIN)/ruff check bench tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/shellcheck scripts/*.sh
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -87,7 +87,8 @@ def _user_errors(fn):
 @_user_errors
 def run(
     url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of an OpenAI-compatible server"),
-    model: Optional[str] = typer.Option(None, help="Model name (default: the only one in /v1/models)"),
+    model: Optional[str] = typer.Option(None, help="Model name (default: the only one in /v1/models), or a mix: base=0.7,lora-a=0.3 "
+                                        "(each request, or conversation, draws one name by weight from --seed)"),
     api: str = typer.Option("completions", help="completions | chat"),
     api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", show_default=False,
                                           help="API key (or env TRILEMMA_API_KEY / OPENAI_API_KEY); never stored"),
@@ -209,7 +210,7 @@ def sim(
     profile: str = typer.Option("h100-llama3-8b", help="Profile name (bench/sim/profiles) or YAML path"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    model: Optional[str] = typer.Option(None, help="Served model name (default: the profile's)"),
+    model: Optional[str] = typer.Option(None, help="Served model name (default: the profile's); several as a,b (all are listed and accepted)"),
     deterministic: bool = typer.Option(False, help="Calibration mode: fixed seeded timing with ground-truth timestamps"),
     seed: int = typer.Option(0),
     slowdown: float = typer.Option(1.0, help="Multiply every engine step time (1.1 = a 10% slower engine)"),

@@ -145,6 +145,7 @@ class Prepared:
 
     path: str
     body: bytes
+    model: str = ""
 
 
 def build_body(api: str, model: str, prompt, max_tokens: int, *, ignore_eos: bool, continuous_usage: bool,
@@ -164,7 +165,7 @@ def build_body(api: str, model: str, prompt, max_tokens: int, *, ignore_eos: boo
         path = "/v1/completions"
     if extra:
         body.update(extra)
-    return Prepared(path, json.dumps(body, separators=(",", ":")).encode())
+    return Prepared(path, json.dumps(body, separators=(",", ":")).encode(), model)
 
 
 def make_client(base_url: str, api_key: str | None, timeout_s: float, max_conn: int | None = None,

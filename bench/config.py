@@ -199,6 +199,33 @@ class TargetSpec(BaseModel):
     # response_format, tools, ...) and extra HTTP headers (their values are never written to results)
     request: dict[str, Any] = {}
     headers: dict[str, str] = {}
+    # a model mix (multi-LoRA servers, several served names): each request (a conversation: all its turns)
+    # goes to one name, drawn by weight from the run's seed; `model: {base: 0.7, lora-a: 0.3}` or --model base=0.7,lora-a=0.3
+    model_mix: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mix(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            m = data.get("model")
+            if isinstance(m, str) and "=" in m:
+                try:
+                    m = {k.strip(): float(v) for k, _, v in (part.partition("=") for part in m.split(","))}
+                except ValueError:
+                    raise ValueError(f"model mix '{data['model']}': write NAME=WEIGHT pairs, e.g. base=0.7,lora-a=0.3") from None
+            if isinstance(m, dict):
+                data = {**data, "model_mix": m, "model": max(m, key=lambda k: m[k]) if m else None}
+        return data
+
+    @field_validator("model_mix")
+    @classmethod
+    def _mix_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("a model mix needs two or more names with weights, e.g. {base: 0.7, lora-a: 0.3}")
+            if not all(math.isfinite(w) and w > 0 for w in v.values()) or not all(k for k in v):
+                raise ValueError("model mix: give each named model a positive weight, e.g. {base: 0.7, lora-a: 0.3}")
+        return v
 
     @field_validator("request")
     @classmethod

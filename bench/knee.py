@@ -57,8 +57,10 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
     pt = doc.point
     w = doc.spec.workload
     value: float | None
+    base_cell = ""
     if pt is not None:
         cell = pt.cell_label or CellSpec(**pt.cell).label()
+        base_cell = CellSpec(**pt.cell).label() if pt.cell else cell
         mode, value = pt.mode, pt.value
     else:
         cell = WorkloadSpec(**{k: w[k] for k in ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups") if k in w}).label()
@@ -70,7 +72,8 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
                                                  ("itl", ("p50", "p90", "p99")), ("e2e", ("p50", "p99")), ("send_lag", ("p99",)))
            for p in ps}
     return {
-        "sweep": sweep, "cell": cell, "mode": mode, "workload": workload_key(w), "load": value,
+        "sweep": sweep, "cell": cell, "base_cell": base_cell or cell, "serve_config": pt.serve_config() if pt else "",
+        "mode": mode, "workload": workload_key(w), "load": value,
         "role": pt.role if pt else "run", "repeat": pt.repeat if pt else 0,
         "seed": doc.seed, "status": doc.status, "run_dir": str(run_dir),
         "gpu": doc.labels.get("gpu") or (tgt.sim or {}).get("profile") or "", "gpus": gpus if gpus is not None else math.nan,
@@ -150,7 +153,8 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
         for x, v, role in zip(g["load"], g["verdict"], g["role"]):
             history.setdefault(float(x), []).append((v, role != "ladder"))
         knee, above, undecided = knee_rule(history)
-        row = {"sweep": sweep, "cell": cell, "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],
+        row = {"sweep": sweep, "cell": cell, "base_cell": g["base_cell"].iloc[0], "serve_config": g["serve_config"].iloc[0],
+               "mode": mode, "gpu": g["gpu"].iloc[0], "gpus": g["gpus"].iloc[0],
                "gpus_source": g["gpus_source"].iloc[0],
                "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0]),
                "undecided_loads": ", ".join(f"{x:g}" for x in undecided),
@@ -177,9 +181,9 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                    note=("" if above is not None else "every tested load passed: the knee is above the highest load tested") + und)
         out.append(row)
     # the columns every row has, also when no cell has a knee table (staged runs only)
-    return pd.DataFrame(out, columns=None if out else ["sweep", "cell", "mode", "gpu", "gpus", "gpus_source", "simulated", "points",
-                                                       "slos", "undecided_loads", "interrupted_loads", "feasible", "knee",
-                                                       "bracket_hi", "note"])
+    return pd.DataFrame(out, columns=None if out else ["sweep", "cell", "base_cell", "serve_config", "mode", "gpu", "gpus", "gpus_source",
+                                                       "simulated", "points", "slos", "undecided_loads", "interrupted_loads", "feasible",
+                                                       "knee", "bracket_hi", "note"])
 
 
 def stage_rows(df: pd.DataFrame) -> list[dict[str, Any]]:

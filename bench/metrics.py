@@ -554,6 +554,21 @@ def per_stage(recs: list[RequestRecord], pieces: list[tuple[float, float, float]
     return out
 
 
+def per_model(recs: list[RequestRecord], mix: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """A model mix, model by model: the share of measured requests each name got (beside its weight's share)
+    and their latency."""
+    total_w = sum(mix.values())
+    m = [r for r in recs if not r.warmup and r.error_kind != "cancelled"]
+    out = {}
+    for name, w in mix.items():
+        mine = [r for r in m if r.model == name]
+        ok = [r for r in mine if r.ok]
+        out[name] = {"weight": w / total_w, "measured": len(mine), "share": len(mine) / len(m) if m else math.nan, "ok": len(ok),
+                     "ttft": latency_stats(metric_values(mine, "ttft")), "tpot": latency_stats(metric_values(ok, "tpot")),
+                     "e2e": latency_stats(metric_values(ok, "e2e"))}
+    return out
+
+
 # record fields no summary reads (identifiers for tracing a request back): left on disk by summarize_run
 _NOT_SUMMARISED = ("response_id", "source", "prefix_group", "server_recv_ns", "retries", "finish_reason")
 

@@ -63,6 +63,7 @@ class RequestRecord:
     conversation: int = -1
     turn: int = -1
     stage: int = 0  # open loop with --ramp-up/--stages: -1 the ramp, k the k-th stage, by intended send time
+    model: str = ""  # the model name the request asked for
     server_recv_ns: int = 0  # simulator ground truth (0 elsewhere)
     server_chunk_ns: Sequence[int] = field(default_factory=_ints)
     output_text: str = ""  # kept only when needed (multi-turn history)

@@ -8,6 +8,7 @@ target, builds the workload, runs, and leaves `run.json` + `requests.parquet` wh
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import time
@@ -168,7 +169,7 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
         0 if there was no wait); a follow-up turn (None) waits for its own."""
         rec = RequestRecord(index=it.index, intended_ns=intended, warmup=warm, isl=it.isl, osl=it.osl,
                             prefix_group=it.prefix_group, source=it.source, conversation=it.conversation, turn=it.turn,
-                            stage=load.stage_at((intended - t0) / 1e9) if staged else 0, slot_ns=held or 0)
+                            stage=load.stage_at((intended - t0) / 1e9) if staged else 0, slot_ns=held or 0, model=prepared.model)
         rec.prompt_tokens_local = it.isl if wl.builder is not None else -1
         progress.sent += 1
         slot = mon.started(rec)
@@ -341,9 +342,25 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         raise RunFailed(msg) from e
 
 
+def model_picker(mix: dict[str, float], seed: int) -> Callable[[WorkItem], str]:
+    """Each request's model from a weighted mix, drawn from (seed, request) — the same names for the same seed,
+    whatever the timing; every turn of a conversation goes to its first turn's model."""
+    import bisect
+    import random
+
+    names = list(mix)
+    cum = list(itertools.accumulate(mix[n] for n in names))
+
+    def pick(it: WorkItem) -> str:
+        u = random.Random(seed * 1_000_003 + (it.conversation if it.conversation >= 0 else it.index)).random() * cum[-1]
+        return names[min(bisect.bisect_right(cum, u), len(names) - 1)]
+
+    return pick
+
+
 async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | None, on_progress, telemetry) -> dict:
     from bench import results
-    from bench.metrics import per_stage, summarize_run
+    from bench.metrics import per_model, per_stage, summarize_run
 
     tgt = spec.target
     if api_key and cl.url_secrets(tgt.url):
@@ -357,8 +374,9 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         doc.update(status="failed", error=msg)
         results.write_run_doc(run_dir, doc)
         raise RunFailed(msg)
-    if info.get("models") and model not in info["models"]:
-        msg = f"model '{model}' is not served at {tgt.url}; it serves: {', '.join(info['models'][:5])} (fix --model)"
+    missing = [m for m in (tgt.model_mix or [model]) if info.get("models") and m not in info["models"]]
+    if missing:
+        msg = f"model '{missing[0]}' is not served at {tgt.url}; it serves: {', '.join(info['models'][:5])} (fix --model)"
         doc.update(status="failed", error=msg)
         results.write_run_doc(run_dir, doc)
         raise RunFailed(msg)
@@ -401,9 +419,11 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                        "clipped_to_max_model_len": wl.clipped, "max_model_len": wspec.max_model_len,
                        **(wl.source.describe() if wl.source else {})}
 
+    pick = model_picker(tgt.model_mix, spec.seed) if tgt.model_mix else None
+
     def prepare(it: WorkItem) -> cl.Prepared:
-        return cl.build_body(tgt.api, model, it.prompt, it.osl, ignore_eos=tgt.ignore_eos, continuous_usage=tgt.continuous_usage,
-                             extra=tgt.request)
+        return cl.build_body(tgt.api, pick(it) if pick else model, it.prompt, it.osl, ignore_eos=tgt.ignore_eos,
+                             continuous_usage=tgt.continuous_usage, extra=tgt.request)
 
     writer = IncrementalWriter(run_dir)
     progress = Progress()
@@ -476,6 +496,8 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             doc["workload"]["dataset_rows_reused"] = n_reused
         if load.stages or load.ramp_up_s:
             summary["per_stage"] = per_stage(recs, load.rate_pieces(), bool(load.ramp_up_s))
+        if tgt.model_mix:
+            summary["per_model"] = per_model(recs, tgt.model_mix)
         cq = summary["client_queue"]
         cq["cap"] = load.max_concurrency or (DEFAULT_MAX_IN_FLIGHT if load.open_loop else None)
         cq["cap_from"] = "--max-concurrency" if load.max_concurrency else "default" if load.open_loop else None

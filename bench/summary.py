@@ -198,6 +198,18 @@ class ClientQueue(_Doc):
     not_sent: int = 0
 
 
+class ModelSummary(_Doc):
+    """metrics.per_model(): one name of a model mix."""
+
+    weight: float = 0.0
+    measured: int = 0
+    share: float | None = None
+    ok: int = 0
+    ttft: Latency = Latency()
+    tpot: Latency = Latency()
+    e2e: Latency = Latency()
+
+
 class PointSummary(_Doc):
     """run.json `summary`: one measured point."""
 
@@ -232,6 +244,7 @@ class PointSummary(_Doc):
     warnings: list[str] = []
     per_stage: list[StageSummary] = []
     per_turn: dict[str, TurnSummary] = {}
+    per_model: dict[str, ModelSummary] = {}
     sessions: Sessions | None = None
     server: ServerStats | None = None
     goodput_rps: float | None = None
@@ -267,6 +280,12 @@ class PointKey(_Doc):
     role: str = "run"
     repeat: int = 0
     stages: list[dict[str, float]] | None = None
+    target: dict[str, Any] = {}
+
+    def serve_config(self) -> str:
+        """The launched server's config this point ran against ('' when trilemma did not launch it)."""
+        cfg = (self.target.get("launch") or {}).get("config")
+        return " ".join(f"{k}={v}" for k, v in sorted(cfg.items())) if cfg else ""
 
 
 class SpecDoc(_Doc):

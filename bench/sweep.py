@@ -151,7 +151,7 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
     c = spec.cells[cell_idx]
     rule = role_rule(spec, role, extend)
     tgt = spec.target.model_dump(mode="json", exclude={"api_key_env"})
-    for k in ("request", "headers"):  # part of the identity only when given (header values are never stored)
+    for k in ("request", "headers", "model_mix"):  # part of the identity only when given (header values are never stored)
         if not tgt.get(k):
             tgt.pop(k, None)
     if spec.target.launch is not None:  # a launched server: its command and this serve config, not the grid or the port

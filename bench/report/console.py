@@ -54,6 +54,9 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
         c.print(f"stage {st.stage}: {st.start_s:g}-{st.start_s + st.duration_s:g} s at {st.rate} req/s · sent {st.sent} "
                 f"({_f(st.realised_qps, 2)} req/s; {st.expected_requests:.0f} expected) · measured {st.ok}/{st.measured} ok · "
                 f"TTFT p50 {_f(st.ttft.p50, 1)} ms · p99 {_f(st.ttft.p99, 1)} ms")
+    for name, pm in s.per_model.items():
+        c.print(f"model {name}: {pm.measured} requests ({_f(100 * (pm.share or 0), 0)}%, weight {_f(100 * pm.weight, 0)}%) · "
+                f"{pm.ok} ok · TTFT p50 {_f(pm.ttft.p50, 1)} ms · p99 {_f(pm.ttft.p99, 1)} ms · TPOT p50 {_f(pm.tpot.p50, 2)} ms")
     for turn, tr in s.per_turn.items():
         c.print(f"turn {turn}: {tr.n} requests · TTFT p50 {_f(tr.ttft.p50, 1)} ms · p99 {_f(tr.ttft.p99, 1)} ms · "
                 f"mean prompt {_f(tr.prompt_tokens_mean, 0)} tokens")

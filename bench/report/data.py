@@ -104,8 +104,35 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
             interrupted.insert(0, f"sweep {Path(p).name} was interrupted before it ended: its knee rests on the points it finished "
                                   "(run the same `trilemma sweep` command again to resume)")
     notes = [f"{r['sweep']} / {r['cell']}: {r['cost_note']}" for r in knees_cost.to_dict("records") if r.get("cost_note")]
+    best = best_serve_configs(knees_cost)
     if not cm.peak_qps:
         notes.append("replicas: pass --peak-qps (peak traffic in req/s) or set peak_qps in --cost to size the fleet")
     return {"points": df, "knees": knees_cost, "cost_notes": notes, "env": envs, "workloads": workloads, "warnings": warnings,
             "simulated": bool(df["simulated"].any()), "interrupted": interrupted, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cost_model": cm,
-            "methods": METHODS, "cells": sorted(df["cell"].unique()), "stages": stage_rows(df)}
+            "methods": METHODS, "cells": sorted(df["cell"].unique()), "stages": stage_rows(df), "best_configs": best}
+
+
+def best_serve_configs(knees: pd.DataFrame) -> list[str]:
+    """Per sweep and cell measured under several launched serve configs: the cheapest at the SLO ($/M output
+    tokens at its knee), or the highest knee where none is priced."""
+    out: list[str] = []
+    if knees.empty or "serve_config" not in knees:
+        return out
+    for (sweep, cell), g in knees[knees["serve_config"].astype(bool)].groupby(["sweep", "base_cell"], sort=False):
+        if len(g) < 2:
+            continue
+        feas = g[g["feasible"].astype(bool)]
+        if feas.empty:
+            out.append(f"{sweep} / {cell}: no serve config has a knee (none of {', '.join(g['serve_config'])} met the SLOs at any tested load)")
+            continue
+        priced = feas[feas["usd_per_m_output"].notna()]
+        if not priced.empty:
+            b = priced.sort_values("usd_per_m_output").iloc[0]
+            rest = ", ".join(f"{r.serve_config} ${r.usd_per_m_output:.3f}" for r in priced.itertuples() if r.Index != b.name)
+            out.append(f"{sweep} / {cell}: best serve config {b['serve_config']} — ${b['usd_per_m_output']:.3f} per M output tokens at its "
+                       f"knee ({b['knee']:g} {'req/s' if b['mode'] == 'qps' else 'concurrent'})" + (f"; others: {rest}" if rest else ""))
+        else:
+            b = feas.sort_values("knee").iloc[-1]
+            out.append(f"{sweep} / {cell}: highest knee with serve config {b['serve_config']} ({b['knee']:g} "
+                       f"{'req/s' if b['mode'] == 'qps' else 'concurrent'}); not priced: label the GPU to compare $/M")
+    return out

@@ -52,7 +52,7 @@ def render_report(paths: list[Path], out_root: Path, name: str, cm: CostModel, c
            "workloads": data["workloads"], "warnings": data["warnings"], "simulated": data["simulated"], "interrupted": data["interrupted"],
            "generated": data["generated"],
            "cm": cm, "cost_notes": data["cost_notes"], "methods": data["methods"], "figures": figures, "sources": [str(p) for p in paths], "f": f, "pct": pct,
-           "compare": compare, "stages": data["stages"]}
+           "compare": compare, "stages": data["stages"], "best_configs": data["best_configs"]}
     (out / "index.html").write_text(env.get_template("index.html.j2").render(**ctx))
     (out / "summary.md").write_text(env.get_template("summary.md.j2").render(**ctx))
     data["knees"].drop(columns=[c for c in data["knees"].columns if c.startswith("_")], errors="ignore").to_csv(out / "knee_cost.csv", index=False)

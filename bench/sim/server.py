@@ -87,7 +87,8 @@ class SimServer:
                  error_rate: float = 0.0, cut_rate: float = 0.0, delay_ms: float = 0.0):
         self.p = profile
         self.delay_s = delay_ms / 1e3  # added before a request reaches the engine (a slower API front end)
-        self.model = model or profile.model
+        self.names = [n.strip() for n in (model or profile.model).split(",") if n.strip()]  # several served names, as vLLM's
+        self.model = self.names[0]
         self.deterministic = deterministic
         self.seed = seed
         self.error_rate, self.cut_rate = error_rate, cut_rate
@@ -126,8 +127,8 @@ class SimServer:
         return web.Response(text="")
 
     async def models(self, request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "trilemma-sim",
-                                                              "root": self.model, "max_model_len": self.p.max_model_len}]})
+        return web.json_response({"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "trilemma-sim",
+                                                              "root": self.model, "max_model_len": self.p.max_model_len} for n in self.names]})
 
     async def version(self, request) -> web.Response:
         return web.json_response({"version": f"trilemma-sim {__version__}", "simulated": True, "profile": self.p.name,
@@ -201,7 +202,7 @@ class SimServer:
             return error(400, "request body is not valid JSON")
         finally:
             _RX.pop(proto, None)  # body read: later bytes belong to the next request
-        if body.get("model") not in (None, self.model):
+        if body.get("model") not in (None, *self.names):
             return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if chat:
             msgs = body.get("messages")

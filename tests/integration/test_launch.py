@@ -44,7 +44,7 @@ def wait_for(cond, timeout: float, what: str) -> None:
 
 
 def spec_file(tmp_path: Path, marker: str, **over) -> Path:
-    spec = {"name": "launched", "cells": [{"name": "c", "isl": 32, "osl": 16}], "load": {"qps": [3, 10]}, "requests": 60,
+    spec = {"name": "launched", "cells": [{"name": "c", "isl": 32, "osl": 16}], "load": {"qps": [4, 10]}, "requests": 45,
             "warmup": "5r", "slos": {"ttft_p90": "150ms"},
             "target": {"launch": {"cmd": f"{SIM} --seed {marker} --slowdown {{slowdown}}", "params": {"slowdown": [1.0, 3.0]}}}}
     spec.update(over)
@@ -87,7 +87,7 @@ def test_a_server_that_dies_mid_sweep_is_restarted_and_the_point_measured_again(
     started again, the point is measured again, and the sweep completes with every point; a second config is
     unaffected."""
     m = marker()
-    f = spec_file(tmp_path, m, load={"qps": [4]}, requests=150,
+    f = spec_file(tmp_path, m, load={"qps": [6]}, requests=120,
                   target={"launch": {"cmd": f"{SIM} --seed {m}", "restarts": 1}})
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -162,13 +162,15 @@ def test_vllm_serve_configs_launched_by_trilemma_give_knees_in_the_expected_dire
 
     v, model = vllm_rig.setup()
     argv = vllm_rig.server_cmd(v / "bin" / "python", model, "{port}", "{max_num_seqs}")
+    argv[argv.index("--served-model-name") + 1] += " tiny-b"  # the tiny model under two names: a two-model mix
     env = {k: x for k, x in vllm_rig.server_env().items() if os.environ.get(k) != x}
     f = tmp_path / "vllm.yaml"
     f.write_text(yaml.safe_dump({
-        "name": "seqs", "cells": [{"name": "c", "isl": 64, "osl": 64}], "load": {"qps": [1, 3]}, "requests": 40, "warmup": "4r",
+        "name": "seqs", "cells": [{"name": "c", "isl": 64, "osl": 64}], "load": {"qps": [1, 6]}, "requests": 40, "warmup": "4r",
         "slos": {"ttft_p90": "250ms"},
-        "target": {"model": vllm_rig.SERVED_NAME, "launch": {"cmd": "nice -n 19 " + " ".join(argv), "env": env, "startup_timeout_s": 300,
-                                                            "params": {"max_num_seqs": [1, 16]}}}}))
+        "target": {"model": {vllm_rig.SERVED_NAME: 0.5, "tiny-b": 0.5}, "request": {"temperature": 0.7, "stop": ["###"]},
+                   "launch": {"cmd": "nice -n 19 " + " ".join(argv), "env": env, "startup_timeout_s": 300,
+                              "params": {"max_num_seqs": [1, 16]}}}}))
     trilemma("sweep", f, "--out", tmp_path, "--no-plots", timeout=1200)
     d = tmp_path / "seqs"
     servers = json.loads((d / "sweep.json").read_text())["servers"]
@@ -177,8 +179,38 @@ def test_vllm_serve_configs_launched_by_trilemma_give_knees_in_the_expected_dire
         assert f"--max-num-seqs {s['params']['max_num_seqs']}" in s["command"] and s["version"]
         assert Path(s["log"]).is_file() and s["command"] in Path(s["log"]).read_text()
         assert not group_members(s["pid"]), f"left running: {group_members(s['pid'])}"
+    import pandas as pd
+
+    for rj in (d / "points").glob("*/run.json"):  # every request asked for one of the two names; the summary splits by them
+        doc = json.loads(rj.read_text())
+        names = pd.read_parquet(rj.parent / "requests.parquet", columns=["model", "warmup", "error_kind"])
+        names = names[~names["warmup"] & (names["error_kind"] != "cancelled")]["model"].value_counts().to_dict()
+        assert {k: x["measured"] for k, x in doc["summary"]["per_model"].items()} == names and len(names) == 2
+        assert doc["spec"]["target"]["request"] == {"temperature": 0.7, "stop": ["###"]}
     pts = load_points([d])
     knees = knee_table(pts).set_index("cell")
     one, many = knees.loc["c (max_num_seqs=1)"], knees.loc["c (max_num_seqs=16)"]
     table = pts[["cell", "load", "verdict", "why", "ttft_p90"]].to_string()
     assert many["feasible"] and (not one["feasible"] or one["knee"] < many["knee"]), table
+    # Ctrl-C of trilemma while a launched vLLM serves: trilemma ends the server's whole process group; kill -9:
+    # its watchdog does
+    for how in ("SIGINT", "SIGKILL"):
+        f2 = tmp_path / f"{how}.yaml"
+        spec = yaml.safe_load(f.read_text())
+        spec.update(name=how.lower(), requests=2000)
+        spec["target"]["launch"]["params"] = {"max_num_seqs": 4}
+        f2.write_text(yaml.safe_dump(spec))
+        proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f2), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sj = tmp_path / how.lower() / "sweep.json"
+
+        def serving() -> bool:
+            return sj.is_file() and any(s.get("status") == "running" for s in json.loads(sj.read_text()).get("servers", []))
+
+        wait_for(serving, 300, "the launched vLLM to serve")
+        pid = json.loads(sj.read_text())["servers"][0]["pid"]
+        assert len(group_members(pid)) >= 1
+        time.sleep(3)
+        proc.send_signal(getattr(signal, how))
+        proc.wait(60)
+        wait_for(lambda: not group_members(pid), 60, f"vLLM's process group to end after {how}")

@@ -178,3 +178,29 @@ def test_sharegpt_conversations_replay_turn_by_turn_with_history(sim_factory, tm
     d = run_dir(tmp_path / "out")
     user_files.check_sessions(json.loads((d / "run.json").read_text()), pd.read_parquet(d / "requests.parquet"), 3, 4, 0.5,
                                 words_are_tokens=True)
+
+
+def test_a_model_mix_sends_each_request_to_a_name_by_weight_and_splits_the_summary(sim_factory, tmp_path):
+    """The simulator serving two names (as vLLM's --served-model-name a b); --model a=0.7,b=0.3 with request
+    settings: each request asks for one name, the shares match the weights within 3 binomial sigmas, the same seed
+    draws the same names, and the summary splits by model."""
+    import pandas as pd
+
+    sim = sim_factory("--profile", "tiny-test", "--model", "tiny,tiny-b")
+    args = ("run", "--url", sim.url, "--model", "tiny=0.7,tiny-b=0.3", "--request", '{"temperature": 0.7, "stop": ["###"]}',
+            "--qps", 20, "--requests", 200, "--isl", 16, "--osl", 4, "--seed", 5)
+    p = trilemma(*args, "--out", tmp_path, "--name", "a")
+    assert "model tiny-b:" in p.stdout
+    doc = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert doc["spec"]["target"]["model_mix"] == {"tiny": 0.7, "tiny-b": 0.3}
+    assert doc["spec"]["target"]["request"] == {"temperature": 0.7, "stop": ["###"]}
+    df = pd.read_parquet(tmp_path / "a" / "requests.parquet")
+    n_b = int((df["model"] == "tiny-b").sum())
+    assert set(df["model"]) == {"tiny", "tiny-b"} and abs(n_b - 0.3 * len(df)) <= 3 * (len(df) * 0.3 * 0.7) ** 0.5
+    pm = doc["summary"]["per_model"]
+    assert pm["tiny-b"]["measured"] == n_b and pm["tiny"]["measured"] == len(df) - n_b and pm["tiny"]["ok"] == pm["tiny"]["measured"]
+    trilemma(*args, "--out", tmp_path, "--name", "b")
+    again = pd.read_parquet(tmp_path / "b" / "requests.parquet")
+    assert dict(zip(again["index"], again["model"])) == dict(zip(df["index"], df["model"]))  # same seed, same names
+    bad = trilemma("run", "--url", sim.url, "--model", "tiny=0.5,nope=0.5", "--qps", 1, "--requests", 2, "--out", tmp_path, check=False)
+    assert bad.returncode != 0 and "model 'nope' is not served" in bad.stderr and "Traceback" not in bad.stderr
