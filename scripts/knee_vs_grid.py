@@ -50,7 +50,7 @@ def point_estimate_knee(df) -> float | None:
     meets = {}
     for r in df.to_dict("records"):
         s = r["_summary"]
-        ok = all((s["latency_ms"].get(m) or {}).get("p99", float("inf")) <= thr for m, thr in (("ttft", 500.0), ("itl", 40.0)))
+        ok = all((s.lat(m, "p99") if s.lat(m, "p99") is not None else float("inf")) <= thr for m, thr in (("ttft", 500.0), ("itl", 40.0)))
         meets[r["load"]] = meets.get(r["load"], True) and ok
     loads = sorted(meets)
     first_miss = next((x for x in loads if not meets[x]), None)
@@ -98,8 +98,8 @@ def main() -> None:
     for r in gdf.sort_values("load").to_dict("records"):
         s = r["_summary"]
         rows.append({"load": r["load"], "verdict": r["verdict"], "n": r["n_measured"], "window_s": round(r["window_s"], 1),
-                     "ttft_p99": round((s["latency_ms"].get("ttft") or {}).get("p99", float("nan")), 1),
-                     "itl_p99": round((s["latency_ms"].get("itl") or {}).get("p99", float("nan")), 1)})
+                     "ttft_p99": round(s.lat("ttft", "p99") or float("nan"), 1),
+                     "itl_p99": round(s.lat("itl", "p99") or float("nan"), 1)})
     res = {"profile": a.profile, "auto_knee": knee, "auto_minutes": round(auto_s / 60, 1), "auto_probes": auto_n,
            "grid_point_estimate_knee": pe, "grid_decided_knee": decided, "grid_minutes": round(grid_s / 60, 1),
            "grid_step": round(0.05 * knee, 4),

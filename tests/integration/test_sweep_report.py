@@ -61,7 +61,7 @@ def regression_results(tmp_path_factory):
     # planted on the simulator: TTFT +10% (a slower API front end: a fixed delay before the engine, 10% of the
     # base's TTFT p50 at 5 req/s), 30% of requests answered HTTP 500, and TTFT over its SLO at every load
     pts = load_points([root / "base"]).set_index("load")
-    delay = round(0.10 * pts.loc[5.0, "_summary"]["latency_ms"]["ttft"]["p50"], 2)
+    delay = round(0.10 * pts.loc[5.0, "_summary"].lat("ttft", "p50"), 2)
     for name, fault in (("ttft10", {"delay_ms": delay}), ("errors30", {"error_rate": 0.3}), ("noknee", {"delay_ms": 400})):
         spec = write_spec(root / f"{name}.yaml", name=name, seed=0, target={"sim": {"profile": "tiny-test", "seed": 0, **fault}}, **base)
         trilemma("sweep", spec, "--out", root)
