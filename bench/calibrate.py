@@ -45,7 +45,7 @@ def bias_figures(recs) -> dict:
 
 
 def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, duration_s: float = 10.0, seed: int = 0,
-              url: str | None = None, on_row=None) -> dict:
+              url: str | None = None, on_row=None, workers: int = 1) -> dict:
     from bench.config import RunSpec
     from bench.records import read_records
     from bench.runner import execute_run
@@ -63,14 +63,17 @@ def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, durat
             for i, rate in enumerate(rates):
                 spec = RunSpec(target=dict(url=url), workload=dict(isl=isl, osl=osl),
                                load=dict(qps=rate, duration_s=duration_s, warmup=1.0), seed=seed + i,
-                               scrape_metrics=False, gpu_telemetry="off")
-                ru0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                               scrape_metrics=False, gpu_telemetry="off", workers=workers)
+                ru0, rc0, w0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
                 doc = execute_run(spec, Path(tmp) / f"r{i}")
-                ru1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                ru1, rc1, w1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+                if workers > 1:  # the worker processes (reaped children); the simulator is still running, so not among them
+                    cpu += (rc1.ru_utime - rc0.ru_utime) + (rc1.ru_stime - rc0.ru_stime)
                 recs = read_records(Path(tmp) / f"r{i}", compact=False)
                 row = {"offered_qps": rate, **bias_figures(recs),
                        "achieved_qps": doc["summary"]["achieved_send_qps"],
-                       "client_cpu_pct": 100 * ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / (w1 - w0),
+                       "client_cpu_pct": 100 * cpu / (w1 - w0), "workers": workers,
                        "failed": doc["summary"]["n_failed"]}
                 rows.append(row)
                 if on_row:
@@ -81,7 +84,21 @@ def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, durat
             proc.wait(10)
         if len(cpus) >= 2:
             os.sched_setaffinity(0, set(cpus))
-    return {"rows": rows, "safe_qps": safe_rate(rows), "isl": isl, "osl": osl, "duration_s": duration_s}
+    return {"rows": rows, "safe_qps": safe_rate(rows), "isl": isl, "osl": osl, "duration_s": duration_s, "workers": workers}
+
+
+def scaling_table(by_workers: dict[int, float | None], osl: int, top: float) -> list[dict]:
+    """Safe rate per worker count and the scaling efficiency against one process: safe(N) / (N × safe(1)).
+    The ladder's top rate caps what any count can show: a safe rate at the top is only a lower bound
+    (`capped`), its efficiency a lower bound too, and nothing can be said when one process itself is capped."""
+    one = by_workers.get(1)
+    out = []
+    for n, safe in sorted(by_workers.items()):
+        capped = bool(safe and safe >= top)
+        eff = safe / (n * one) if safe and one and not (one >= top and n != 1) else None
+        out.append({"workers": n, "safe_qps": safe, "safe_chunks_per_s": safe * osl if safe else None, "capped": capped,
+                    "efficiency": eff, "efficiency_is_lower_bound": capped and eff is not None and n != 1})
+    return out
 
 
 def safe_rate(rows: list[dict]) -> float | None:

@@ -139,6 +139,8 @@ def run(
                                        "(its percentile's interval clears the threshold) or --max-duration; warmup and window "
                                        "grow to cover several request lifetimes"),
     max_duration: Optional[float] = typer.Option(None, help="With --until-decided: longest window in seconds (default 4x --duration, >= 120)"),
+    workers: str = typer.Option("1", help="Client processes that send and read the streams: N, or auto (from the expected chunk "
+                                "rate and this host's calibrated safe rate per process); one schedule, one result"),
 ) -> None:
     """Measure one load point against a server and write results/<run-id>/."""
     from bench.config import RunSpec
@@ -151,7 +153,7 @@ def run(
         speedup=speedup, window=window, columns=columns, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
         duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, think_time=think_time, slo=slo, seed=seed, labels=_labels(label),
         reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
-        until_decided=until_decided, max_duration=max_duration, request=request, headers=header)
+        until_decided=until_decided, max_duration=max_duration, request=request, headers=header, workers=workers)
     out_dir, run_name = _out_dir(out), _run_name(name)
     if launch is None:
         doc = run_one(spec, out_dir, run_name, env_api_key(spec, api_key), gpus)
@@ -243,26 +245,68 @@ def calibrate(
     duration: float = typer.Option(10.0, help="Seconds per rate"),
     repeats: int = typer.Option(1, help="Repeat the whole ladder; medians are printed"),
     seed: int = typer.Option(0),
+    workers: str = typer.Option("1", help="Client processes, or a list to measure scaling: 1,2,4,8 (a table of the safe rate "
+                                "per count and its efficiency against one process)"),
 ) -> None:
-    """Measure this client's timing bias against the simulator's ground truth; print the safe rate range."""
+    """Measure this client's timing bias against the simulator's ground truth; print the safe rate range.
+    With one process, the safe chunk rate (safe req/s × OSL) is cached for this host: `--workers auto` reads it."""
     from rich.console import Console
     from rich.table import Table
-
-    from bench.calibrate import calibrate as run_cal
-    from bench.calibrate import median_rows, safe_rate
 
     try:
         rs = [float(x) for x in rates.split(",") if x.strip()]
     except ValueError:
         fail(f"--rates '{rates}': give numbers like 25,50,100")
+    from bench.config import parse_workers
+
+    counts = []
+    for w in workers.split(","):
+        n = parse_workers(w.strip(), "--workers")
+        if n == "auto":
+            fail("--workers: calibrate measures given counts; write 1 or a list like 1,2,4,8")
+        counts.append(int(n))
     con = Console(width=max(150, Console().width))
+    safe_by: dict[int, float | None] = {}
+    for n_w in counts:
+        safe_by[n_w] = _calibrate_ladder(con, rs, isl, osl, duration, repeats, seed, n_w)
+    one = safe_by.get(1)
+    if one and one < max(rs):  # a real limit, not the ladder's top (which only bounds it from below)
+        from bench.workers import save_safe_rate
+
+        save_safe_rate(one * osl, {"isl": isl, "osl": osl, "duration_s": duration, "safe_qps": one})
+    if len(counts) > 1:
+        from bench.calibrate import scaling_table
+
+        t = Table(title=f"client scaling (safe rate: TTFT bias p50 < 1 ms with exact tokens; ladder tops at {max(rs):g} req/s, "
+                        f"where a safe rate is only a lower bound)", title_justify="left")
+        for c in ("workers", "safe req/s", "safe chunks/s", "efficiency vs 1"):
+            t.add_column(c, justify="right")
+        table = scaling_table(safe_by, osl, max(rs))
+        for r in table:
+            ge = "≥ " if r["capped"] else ""
+            t.add_row(str(r["workers"]), f"{ge}{r['safe_qps']:g}" if r["safe_qps"] else "none",
+                      f"{ge}{r['safe_chunks_per_s']:,.0f}" if r["safe_chunks_per_s"] else "-",
+                      ("≥ " if r["efficiency_is_lower_bound"] else "") + f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-")
+        con.print(t)
+        if table[0]["workers"] == 1 and table[0]["capped"]:
+            con.print(f"one process is still safe at the ladder's top ({max(rs):g} req/s): raise --rates until it is not, "
+                      "or no efficiency can be measured")
+
+
+def _calibrate_ladder(con, rs: list[float], isl: int, osl: int, duration: float, repeats: int, seed: int, n_w: int) -> float | None:
+    """One calibration ladder with `n_w` client processes: its table, and the safe rate it found."""
+    from rich.table import Table
+
+    from bench.calibrate import calibrate as run_cal
+    from bench.calibrate import median_rows, safe_rate
+
     runs = []
     for k in range(repeats):
-        runs.append(run_cal(rs, isl, osl, duration, seed + 1000 * k,
+        runs.append(run_cal(rs, isl, osl, duration, seed + 1000 * k, workers=n_w,
                             on_row=lambda r: con.print(f"[dim]{r['offered_qps']:g} req/s: TTFT bias p50 {r['ttft_bias_p50']:.3f} ms[/]")))
     rows = median_rows(runs)
     t = Table(title=f"client calibration vs simulator ground truth (ISL {isl}, OSL {osl}, Poisson, {duration:g} s/rate, "
-                    f"median of {repeats})", title_justify="left")
+                    f"median of {repeats}, {n_w} client process{'es' if n_w > 1 else ''})", title_justify="left")
     for c in ("offered/s", "achieved/s", "TTFT bias p50", "p99", "ITL bias p50", "p99", "send lag p50", "p99", "client CPU",
               "multi-tok chunks", "exact"):
         t.add_column(c, justify="right")
@@ -274,6 +318,7 @@ def calibrate(
     safe = safe_rate(rows)
     con.print(f"safe operating range of this client: up to [bold]{safe:g} req/s[/] (TTFT bias p50 < 1 ms)" if safe
               else "[red]even the lowest rate shows > 1 ms bias: this client machine is too loaded for latency measurements[/]")
+    return safe
 
 
 
@@ -285,6 +330,7 @@ def sweep(
     api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", help="API key (never stored)", show_default=False),
     url: Optional[str] = typer.Option(None, help="Override the spec's target URL"),
     plots: bool = typer.Option(True, help="Write the knee plots when the sweep ends (`trilemma knee` or `report` can draw them later)"),
+    workers: Optional[str] = typer.Option(None, help="Client processes per point: N or auto (overrides the spec's `workers`)"),
 ) -> None:
     """Run a sweep (grid or load: auto knee search); finished points are saved and skipped on rerun."""
     import os
@@ -299,6 +345,10 @@ def sweep(
     spec = load_sweep_spec(spec_file)
     if url:
         spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": url, "sim": None, "launch": None})})
+    if workers is not None:
+        from bench.config import parse_workers
+
+        spec = spec.model_copy(update={"workers": parse_workers(workers, "--workers")})
     key = api_key or os.environ.get(spec.target.api_key_env)
     con = Console(stderr=True)
     t0 = __import__("time").time()

@@ -213,7 +213,8 @@ class StreamClient:
         await self.session.close()
 
 
-async def send_streaming(client: StreamClient, req: Prepared, rec: RequestRecord) -> None:
+async def send_streaming(client: StreamClient, req: Prepared, rec: RequestRecord,
+                         on_first_byte: Callable[[int], None] | None = None) -> None:
     """Send one streaming request and fill `rec`. Never raises for request failures.
 
     One resend is allowed, and counted in `rec.retries`, when the connection drops before any response
@@ -240,6 +241,8 @@ async def send_streaming(client: StreamClient, req: Prepared, rec: RequestRecord
                         append((perf_ns(), chunk))
                         if not rec.first_byte_ns:  # while in flight: a probe may stop on a TTFT known to be over
                             rec.first_byte_ns = reads[0][0]
+                            if on_first_byte is not None:  # a worker process tells the scheduler's process
+                                on_first_byte(rec.first_byte_ns)
                 rec.end_ns = perf_ns()
             except aiohttp.ClientConnectorError as e:
                 rec.end_ns, rec.error_kind, rec.error = perf_ns(), "connect", f"cannot connect: {e}"[:300]

@@ -549,6 +549,12 @@ class RunSpec(BaseModel):
     scrape_metrics: bool = True
     gpu_telemetry: str = "auto"  # auto | off | nvml | dcgm:URL
     probe: ProbeRule | None = None  # sequential load point (sweeps); None: exactly --duration/--requests
+    workers: int | Literal["auto"] = 1  # client processes that send and read the streams (bench/workers.py)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        return _workers_field(v)
 
     @field_validator("gpu_telemetry")
     @classmethod
@@ -566,7 +572,8 @@ class RunSpec(BaseModel):
                      ramp_up: float = 0.0, stages: str | None = None, think_time: float = 0.0,
                      seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
                      server_metrics: bool = True, gpu_telemetry: str = "auto", until_decided: bool = False,
-                     max_duration: float | None = None, request: str | None = None, headers: list[str] | None = None) -> RunSpec:
+                     max_duration: float | None = None, request: str | None = None, headers: list[str] | None = None,
+                     workers: str | int = 1) -> RunSpec:
         """The spec of `trilemma run`'s options (the CLI's names and string forms); SpecError names a bad one.
         A dataset with neither --qps nor --concurrency replays the trace's own timestamps."""
         w, unit = parse_amount(warmup, "--warmup")
@@ -609,7 +616,27 @@ class RunSpec(BaseModel):
                       duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay and not stages,
                       ramp_up_s=ramp_up, stages=stages),
             slos=slos, seed=seed, labels=labels or {}, reset_prefix_cache=reset_prefix_cache,
-            scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry, probe=probe)
+            scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry, probe=probe, workers=parse_workers(workers, "--workers"))
+
+
+def _workers_field(v: Any) -> Any:
+    try:
+        return parse_workers(v)
+    except SpecError as e:
+        raise ValueError(str(e)) from None
+
+
+def parse_workers(v: str | int, what: str = "workers") -> int | Literal["auto"]:
+    """A worker count: a whole number ≥ 1 or 'auto'; SpecError names a bad one."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(v).strip() not in (str(n), f"{n}.0"):
+        raise SpecError(f"{what} '{v}': give a whole number of client processes ≥ 1, or auto")
+    return n
 
 
 def validation_message(e: ValidationError, prefix: str = "") -> str:
@@ -809,6 +836,11 @@ class SweepSpec(BaseModel):
     # sequential probes (duration_s is their minimum window); sequential defaults to on for load: auto
     probe: dict = {}
     max_model_len: int | None = None
+    workers: int | Literal["auto"] = 1  # client processes per point (bench/workers.py); not part of a point's identity
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        return _workers_field(v)
 
     @field_validator("load", mode="before")
     @classmethod

@@ -68,6 +68,7 @@ class RequestRecord:
     server_chunk_ns: Sequence[int] = field(default_factory=_ints)
     output_text: str = ""  # kept only when needed (multi-turn history)
     done_marker: bool = True  # False: the stream ended after its finish_reason without `data: [DONE]` (complete)
+    worker: int = 0  # the worker process that sent it (--workers; 0 with one process)
 
 
 _INT_LIST = pa.list_(pa.int64())

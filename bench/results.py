@@ -14,7 +14,9 @@ run.json schema history (RUN_SCHEMA_VERSION):
      (short dataset wrapped around), workload.clipped_to_max_model_len counts requests sent;
      summary.streams_without_done; requests.parquet column done_marker (absent in older files: True);
      summary.client_queue (in-flight cap, requests that waited for a slot, due ones never sent),
-     summary.per_stage; requests.parquet columns stage and slot_ns (absent in older files: 0)
+     summary.per_stage; requests.parquet columns stage and slot_ns (absent in older files: 0);
+     client{workers, workers_from, why, pids}, client_health.workers (per worker process), summary.client;
+     requests.parquet column worker (absent in older files: 0)
   Readers take run.json through bench.summary.RunDoc / PointSummary (typed, defaults for absent fields).
   JSON has no nan/inf: both are written as null. The one field that can be infinite is an SLO's
   aggregate value, `summary.slos[].value_ms` (failed requests count as infinitely slow, so a p99.9 with

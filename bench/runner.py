@@ -21,6 +21,7 @@ from bench.config import RunSpec, SpecError
 from bench.datasets import WorkItem
 from bench.probe import ProbeMonitor
 from bench.records import IncrementalWriter, RequestRecord
+from bench.workers import HANDOFF_NS, LoopStalls, WorkerPool, new_event_loop, sleep_until
 from bench.workload import PromptBuilder, Workload, make_tokenizer
 
 perf_ns = time.perf_counter_ns
@@ -48,59 +49,6 @@ class RunFailed(Exception):
     """The run could not start or produced nothing; message is one line for the user."""
 
 
-async def sleep_until(t_ns: int, spin: bool) -> None:
-    """Sleep to an absolute perf_counter time. The event loop wakes up to ~1 ms late (epoll's ms
-    timeout), so when `spin` the last ~1.2 ms is spent yielding (sleep(0)) to land within ~50 µs."""
-    d = t_ns - perf_ns()
-    if d > 1_200_000 or not spin:
-        if d > 0:
-            await asyncio.sleep((d - (1_200_000 if spin else 0)) / 1e9)
-        # never early: the loop may run a timer up to its clock resolution before its time (measured: a closed
-        # loop's first send 124 µs before t0 was flagged warmup, and a 1-request run had nothing measured)
-    while perf_ns() < t_ns:
-        await asyncio.sleep(0)
-
-
-class LoopStalls:
-    """Watches the client's event loop: a 20 ms sleep that wakes more than 50 ms late is a stall, during
-    which no request could be sent on time. The process's CPU time over each stall tells the two causes
-    apart: near 100% — the client itself was busy (too much work per event: lower the rate); near 0% —
-    the process was not running (other processes held the cores: move the client or the server)."""
-
-    PERIOD_S, LIMIT_MS = 0.02, 50.0
-
-    def __init__(self):
-        self.n, self.max_ms, self.total_ms, self.cpu_ms = 0, 0.0, 0.0, 0.0
-
-    async def watch(self) -> None:
-        while True:
-            t, c = perf_ns(), time.process_time_ns()
-            await asyncio.sleep(self.PERIOD_S)
-            late = (perf_ns() - t) / 1e6 - self.PERIOD_S * 1e3
-            if late > self.LIMIT_MS:
-                self.n += 1
-                self.max_ms = max(self.max_ms, late)
-                self.total_ms += late
-                self.cpu_ms += (time.process_time_ns() - c) / 1e6
-
-    @property
-    def cpu_share(self) -> float | None:
-        """Process CPU time over stall time: ~1 busy client, ~0 client not running."""
-        return self.cpu_ms / self.total_ms if self.total_ms else None
-
-    def report(self) -> dict:
-        share = self.cpu_share
-        return {"over_ms": self.LIMIT_MS, "n": self.n, "max_ms": round(self.max_ms, 1), "total_ms": round(self.total_ms, 1),
-                "process_cpu_share": None if share is None else round(share, 3)}
-
-    def warning(self) -> str:
-        share = self.cpu_share or 0.0
-        cause = ("the client process was busy (lower the rate or cap --max-concurrency)" if share > 0.5 else
-                 "the client process was not running: other processes held the cores (give the client its own cores or machine)")
-        return (f"client stalls: the event loop was blocked {self.n} times for > {self.LIMIT_MS:g} ms (max {self.max_ms:.0f} ms, "
-                f"{100 * share:.0f}% process CPU during them): {cause}")
-
-
 @dataclass
 class Progress:
     sent: int = 0
@@ -114,9 +62,11 @@ class Progress:
 
 async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, prepare: Callable[[WorkItem], cl.Prepared],
                 writer: IncrementalWriter, progress: Progress, stop: asyncio.Event | None = None,
-                monitor: ProbeMonitor | None = None) -> ProbeMonitor:
+                monitor: ProbeMonitor | None = None, pool: WorkerPool | None = None) -> ProbeMonitor:
     """Run the load point. Records go to `writer` as each request ends. The monitor (probe.py) decides
-    when warmup and the window end; without a probe rule that is the fixed --warmup and --duration."""
+    when warmup and the window end; without a probe rule that is the fixed --warmup and --duration.
+    With a worker pool, requests are sent and read by its processes (each handed over HANDOFF_NS before
+    it is due); the schedule, the cap, the monitor and saving stay here."""
     from bench import schedule
 
     load = spec.load
@@ -180,11 +130,11 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
                     await sem.acquire()
                     rec.slot_ns = perf_ns() if waits else 0
                 try:
-                    await cl.send_streaming(http, prepared, rec)
+                    await send(prepared, rec, intended)
                 finally:
                     sem.release()
             else:
-                await cl.send_streaming(http, prepared, rec)
+                await send(prepared, rec, intended)
         except asyncio.CancelledError:
             rec.end_ns = perf_ns()
             rec.error_kind, rec.error, rec.ok = "cancelled", "run interrupted before the response ended", False
@@ -213,6 +163,11 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
             await asyncio.sleep(it.think_s)
         t = perf_ns()
         await one(nxt, t, prepare(nxt), warm)
+
+    def send(prepared: cl.Prepared, rec: RequestRecord, due_ns: int):
+        if pool is not None:
+            return pool.send(prepared, rec, due_ns)
+        return cl.send_streaming(http, prepared, rec)
 
     def spawn(coro) -> None:
         t = asyncio.ensure_future(coro)
@@ -243,7 +198,10 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
                     break
                 it = items_hint[i] if i < len(items_hint) else wl.item(i)
                 prepared = prepare(it)
-                await sleep_until(target, spin)
+                if pool is not None:  # its worker waits out the rest
+                    await sleep_until(target - HANDOFF_NS, False)
+                else:
+                    await sleep_until(target, spin)
                 if stopped(target):
                     break
                 held = None
@@ -342,6 +300,20 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
         raise RunFailed(msg) from e
 
 
+def resolve_workers(spec: RunSpec, items: list[WorkItem]) -> tuple[int, str]:
+    """The number of client processes and why: --workers N, or `auto` from the load's expected chunk rate
+    (request rate × mean output tokens: one chunk a token when streaming) and this host's safe rate."""
+    from bench.workers import auto_workers
+
+    if spec.workers != "auto":
+        return int(spec.workers), f"--workers {spec.workers}"
+    load = spec.load
+    rate = load.qps or max((st.qps for st in load.stages or []), default=0.0)
+    osl = sum(it.osl for it in items) / len(items) if items else 0.0
+    n, why = auto_workers(rate * osl if rate and osl else None)
+    return n, f"auto: {n} ({why})"
+
+
 def model_picker(mix: dict[str, float], seed: int) -> Callable[[WorkItem], str]:
     """Each request's model from a weighted mix, drawn from (seed, request) — the same names for the same seed,
     whatever the timing; every turn of a conversation goes to its first turn's model."""
@@ -425,6 +397,13 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         return cl.build_body(tgt.api, pick(it) if pick else model, it.prompt, it.osl, ignore_eos=tgt.ignore_eos,
                              continuous_usage=tgt.continuous_usage, extra=tgt.request)
 
+    n_workers, workers_why = resolve_workers(spec, items)
+    doc["client"] = {"workers": n_workers, "workers_from": "auto" if spec.workers == "auto" else "--workers", "why": workers_why}
+    pool = None
+    if n_workers > 1:
+        pool = WorkerPool(n_workers, tgt.url, api_key, tgt.request_timeout_s, tgt.headers)
+        await pool.start()
+        doc["client"]["pids"] = list(pool.pids)
     writer = IncrementalWriter(run_dir)
     progress = Progress()
     doc["anchor"] = {"wall_ns": time.time_ns(), "perf_ns": perf_ns()}
@@ -462,7 +441,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                              load.warm_seconds(), int(load.warmup) if load.warmup_unit == "r" else 0,
                              load.duration_s if not spec.probe else None)
     try:
-        await drive(spec, wl, items, http, prepare, writer, progress, monitor=probe_mon)
+        await drive(spec, wl, items, http, prepare, writer, progress, monitor=probe_mon, pool=pool)
     except asyncio.CancelledError:
         status, error = "interrupted", "interrupted (Ctrl-C or signal); results up to that moment are saved"
     except Exception as e:  # the point was not measured as planned: never `complete`
@@ -477,6 +456,8 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         stop_flush.set()
         await asyncio.gather(ft, mon, return_exceptions=True)
         await http.aclose()
+        if pool is not None:
+            await pool.close()
         window = None
         if load.duration_s is not None and not load.replay and load.warmup_unit == "s" and probe_mon.t0:
             # the warmup's end is known only now (it grows with the request lifetime): the records are flagged
@@ -514,7 +495,19 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         summary["probe"] = {k: v for k, v in doc["probe"].items() if k not in ("looks", "rule")} | {"n_looks": len(probe_mon.looks)}
         doc["client_health"] = {"loop_stalls": stalls.report()}
         if stalls.n:
-            summary["warnings"].append(stalls.warning())
+            summary["warnings"].append(stalls.warning("the scheduler's event loop" if pool else "the event loop"))
+        summary["client"] = {"workers": n_workers}
+        if pool is not None:  # each worker's health; the run is judged by the worst
+            per = pool.per_worker(recs)
+            doc["client_health"]["workers"] = per
+            lags = [(x["send_lag_ms"]["p99"], x["worker"]) for x in per if x["send_lag_ms"]["p99"] is not None]
+            summary["client"].update(per_worker_requests=[x["requests"] for x in per],
+                                     worst_send_lag_p99_ms=max(lags)[0] if lags else None, worst_worker=max(lags)[1] if lags else None)
+            for x in per:
+                if x["loop_stalls"] and x["loop_stalls"]["n"]:
+                    summary["warnings"].append(LoopStalls.from_report(x["loop_stalls"]).warning(f"worker {x['worker']}'s event loop"))
+                if x.get("died"):
+                    summary["warnings"].append(f"worker died: {x['died']}; its in-flight requests are recorded as failed")
         summary["streams_without_done"] = sum(1 for r in recs if r.ok and not r.done_marker)
         if n_clipped:
             summary["warnings"].append(f"clipped: {n_clipped} requests were shortened to fit max_model_len={wspec.max_model_len}; "
@@ -563,16 +556,6 @@ def _prefix_cache_check(summary: dict, spec: RunSpec, doc: dict) -> None:
         summary["warnings"].append(f"prefix cache: the server served {100 * rate:.0f}% of prompt tokens from its cache, but the workload "
                                    f"shares {100 * expected:.0f}%: earlier prompts are being reused — keep --reset-prefix-cache on "
                                    "(vLLM needs VLLM_SERVER_DEV_MODE=1 for /reset_prefix_cache) or use a new --seed")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where installed (lower per-event overhead: less timing bias), else asyncio's."""
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
 
 
 def execute_run(spec: RunSpec, run_dir: Path, api_key: str | None = None, on_progress=None, telemetry=None,

@@ -210,6 +210,15 @@ class ModelSummary(_Doc):
     e2e: Latency = Latency()
 
 
+class ClientInfo(_Doc):
+    """The client processes that sent the point (--workers): how many, each one's share, the worst send lag."""
+
+    workers: int = 1
+    per_worker_requests: list[int] = []
+    worst_send_lag_p99_ms: float | None = None
+    worst_worker: int | None = None
+
+
 class PointSummary(_Doc):
     """run.json `summary`: one measured point."""
 
@@ -249,6 +258,7 @@ class PointSummary(_Doc):
     server: ServerStats | None = None
     goodput_rps: float | None = None
     client_queue: ClientQueue = ClientQueue()
+    client: ClientInfo = ClientInfo()
 
     def lat(self, metric: str, key: str) -> float | None:
         """A latency figure, e.g. lat("ttft", "p99"); None where the metric was not measured."""

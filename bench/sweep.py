@@ -201,7 +201,7 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
     return RunSpec(target=tgt, workload=dict(isl=c.isl, osl=c.osl, dataset=c.dataset, prefix_tokens=c.prefix_tokens,
                                              prefix_groups=c.prefix_groups, max_model_len=spec.max_model_len, columns=c.columns),
                    load=load, slos=spec.slos, seed=key["seed"], labels=spec.labels, reset_prefix_cache=spec.reset_prefix_cache,
-                   gpu_telemetry=spec.gpu_telemetry, probe=rule)
+                   gpu_telemetry=spec.gpu_telemetry, probe=rule, workers=spec.workers)
 
 
 class Interrupted(Exception):

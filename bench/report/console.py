@@ -46,6 +46,10 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
     if s.offered_qps:
         c.print(f"offered {s.offered_qps:g} req/s · achieved send rate {_f(s.achieved_send_qps, 2)} req/s · "
                 f"mean in flight {_f(s.mean_in_flight, 1)}")
+    if s.client.workers > 1:
+        cl = s.client
+        c.print(f"client: {cl.workers} worker processes, {'/'.join(map(str, cl.per_worker_requests))} requests · worst send lag p99 "
+                f"{_f(cl.worst_send_lag_p99_ms, 2)} ms (worker {cl.worst_worker})")
     cq = s.client_queue
     if cq.waited or cq.not_sent:
         c.print(f"client queue: {cq.waited} requests waited for one of {cq.cap} in-flight slots ({cq.cap_from} cap; wait p50 "

@@ -71,7 +71,11 @@ def test_agrees_with_vllm_bench_serve(vllm_server, tmp_path):
     Decode timing is compared on ITL p50 (~3,500 token gaps a side), not TPOT p50 (one value per request, ~55,
     bimodal between batch-1 and batch-2 steps): in one CI run the TPOT p50 pairs were +3%, -6% and -17% apart
     (medians 3.62 vs 4.35 ms, -17%: failed) while ITL p50 medians were 3.54 vs 4.05 ms (-13%) and TTFT p50
-    15.3 vs 16.7 ms (-8%)."""
+    15.3 vs 16.7 ms (-8%).
+
+    The pairs are compared one by one, not as two sets: in another CI run the server's ITL p50 moved from 1.9 to
+    2.8 ms between pairs; per pair ours/vllm was 0.99, 0.83 and 0.93, and the two sets' medians both fell on the
+    0.83 pair (-17%: failed) though the typical pair differed by 7%."""
     url = vllm_server["url"]
     rig = vllm_server["rig"]
     ref_ttft, ref_itl, ttft, itl = [], [], [], []
@@ -97,8 +101,11 @@ def test_agrees_with_vllm_bench_serve(vllm_server, tmp_path):
         ref_itl.append(ref["median_itl_ms"])
         ttft.append(s["ttft_from_send"]["p50"])  # vllm bench measures TTFT from the actual send: like with like
         itl.append(s["itl"]["p50"])
-    assert statistics.median(ttft) == pytest.approx(statistics.median(ref_ttft), rel=0.15), (ttft, ref_ttft)
-    assert statistics.median(itl) == pytest.approx(statistics.median(ref_itl), rel=0.15), (itl, ref_itl)
+    # each pair shares one server state, pairs do not: the server's speed moves between pairs (ITL p50 1.9 to 2.8 ms
+    # within one test), so the tools are compared pair by pair and the median of the three ratios is held to 15%
+    for ours, ref, what in ((ttft, ref_ttft, "TTFT"), (itl, ref_itl, "ITL")):
+        ratios = [a / b for a, b in zip(ours, ref)]
+        assert statistics.median(ratios) == pytest.approx(1.0, abs=0.15), f"{what} p50 ours/vllm per pair: {ratios} ({ours} vs {ref})"
 
 
 def test_unreachable_url_is_one_line(tmp_path):
