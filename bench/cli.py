@@ -86,7 +86,10 @@ def _user_errors(fn):
 @app.command()
 @_user_errors
 def run(
-    url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of an OpenAI-compatible server"),
+    url: List[str] = typer.Option(["http://127.0.0.1:8000"], help="Base URL of an OpenAI-compatible server; repeat it for "
+                                  "several replicas measured as one system (each request goes to one, see --spread)"),
+    spread: str = typer.Option("least", help="Several --url: send each request to the replica with the fewest in flight "
+                               "(least) or to each in turn (round-robin); a conversation stays on its first turn's replica"),
     model: Optional[str] = typer.Option(None, help="Model name (default: the only one in /v1/models), or a mix: base=0.7,lora-a=0.3 "
                                         "(each request, or conversation, draws one name by weight from --seed)"),
     api: str = typer.Option("completions", help="completions | chat"),
@@ -141,6 +144,9 @@ def run(
     max_duration: Optional[float] = typer.Option(None, help="With --until-decided: longest window in seconds (default 4x --duration, >= 120)"),
     workers: str = typer.Option("1", help="Client processes that send and read the streams: N, or auto (from the expected chunk "
                                 "rate and this host's calibrated safe rate per process); one schedule, one result"),
+    ray: Optional[str] = typer.Option(None, help="Send from actors on a Ray cluster (pip install 'trilemma[ray]'): its address "
+                                      "(ray://HOST:10001 or HOST:6379), auto (this node's cluster), or local; --workers N actors "
+                                      "spread over its nodes (auto: one per node)"),
 ) -> None:
     """Measure one load point against a server and write results/<run-id>/."""
     from bench.config import RunSpec
@@ -153,7 +159,7 @@ def run(
         speedup=speedup, window=window, columns=columns, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
         duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, think_time=think_time, slo=slo, seed=seed, labels=_labels(label),
         reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
-        until_decided=until_decided, max_duration=max_duration, request=request, headers=header, workers=workers)
+        until_decided=until_decided, max_duration=max_duration, request=request, headers=header, workers=workers, spread=spread, ray=ray)
     out_dir, run_name = _out_dir(out), _run_name(name)
     if launch is None:
         doc = run_one(spec, out_dir, run_name, env_api_key(spec, api_key), gpus)
@@ -164,6 +170,8 @@ def run(
         from bench.launch import LaunchedServer, LaunchError
         from bench.results import new_run_id
 
+        if len(url) > 1:
+            fail("--launch starts one server and measures it: give no --url (or one), not several")
         run_dir = out_dir / (run_name or new_run_id(spec))
         try:
             server = LaunchedServer(LaunchSpec(cmd=launch, startup_timeout_s=launch_timeout), {}, run_dir)
@@ -328,9 +336,10 @@ def sweep(
     spec_file: Path = typer.Argument(..., help="Sweep spec (YAML), e.g. sweeps/demo.yaml"),
     out: Path = typer.Option(Path("results"), help="Results root; the sweep writes <out>/<name>/"),
     api_key: Optional[str] = typer.Option(None, envvar="TRILEMMA_API_KEY", help="API key (never stored)", show_default=False),
-    url: Optional[str] = typer.Option(None, help="Override the spec's target URL"),
+    url: Optional[List[str]] = typer.Option(None, help="Override the spec's target URL (repeat it for several replicas)"),
     plots: bool = typer.Option(True, help="Write the knee plots when the sweep ends (`trilemma knee` or `report` can draw them later)"),
     workers: Optional[str] = typer.Option(None, help="Client processes per point: N or auto (overrides the spec's `workers`)"),
+    ray: Optional[str] = typer.Option(None, help="The points' client workers on a Ray cluster: address, auto or local (overrides `ray`)"),
 ) -> None:
     """Run a sweep (grid or load: auto knee search); finished points are saved and skipped on rerun."""
     import os
@@ -344,11 +353,14 @@ def sweep(
     _out_dir(out)
     spec = load_sweep_spec(spec_file)
     if url:
-        spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": url, "sim": None, "launch": None})})
+        tgt = spec.target.model_dump(exclude={"sim", "launch", "url", "endpoints"}) | {"url": url if len(url) > 1 else url[0]}
+        spec = spec.model_copy(update={"target": type(spec.target).model_validate(tgt)})
     if workers is not None:
         from bench.config import parse_workers
 
         spec = spec.model_copy(update={"workers": parse_workers(workers, "--workers")})
+    if ray:
+        spec = spec.model_copy(update={"ray": ray})
     key = api_key or os.environ.get(spec.target.api_key_env)
     con = Console(stderr=True)
     t0 = __import__("time").time()

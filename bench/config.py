@@ -202,10 +202,21 @@ class TargetSpec(BaseModel):
     # a model mix (multi-LoRA servers, several served names): each request (a conversation: all its turns)
     # goes to one name, drawn by weight from the run's seed; `model: {base: 0.7, lora-a: 0.3}` or --model base=0.7,lora-a=0.3
     model_mix: dict[str, float] | None = None
+    # several replicas measured as one system: every address (`url: [a, b]` or --url repeated; `url` is the first),
+    # each request to one of them, the least-loaded (fewest in flight) or in turn
+    endpoints: list[str] = []
+    spread: Literal["least", "round-robin"] = "least"
 
     @model_validator(mode="before")
     @classmethod
     def _mix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("url"), (list, tuple)):
+            urls = [str(u).strip().rstrip("/").removesuffix("/v1") for u in data["url"] if str(u).strip()]
+            if not urls:
+                raise ValueError("url: give at least one server address, e.g. http://127.0.0.1:8000")
+            if len(set(u.rstrip("/") for u in urls)) < len(urls):
+                raise ValueError(f"url: an address is given twice ({', '.join(urls)}); give each replica once")
+            data = {**data, "url": urls[0], "endpoints": urls if len(urls) > 1 else []}
         if isinstance(data, dict):
             m = data.get("model")
             if isinstance(m, str) and "=" in m:
@@ -257,6 +268,11 @@ class TargetSpec(BaseModel):
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000")
         return v.rstrip("/").removesuffix("/v1")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        return [cls._url(u) for u in v]
 
     @field_validator("request_timeout_s")
     @classmethod
@@ -550,6 +566,7 @@ class RunSpec(BaseModel):
     gpu_telemetry: str = "auto"  # auto | off | nvml | dcgm:URL
     probe: ProbeRule | None = None  # sequential load point (sweeps); None: exactly --duration/--requests
     workers: int | Literal["auto"] = 1  # client processes that send and read the streams (bench/workers.py)
+    ray: str | None = None  # send from actors on a Ray cluster (bench/raypool.py): its address, `auto`, or `local`
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -562,7 +579,7 @@ class RunSpec(BaseModel):
         return _gpu_telemetry(v)
 
     @classmethod
-    def from_options(cls, *, url: str, model: str | None = None, api: str = "completions", tokenizer: str | None = None,
+    def from_options(cls, *, url: str | list[str], model: str | None = None, api: str = "completions", tokenizer: str | None = None,
                      ignore_eos: bool = True, continuous_usage: bool = True, timeout: float = 600.0, isl: str = "128",
                      osl: str = "64", prefix_tokens: int = 0, prefix_groups: int = 0, dataset: str | None = None,
                      max_model_len: int | None = None, speedup: float = 1.0, window: str | None = None, columns: str | None = None,
@@ -573,7 +590,7 @@ class RunSpec(BaseModel):
                      seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
                      server_metrics: bool = True, gpu_telemetry: str = "auto", until_decided: bool = False,
                      max_duration: float | None = None, request: str | None = None, headers: list[str] | None = None,
-                     workers: str | int = 1) -> RunSpec:
+                     workers: str | int = 1, spread: str = "least", ray: str | None = None) -> RunSpec:
         """The spec of `trilemma run`'s options (the CLI's names and string forms); SpecError names a bad one.
         A dataset with neither --qps nor --concurrency replays the trace's own timestamps."""
         w, unit = parse_amount(warmup, "--warmup")
@@ -607,8 +624,9 @@ class RunSpec(BaseModel):
             probe = ProbeRule(min_duration_s=duration, max_duration_s=max_duration or max(4.0 * duration, 120.0))
         return cls(
             # nested as dicts: a validation error names its path (load.qps, workload.isl, ...)
-            target=dict(url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage,
-                        request_timeout_s=timeout, request=body, headers=hdrs),
+            target=dict(url=url if isinstance(url, str) or len(url) > 1 else url[0], model=model, api=api, tokenizer=tokenizer,
+                        ignore_eos=ignore_eos, continuous_usage=continuous_usage, request_timeout_s=timeout, request=body, headers=hdrs,
+                        spread=spread),
             workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
                           prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
                           window_s=win, columns=columns, think_s=think_time),
@@ -616,7 +634,7 @@ class RunSpec(BaseModel):
                       duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay and not stages,
                       ramp_up_s=ramp_up, stages=stages),
             slos=slos, seed=seed, labels=labels or {}, reset_prefix_cache=reset_prefix_cache,
-            scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry, probe=probe, workers=parse_workers(workers, "--workers"))
+            scrape_metrics=server_metrics, gpu_telemetry=gpu_telemetry, probe=probe, workers=parse_workers(workers, "--workers"), ray=ray)
 
 
 def _workers_field(v: Any) -> Any:
@@ -722,6 +740,8 @@ class SweepTarget(TargetSpec):
     def _one_server(self):
         if self.sim is not None and self.launch is not None:
             raise ValueError("give sim (the built-in simulator) or launch (a server command), not both")
+        if self.endpoints and (self.sim is not None or self.launch is not None):
+            raise ValueError("a list of urls measures servers already running; drop it, or drop sim/launch")
         return self
 
 
@@ -837,6 +857,7 @@ class SweepSpec(BaseModel):
     probe: dict = {}
     max_model_len: int | None = None
     workers: int | Literal["auto"] = 1  # client processes per point (bench/workers.py); not part of a point's identity
+    ray: str | None = None  # the points' client workers on a Ray cluster (bench/raypool.py); not part of a point's identity
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, v: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.config import CellSpec, WorkloadSpec
-from bench.results import find_run_dirs, read_run_doc, settle
+from bench.results import find_run_dirs, read_run_doc, read_sweep_doc, settle
 from bench.summary import PointSummary, RunDoc, SteadyState
 from bench.verdict import PASS, binding_slo, knee_rule, verdict
 
@@ -115,11 +115,9 @@ def load_points(paths: Sequence[str | Path], gpus_per_replica: float | None = No
         df.loc[unknown, "gpus_source"] = "--gpus-per-replica"
     rules = {}
     for p in paths:
-        sj = Path(p) / "sweep.json"
-        if sj.is_file():
-            import json
-
-            att = json.loads(sj.read_text())["spec"].get("attainment", {})
+        sj = read_sweep_doc(Path(p))
+        if sj is not None:
+            att = sj["spec"].get("attainment", {})
             rules[Path(p).name] = (att.get("rule", "percentile"), att.get("target", 0.99))
     verdicts = [verdict(summ, slos, *rules.get(sw, ("percentile", 0.99))) if slos else ("PASS", "no SLOs")
                 for summ, slos, sw in zip(df["_summary"], df["_slos"], df["sweep"])]

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike
 from bench import stats
 from bench.config import SLO
 from bench.records import MAX_TURNS, RequestRecord
+from bench.warn import warning
 
 NS_MS = 1e-6
 
@@ -569,6 +570,20 @@ def per_model(recs: list[RequestRecord], mix: dict[str, float]) -> dict[str, dic
     return out
 
 
+def per_endpoint(recs: list[RequestRecord], urls: list[str]) -> dict[str, dict[str, Any]]:
+    """Several replicas behind one target, replica by replica: the share of measured requests each got,
+    their failures and latency (a replica slower than the rest shows here before it moves the fleet's tail)."""
+    m = [r for r in recs if not r.warmup and r.error_kind != "cancelled"]
+    out = {}
+    for e, url in enumerate(urls):
+        mine = [r for r in m if r.endpoint == e]
+        ok = [r for r in mine if r.ok]
+        out[url] = {"endpoint": e, "measured": len(mine), "share": len(mine) / len(m) if m else math.nan, "ok": len(ok),
+                    "failed": len(mine) - len(ok), "ttft": latency_stats(metric_values(mine, "ttft")),
+                    "tpot": latency_stats(metric_values(ok, "tpot")), "e2e": latency_stats(metric_values(ok, "e2e"))}
+    return out
+
+
 # record fields no summary reads (identifiers for tracing a request back): left on disk by summarize_run
 _NOT_SUMMARISED = ("response_id", "source", "prefix_group", "server_recv_ns", "retries", "finish_reason")
 
@@ -710,40 +725,47 @@ def send_lag_confidently_over(lag: dict[str, Any], limit_ms: float) -> bool:
     return bool(value > limit_ms)
 
 
-def warnings_for(s: dict[str, Any], m: list[RequestRecord], slos: list[SLO]) -> list[str]:
-    """The fixed set of warnings; each names its remedy."""
+def warnings_for(s: dict[str, Any], m: list[RequestRecord], slos: list[SLO]) -> list[dict[str, Any]]:
+    """The fixed set of warnings (bench.warn: code, message, remedy, values); each names its remedy."""
     w = []
     lag = s["latency_ms"]["send_lag"]
     lag_limit = send_lag_limit_ms(slos)
     if lag["n"] and lag["p99"] > lag_limit:
-        w.append(f"send lag: the client sent p99 {lag['p99']:.1f} ms late (limit {lag_limit:g} ms); latencies still count from the schedule, "
-                 "but lower the rate, cap --max-concurrency, or run the client on a less loaded machine (see `trilemma calibrate`)")
+        w.append(warning("send_lag", f"send lag: the client sent p99 {lag['p99']:.1f} ms late (limit {lag_limit:g} ms); latencies still "
+                         "count from the schedule", "lower the rate, cap --max-concurrency, add --workers, or run the client on a less "
+                         "loaded machine (see `trilemma calibrate`)", p99_ms=lag["p99"], limit_ms=lag_limit))
     if s["n_measured"] and s["n_failed"] / s["n_measured"] > 0.01:
         kinds = ", ".join(f"{k}={v}" for k, v in s["errors"].items())
-        w.append(f"error rate: {s['n_failed']}/{s['n_measured']} requests failed ({kinds}); check the server log by response id, "
-                 "lower the load, or raise --timeout")
+        w.append(warning("error_rate", f"error rate: {s['n_failed']}/{s['n_measured']} requests failed ({kinds})",
+                         "check the server log by response id, lower the load, or raise --timeout",
+                         failed=s["n_failed"], measured=s["n_measured"], errors=dict(s["errors"])))
     undecided = [v for v in s.get("slos", []) if v.get("decision") == "undecided"]
     if undecided:
         v = undecided[0]
         iv = v["exceed"]
-        w.append(f"too few samples: {v['slo']} is undecided — {iv['k']} of {iv['n']} samples over {v['threshold_ms']:g} ms "
-                 f"(exceedance 95% CI {100 * iv['lo']:.2f}-{100 * iv['hi']:.2f}%, limit {100 - float(v['slo'].split('_p')[1]):g}%); "
-                 "raise --duration or --requests")
+        limit = 100 - float(v["slo"].split("_p")[1])
+        w.append(warning("slo_undecided", f"too few samples: {v['slo']} is undecided — {iv['k']} of {iv['n']} samples over "
+                         f"{v['threshold_ms']:g} ms (exceedance 95% CI {100 * iv['lo']:.2f}-{100 * iv['hi']:.2f}%, limit {limit:g}%)",
+                         "raise --duration or --requests", slo=v["slo"], k=iv["k"], n=iv["n"], lo=iv["lo"], hi=iv["hi"], limit_pct=limit))
     elif not slos and s["n_ok"] < stats.min_samples_for_percentile(99):
-        w.append(f"too few samples: {s['n_ok']} requests cannot bound p99 (need >= {stats.min_samples_for_percentile(99)}); "
-                 "raise --duration or --requests")
+        need = stats.min_samples_for_percentile(99)
+        w.append(warning("too_few_samples", f"too few samples: {s['n_ok']} requests cannot bound p99 (need >= {need})",
+                         "raise --duration or --requests", n=s["n_ok"], need=need))
     tm = s["token_mismatch"]
     if tm["prompt"] or tm["output"] or tm["prompt_vs_requested"]:
-        w.append(f"token-count mismatch: {tm['prompt_vs_requested']} prompts differ from the requested ISL, {tm['output']} outputs from the requested OSL; "
-                 "pass --tokenizer for the served model, and check the server honours ignore_eos (else use --no-ignore-eos and read OSL from usage)")
+        w.append(warning("token_mismatch", f"token-count mismatch: {tm['prompt_vs_requested']} prompts differ from the requested ISL, "
+                         f"{tm['output']} outputs from the requested OSL", "pass --tokenizer for the served model, and check the server "
+                         "honours ignore_eos (else use --no-ignore-eos and read OSL from usage)", **tm))
     if tm["client_counted"]:
-        w.append(f"client-counted tokens: {tm['client_counted']} requests had no streamed usage; token counts are client estimates — "
-                 "use a server that supports stream_options.include_usage/continuous_usage_stats")
+        w.append(warning("client_counted_tokens", f"client-counted tokens: {tm['client_counted']} requests had no streamed usage; token "
+                         "counts are client estimates", "use a server that supports stream_options.include_usage/continuous_usage_stats",
+                         n=tm["client_counted"]))
     ss = s.get("steady_state") or {}
     if ss.get("saturated"):
-        w.append(f"unstable run: {ss['reason']} — the server is past its capacity at this load; "
-                 "lower --qps/--concurrency (or find the knee with `trilemma sweep` and load: auto)")
+        w.append(warning("unstable", f"unstable run: {ss['reason']} — the server is past its capacity at this load",
+                         "lower --qps/--concurrency (or find the knee with `trilemma sweep` and load: auto)", reason=ss["reason"]))
     elif ss.get("reason"):
-        w.append(f"not steady: {ss['reason']}; latencies and rates may not hold for a longer run — raise --duration and --warmup")
+        w.append(warning("not_steady", f"not steady: {ss['reason']}; latencies and rates may not hold for a longer run",
+                         "raise --duration and --warmup", reason=ss["reason"]))
     return w
 

@@ -69,6 +69,7 @@ class RequestRecord:
     output_text: str = ""  # kept only when needed (multi-turn history)
     done_marker: bool = True  # False: the stream ended after its finish_reason without `data: [DONE]` (complete)
     worker: int = 0  # the worker process that sent it (--workers; 0 with one process)
+    endpoint: int = 0  # which of the target's addresses served it (several replicas; 0 with one)
 
 
 _INT_LIST = pa.list_(pa.int64())
@@ -83,8 +84,19 @@ def _arrow_type(f: Field[Any]) -> pa.DataType:
 # ~3x the data. The system allocator returns them (measured: scripts/memory_check.py).
 pa.set_memory_pool(pa.system_memory_pool())
 
-SCHEMA = pa.schema([(f.name, _arrow_type(f)) for f in fields(RequestRecord)])
+# requests.parquet schema history (the file's metadata key `trilemma.record_schema`; files without it are 1):
+# 1: the RequestRecord columns; columns added since, each absent in older files and read as its default:
+#    done_marker (True), stage, slot_ns, worker, endpoint (0). A file from a newer version is refused with one line.
 RECORD_SCHEMA_VERSION = 1
+SCHEMA = pa.schema([(f.name, _arrow_type(f)) for f in fields(RequestRecord)],
+                   metadata={"trilemma.record_schema": str(RECORD_SCHEMA_VERSION)})
+
+
+def check_record_schema(path: Path, schema: pa.Schema) -> None:
+    """Refuse, in one line, a requests file written by a newer trilemma than this one."""
+    v = int((schema.metadata or {}).get(b"trilemma.record_schema", b"1"))
+    if v > RECORD_SCHEMA_VERSION:
+        raise ValueError(f"{path}: request record schema {v} is newer than this trilemma reads ({RECORD_SCHEMA_VERSION}); upgrade trilemma")
 
 
 def _int_lists(vals: list[Any]) -> pa.Array:
@@ -225,6 +237,8 @@ def read_table(run_dir: Path) -> pa.Table:
     import pyarrow.parquet as pq
 
     tables = [pq.read_table(f) for f in _files(run_dir)]
+    for f, t in zip(_files(run_dir), tables):
+        check_record_schema(f, t.schema)
     return pa.concat_tables(tables, promote_options="default") if tables else records_to_table([])
 
 
@@ -252,6 +266,7 @@ def read_records(run_dir: Path, compact: bool = True, chunks: bool = True, skip:
     out: list[RequestRecord] = []
     for f in _files(run_dir):
         pf = pq.ParquetFile(f, pre_buffer=False)
+        check_record_schema(f, pf.schema_arrow)
         have = set(pf.schema_arrow.names)
         for b in pf.iter_batches(batch_size=2048, columns=[c for c in cols if c in have], use_threads=False):
             out += compact_records(b)
@@ -264,7 +279,9 @@ def iter_chunks(run_dir: Path, batch_size: int = 256) -> Iterator[tuple[list[np.
     import pyarrow.parquet as pq
 
     for f in _files(run_dir):
-        for b in pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=batch_size, columns=list(_CHUNKS), use_threads=False):
+        pf = pq.ParquetFile(f, pre_buffer=False)
+        check_record_schema(f, pf.schema_arrow)
+        for b in pf.iter_batches(batch_size=batch_size, columns=list(_CHUNKS), use_threads=False):
             yield _list_views(b.column("chunk_ns")), _list_views(b.column("chunk_tokens"))
 
 

@@ -17,7 +17,14 @@ run.json schema history (RUN_SCHEMA_VERSION):
      summary.per_stage; requests.parquet columns stage and slot_ns (absent in older files: 0);
      client{workers, workers_from, why, pids}, client_health.workers (per worker process), summary.client;
      requests.parquet column worker (absent in older files: 0)
-  Readers take run.json through bench.summary.RunDoc / PointSummary (typed, defaults for absent fields).
+- 2: summary.warnings are objects {code, message, remedy, values, text} (bench/warn.py); in 1 they were strings,
+     which RunDoc reads as code `text`. Everything else as in 1.
+  Readers take run.json through bench.summary.RunDoc / PointSummary (typed, defaults for absent fields); a
+  run.json of a newer schema than this trilemma's is refused with one line naming both versions.
+
+sweep.json schema history (SWEEP_SCHEMA_VERSION):
+- 1: kind, name, status (running|complete|interrupted|failed), harness, spec (SweepSpec, URLs redacted),
+     updated_at, servers[] (launched serve configs: params, command, log, pid, status, deaths)
   JSON has no nan/inf: both are written as null. The one field that can be infinite is an SLO's
   aggregate value, `summary.slos[].value_ms` (failed requests count as infinitely slow, so a p99.9 with
   one failure in 200 is inf); `read_run_doc` reads a null there with n > 0 back as inf (nan needs n = 0).
@@ -35,8 +42,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._version import __version__
+from bench.warn import warning
 
-RUN_SCHEMA_VERSION = 1
+RUN_SCHEMA_VERSION = 2
+SWEEP_SCHEMA_VERSION = 1
 
 
 def _git_sha() -> str | None:
@@ -63,6 +72,7 @@ def new_run_doc(spec, run_id: str) -> dict:
 
     spec_doc = spec.model_dump(mode="json")
     spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])  # a password in the URL is never stored
+    spec_doc["target"]["endpoints"] = [redact_url(u) for u in spec_doc["target"].get("endpoints", [])]
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "kind": "run",
@@ -101,18 +111,30 @@ def write_run_doc(run_dir: Path, doc: dict) -> None:
     write_json(Path(run_dir) / "run.json", doc)
 
 
+def _read_versioned(p: Path, kind: str, newest: int, cut: str = "") -> dict:
+    """A JSON document of ours; one line for a broken file or one written by a newer trilemma."""
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}){cut}") from None
+    if doc.get("schema_version", 0) > newest:
+        raise ValueError(f"{p}: {kind} schema {doc['schema_version']} is newer than this trilemma reads ({newest}); upgrade trilemma")
+    return doc
+
+
 def read_run_doc(run_dir: Path) -> dict:
     p = Path(run_dir) / "run.json"
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir}: no run.json here; give a directory written by `trilemma run` or `trilemma sweep`")
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); the run was cut while writing — measure it again") from None
-    if doc.get("schema_version", 0) > RUN_SCHEMA_VERSION:
-        raise ValueError(f"{p}: schema {doc['schema_version']} is newer than this trilemma understands; upgrade trilemma")
+    doc = _read_versioned(p, "run.json", RUN_SCHEMA_VERSION, "; the run was cut while writing — measure it again")
     restore_infinite(doc)
     return doc
+
+
+def read_sweep_doc(sweep_dir: Path) -> dict | None:
+    """A sweep's sweep.json (None where there is none); one line for a broken or newer-schema file."""
+    p = Path(sweep_dir) / "sweep.json"
+    return _read_versioned(p, "sweep.json", SWEEP_SCHEMA_VERSION) if p.is_file() else None
 
 
 def _process_gone(doc: dict, run_dir: Path, quiet_s: float = 60.0) -> bool:
@@ -152,7 +174,8 @@ def settle(run_dir: Path, doc: dict) -> dict:
                             expect_exact_osl=spec.target.ignore_eos, window_ns=tuple(doc["window_ns"]) if doc.get("window_ns") else None)
     if not recs:
         return doc
-    s["warnings"].append("interrupted: the process was killed; this summary was rebuilt from the requests saved before it")
+    s["warnings"].append(warning("interrupted", "interrupted: the process was killed; this summary was rebuilt from the requests "
+                                 "saved before it", "measure the point again for a complete result"))
     doc["summary"] = s
     return doc
 

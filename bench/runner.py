@@ -14,15 +14,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bench import client as cl
 from bench.config import RunSpec, SpecError
 from bench.datasets import WorkItem
 from bench.probe import ProbeMonitor
 from bench.records import IncrementalWriter, RequestRecord
-from bench.workers import HANDOFF_NS, LoopStalls, WorkerPool, new_event_loop, sleep_until
+from bench.warn import warning
+from bench.workers import HANDOFF_NS, LoopStalls, Spreader, WorkerPool, new_event_loop, sleep_until
 from bench.workload import PromptBuilder, Workload, make_tokenizer
+
+if TYPE_CHECKING:
+    from bench.raypool import RayPool
 
 perf_ns = time.perf_counter_ns
 LEAD_NS = 100_000_000  # t0 is 100 ms after scheduling starts, so the first sends are not late
@@ -62,11 +66,12 @@ class Progress:
 
 async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, prepare: Callable[[WorkItem], cl.Prepared],
                 writer: IncrementalWriter, progress: Progress, stop: asyncio.Event | None = None,
-                monitor: ProbeMonitor | None = None, pool: WorkerPool | None = None) -> ProbeMonitor:
+                monitor: ProbeMonitor | None = None, pool: WorkerPool | RayPool | None = None) -> ProbeMonitor:
     """Run the load point. Records go to `writer` as each request ends. The monitor (probe.py) decides
     when warmup and the window end; without a probe rule that is the fixed --warmup and --duration.
     With a worker pool, requests are sent and read by its processes (each handed over HANDOFF_NS before
-    it is due); the schedule, the cap, the monitor and saving stay here."""
+    it is due); the schedule, the cap, the monitor and saving stay here. `http`: the client, or one per
+    endpoint when the target is several replicas (each request goes to one, by target.spread)."""
     from bench import schedule
 
     load = spec.load
@@ -164,10 +169,19 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
         t = perf_ns()
         await one(nxt, t, prepare(nxt), warm)
 
-    def send(prepared: cl.Prepared, rec: RequestRecord, due_ns: int):
-        if pool is not None:
-            return pool.send(prepared, rec, due_ns)
-        return cl.send_streaming(http, prepared, rec)
+    spreader = Spreader(len(http), spec.target.spread) if isinstance(http, list) and len(http) > 1 else None
+
+    async def send(prepared: cl.Prepared, rec: RequestRecord, due_ns: int) -> None:
+        e = spreader.pick(rec.conversation) if spreader is not None else 0
+        rec.endpoint = e
+        try:
+            if pool is not None:
+                await pool.send(prepared, rec, due_ns, e)
+            else:
+                await cl.send_streaming(http[e] if isinstance(http, list) else http, prepared, rec)
+        finally:
+            if spreader is not None:
+                spreader.done(e)
 
     def spawn(coro) -> None:
         t = asyncio.ensure_future(coro)
@@ -314,6 +328,10 @@ def resolve_workers(spec: RunSpec, items: list[WorkItem]) -> tuple[int, str]:
     return n, f"auto: {n} ({why})"
 
 
+def _replica(url: str, info: dict) -> dict:
+    return {"url": cl.redact_url(url), **{k: info.get(k) for k in ("server_kind", "server_version", "max_model_len")}}
+
+
 def model_picker(mix: dict[str, float], seed: int) -> Callable[[WorkItem], str]:
     """Each request's model from a weighted mix, drawn from (seed, request) — the same names for the same seed,
     whatever the timing; every turn of a conversation goes to its first turn's model."""
@@ -332,7 +350,7 @@ def model_picker(mix: dict[str, float], seed: int) -> Callable[[WorkItem], str]:
 
 async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | None, on_progress, telemetry) -> dict:
     from bench import results
-    from bench.metrics import per_model, per_stage, summarize_run
+    from bench.metrics import per_endpoint, per_model, per_stage, summarize_run
 
     tgt = spec.target
     if api_key and cl.url_secrets(tgt.url):
@@ -346,19 +364,33 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         doc.update(status="failed", error=msg)
         results.write_run_doc(run_dir, doc)
         raise RunFailed(msg)
-    missing = [m for m in (tgt.model_mix or [model]) if info.get("models") and m not in info["models"]]
-    if missing:
-        msg = f"model '{missing[0]}' is not served at {tgt.url}; it serves: {', '.join(info['models'][:5])} (fix --model)"
-        doc.update(status="failed", error=msg)
-        results.write_run_doc(run_dir, doc)
-        raise RunFailed(msg)
+    def must_serve(where: dict, url: str, which: str) -> None:
+        missing = [m for m in (tgt.model_mix or [model]) if where.get("models") and m not in where["models"]]
+        if missing:
+            msg = f"model '{missing[0]}' is not served at {url}{which}; it serves: {', '.join(where['models'][:5])} (fix --model)"
+            doc.update(status="failed", error=msg)
+            results.write_run_doc(run_dir, doc)
+            raise RunFailed(msg)
+
+    must_serve(info, tgt.url, "")
     doc["target"] = {"url": cl.redact_url(tgt.url), "model": model, "api": tgt.api, **{k: v for k, v in info.items() if k != "default_model"}}
+    endpoints = tgt.endpoints or [tgt.url]
+    if len(endpoints) > 1:  # several replicas: each must serve the model(s); what each runs is recorded
+        described = [_replica(tgt.url, info)]
+        for k, u in enumerate(endpoints[1:], start=1):
+            other = await cl.discover(u, headers)
+            must_serve(other, u, f" (replica {k} of the target)")
+            described.append(_replica(u, other))
+        doc["target"]["endpoints"] = described
+        doc["target"]["spread"] = tgt.spread
     if spec.scrape_metrics:  # never start behind an earlier point's queue (cancelled requests still being served)
         from bench.telemetry.prometheus import wait_idle
 
-        doc["target"]["idle_before"] = await asyncio.to_thread(wait_idle, tgt.url, headers)
+        waits = [await asyncio.to_thread(wait_idle, u, headers) for u in endpoints]
+        doc["target"]["idle_before"] = next((x for x in waits if x.get("idle") is False), waits[0])
     if spec.reset_prefix_cache:
-        doc["target"]["prefix_cache_reset"] = await cl.reset_prefix_cache(tgt.url, headers)
+        resets = [await cl.reset_prefix_cache(u, headers) for u in endpoints]
+        doc["target"]["prefix_cache_reset"] = resets[0] if len(set(resets)) == 1 else "; ".join(resets)
     # workload
     key = (tgt.url, model, tgt.api, tgt.tokenizer, info.get("server_version"))
     if key not in _BUILDERS:  # a sweep's points share one server: find the prompt pieces once
@@ -399,9 +431,19 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
 
     n_workers, workers_why = resolve_workers(spec, items)
     doc["client"] = {"workers": n_workers, "workers_from": "auto" if spec.workers == "auto" else "--workers", "why": workers_why}
-    pool = None
-    if n_workers > 1:
-        pool = WorkerPool(n_workers, tgt.url, api_key, tgt.request_timeout_s, tgt.headers)
+    pool: WorkerPool | RayPool | None = None
+    if spec.ray:  # actors on a Ray cluster; `auto` workers: one per alive node
+        from bench.raypool import RayPool
+
+        pool = RayPool(0 if spec.workers == "auto" else n_workers, spec.ray, endpoints, api_key, tgt.request_timeout_s, tgt.headers)
+        await pool.start()
+        n_workers = pool.n
+        doc["client"].update(workers=n_workers, ray=spec.ray, why=workers_why if spec.workers != "auto" else "auto: one per Ray node",
+                             actors=[{**pool.where[w], "clock_offset_ns": pool.offset_ns[w], "clock_rtt_ns": pool.rtt_ns[w]}
+                                     for w in range(pool.n)])
+        doc["client"]["pids"] = list(pool.pids)
+    elif n_workers > 1:
+        pool = WorkerPool(n_workers, endpoints, api_key, tgt.request_timeout_s, tgt.headers)
         await pool.start()
         doc["client"]["pids"] = list(pool.pids)
     writer = IncrementalWriter(run_dir)
@@ -409,6 +451,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
     doc["anchor"] = {"wall_ns": time.time_ns(), "perf_ns": perf_ns()}
     results.write_run_doc(run_dir, doc)
     http = cl.make_client(tgt.url, api_key, tgt.request_timeout_s, extra_headers=tgt.headers)
+    https = [http] + [cl.make_client(u, api_key, tgt.request_timeout_s, extra_headers=tgt.headers) for u in endpoints[1:]]
     stop_flush = asyncio.Event()
 
     async def flusher() -> None:
@@ -441,7 +484,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                              load.warm_seconds(), int(load.warmup) if load.warmup_unit == "r" else 0,
                              load.duration_s if not spec.probe else None)
     try:
-        await drive(spec, wl, items, http, prepare, writer, progress, monitor=probe_mon, pool=pool)
+        await drive(spec, wl, items, https if len(https) > 1 else http, prepare, writer, progress, monitor=probe_mon, pool=pool)
     except asyncio.CancelledError:
         status, error = "interrupted", "interrupted (Ctrl-C or signal); results up to that moment are saved"
     except Exception as e:  # the point was not measured as planned: never `complete`
@@ -455,7 +498,8 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             doc["telemetry"] = await telemetry.stop(run_dir)
         stop_flush.set()
         await asyncio.gather(ft, mon, return_exceptions=True)
-        await http.aclose()
+        for h in https:
+            await h.aclose()
         if pool is not None:
             await pool.close()
         window = None
@@ -479,18 +523,32 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             summary["per_stage"] = per_stage(recs, load.rate_pieces(), bool(load.ramp_up_s))
         if tgt.model_mix:
             summary["per_model"] = per_model(recs, tgt.model_mix)
+        if len(endpoints) > 1:
+            summary["per_endpoint"] = per_endpoint(recs, [cl.redact_url(u) for u in endpoints])
+            kinds = {(e["server_kind"], e["server_version"]) for e in doc["target"]["endpoints"]}
+            if len(kinds) > 1:
+                summary["warnings"].append(warning(
+                    "replicas_differ", "replicas differ: " + ", ".join(f"{e['url']} {e['server_kind']} {e['server_version']}"
+                                                                      for e in doc["target"]["endpoints"]) + "; the point mixes servers",
+                    "measure one version at a time", replicas=doc["target"]["endpoints"]))
+            if spec.scrape_metrics:
+                summary["warnings"].append(warning(
+                    "metrics_first_replica", f"server metrics: scraped from the first replica ({cl.redact_url(tgt.url)}) only",
+                    "read the summary's server section as that replica's, not the fleet's", url=cl.redact_url(tgt.url)))
         cq = summary["client_queue"]
         cq["cap"] = load.max_concurrency or (DEFAULT_MAX_IN_FLIGHT if load.open_loop else None)
         cq["cap_from"] = "--max-concurrency" if load.max_concurrency else "default" if load.open_loop else None
         cq["not_sent"] = progress.not_sent
         if progress.not_sent:
-            summary["warnings"].append(f"not sent: {progress.not_sent} requests were due but still waited for an in-flight slot when "
-                                       "the run stopped; they are in no figure")
+            summary["warnings"].append(warning(
+                "not_sent", f"not sent: {progress.not_sent} requests were due but still waited for an in-flight slot when the run "
+                "stopped; they are in no figure", "raise --max-concurrency or lower the rate", n=progress.not_sent))
         if cq["waited"] and not load.max_concurrency:
-            summary["warnings"].append(
-                f"in-flight cap: {cq['waited']} requests waited at the client (p99 {cq['wait_ms']['p99']:,.0f} ms) because "
-                f"{DEFAULT_MAX_IN_FLIGHT} were already in flight — the server was not keeping up with this rate; their latencies "
-                "count from the scheduled send, so they include the wait (set --max-concurrency to change the cap)")
+            summary["warnings"].append(warning(
+                "in_flight_cap", f"in-flight cap: {cq['waited']} requests waited at the client (p99 {cq['wait_ms']['p99']:,.0f} ms) "
+                f"because {DEFAULT_MAX_IN_FLIGHT} were already in flight — the server was not keeping up with this rate; their "
+                "latencies count from the scheduled send, so they include the wait", "set --max-concurrency to change the cap",
+                waited=cq["waited"], wait_p99_ms=cq["wait_ms"]["p99"], cap=DEFAULT_MAX_IN_FLIGHT))
         doc["probe"] = probe_mon.report()
         summary["probe"] = {k: v for k, v in doc["probe"].items() if k not in ("looks", "rule")} | {"n_looks": len(probe_mon.looks)}
         doc["client_health"] = {"loop_stalls": stalls.report()}
@@ -507,14 +565,17 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                 if x["loop_stalls"] and x["loop_stalls"]["n"]:
                     summary["warnings"].append(LoopStalls.from_report(x["loop_stalls"]).warning(f"worker {x['worker']}'s event loop"))
                 if x.get("died"):
-                    summary["warnings"].append(f"worker died: {x['died']}; its in-flight requests are recorded as failed")
+                    summary["warnings"].append(warning("worker_died", f"worker died: {x['died']}; its in-flight requests are recorded "
+                                                       "as failed", "measure the point again", worker=x["worker"]))
         summary["streams_without_done"] = sum(1 for r in recs if r.ok and not r.done_marker)
         if n_clipped:
-            summary["warnings"].append(f"clipped: {n_clipped} requests were shortened to fit max_model_len={wspec.max_model_len}; "
-                                       "serve a longer context or filter the trace")
+            summary["warnings"].append(warning(
+                "clipped", f"clipped: {n_clipped} requests were shortened to fit max_model_len={wspec.max_model_len}",
+                "serve a longer context or filter the trace", n=n_clipped, max_model_len=wspec.max_model_len))
         if n_reused:
-            summary["warnings"].append(f"dataset wrapped around: it has {wl.size} rows and {n_reused} requests reused rows from the "
-                                       "start; give a longer dataset or fewer --requests/--duration for distinct prompts")
+            summary["warnings"].append(warning(
+                "dataset_wrapped", f"dataset wrapped around: it has {wl.size} rows and {n_reused} requests reused rows from the start",
+                "give a longer dataset or fewer --requests/--duration for distinct prompts", rows=wl.size, reused=n_reused))
         if telemetry is not None and doc.get("telemetry"):
             from bench.telemetry import attach_to_summary
 
@@ -522,8 +583,10 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         _prefix_cache_check(summary, spec, doc)
         idle = (doc.get("target") or {}).get("idle_before") or {}
         if idle.get("idle") is False:
-            summary["warnings"].append(f"server busy: {idle['busy']} requests still running/waiting from earlier work after "
-                                       f"{idle['waited_s']:.0f} s; this point started behind them — rerun it when the server is idle")
+            summary["warnings"].append(warning(
+                "server_busy", f"server busy: {idle['busy']} requests still running/waiting from earlier work after "
+                f"{idle['waited_s']:.0f} s; this point started behind them", "rerun it when the server is idle",
+                busy=idle["busy"], waited_s=idle["waited_s"]))
         if recs and summary["n_ok"] == 0 and status == "complete" and not probe_mon.aborted:
             status = "failed"
             kinds = summary["errors"]
@@ -553,9 +616,10 @@ def _prefix_cache_check(summary: dict, spec: RunSpec, doc: dict) -> None:
     summary["prefix_cache"] = {"hit_rate": rate, "declared_sharing": expected,
                                "reset": (doc.get("target") or {}).get("prefix_cache_reset", "off")}
     if rate is not None and expected is not None and rate > expected + 0.05:
-        summary["warnings"].append(f"prefix cache: the server served {100 * rate:.0f}% of prompt tokens from its cache, but the workload "
-                                   f"shares {100 * expected:.0f}%: earlier prompts are being reused — keep --reset-prefix-cache on "
-                                   "(vLLM needs VLLM_SERVER_DEV_MODE=1 for /reset_prefix_cache) or use a new --seed")
+        summary["warnings"].append(warning(
+            "prefix_cache_reuse", f"prefix cache: the server served {100 * rate:.0f}% of prompt tokens from its cache, but the workload "
+            f"shares {100 * expected:.0f}%: earlier prompts are being reused", "keep --reset-prefix-cache on (vLLM needs "
+            "VLLM_SERVER_DEV_MODE=1 for /reset_prefix_cache) or use a new --seed", hit_rate=rate, declared_sharing=expected))
 
 
 def execute_run(spec: RunSpec, run_dir: Path, api_key: str | None = None, on_progress=None, telemetry=None,

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from bench.config import SLO
+from bench.warn import as_warning
 
 
 class _Doc(BaseModel):
@@ -210,6 +211,38 @@ class ModelSummary(_Doc):
     e2e: Latency = Latency()
 
 
+class EndpointSummary(_Doc):
+    """metrics.per_endpoint(): one replica of a several-address target."""
+
+    endpoint: int = 0
+    measured: int = 0
+    share: float | None = None
+    ok: int = 0
+    failed: int = 0
+    ttft: Latency = Latency()
+    tpot: Latency = Latency()
+    e2e: Latency = Latency()
+
+
+class Warning_(_Doc):
+    """bench.warn: one warning as data. A result written before warnings were data holds free text: it reads as
+    code `text` with the text as its message."""
+
+    code: str = "text"
+    message: str = ""
+    remedy: str = ""
+    values: dict[str, Any] = {}
+    text: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, v: Any) -> Any:
+        return as_warning(v)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class ClientInfo(_Doc):
     """The client processes that sent the point (--workers): how many, each one's share, the worst send lag."""
 
@@ -250,10 +283,11 @@ class PointSummary(_Doc):
     probe: ProbeInfo = ProbeInfo()
     energy: Energy = Energy()
     prefix_cache: PrefixCache = PrefixCache()
-    warnings: list[str] = []
+    warnings: list[Warning_] = []
     per_stage: list[StageSummary] = []
     per_turn: dict[str, TurnSummary] = {}
     per_model: dict[str, ModelSummary] = {}
+    per_endpoint: dict[str, EndpointSummary] = {}
     sessions: Sessions | None = None
     server: ServerStats | None = None
     goodput_rps: float | None = None

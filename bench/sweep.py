@@ -21,6 +21,7 @@ import math
 import time
 from pathlib import Path
 
+from bench.client import redact_url
 from bench.config import AutoSearch, ProbeRule, RunSpec, SpecError, SweepSpec, parse_amount
 from bench.launch import LaunchedServer, LaunchError, config_hash, config_label
 from bench.summary import PointSummary, RunDoc, as_summary
@@ -154,6 +155,12 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
     for k in ("request", "headers", "model_mix"):  # part of the identity only when given (header values are never stored)
         if not tgt.get(k):
             tgt.pop(k, None)
+    if not tgt.get("endpoints"):  # several replicas: their addresses and how requests are spread are part of it
+        tgt.pop("endpoints", None)
+        tgt.pop("spread", None)
+    else:
+        tgt["endpoints"] = [redact_url(u) for u in tgt["endpoints"]]
+    tgt["url"] = redact_url(tgt["url"])  # the key is written into each point's run.json: never a password
     if spec.target.launch is not None:  # a launched server: its command and this serve config, not the grid or the port
         tgt.pop("url", None)
         tgt["launch"] = {k: tgt["launch"][k] for k in ("cmd", "image", "env", "docker_args") if tgt["launch"].get(k)}
@@ -201,7 +208,7 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
     return RunSpec(target=tgt, workload=dict(isl=c.isl, osl=c.osl, dataset=c.dataset, prefix_tokens=c.prefix_tokens,
                                              prefix_groups=c.prefix_groups, max_model_len=spec.max_model_len, columns=c.columns),
                    load=load, slos=spec.slos, seed=key["seed"], labels=spec.labels, reset_prefix_cache=spec.reset_prefix_cache,
-                   gpu_telemetry=spec.gpu_telemetry, probe=rule, workers=spec.workers)
+                   gpu_telemetry=spec.gpu_telemetry, probe=rule, workers=spec.workers, ray=spec.ray)
 
 
 class Interrupted(Exception):
@@ -231,12 +238,13 @@ class SweepRunner:
 
     def _doc(self, status: str, extra: dict | None = None) -> None:
         from bench.client import redact_url
-        from bench.results import harness_info, write_json
+        from bench.results import SWEEP_SCHEMA_VERSION, harness_info, write_json
 
         self.dir.mkdir(parents=True, exist_ok=True)
         spec_doc = self.spec.model_dump(mode="json")
         spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])
-        doc = {"schema_version": 1, "kind": "sweep", "name": self.spec.name, "status": status, "harness": harness_info(),
+        spec_doc["target"]["endpoints"] = [redact_url(u) for u in spec_doc["target"].get("endpoints", [])]
+        doc = {"schema_version": SWEEP_SCHEMA_VERSION, "kind": "sweep", "name": self.spec.name, "status": status, "harness": harness_info(),
                "spec": spec_doc, "updated_at": time.time(), **(extra or {})}
         write_json(self.dir / "sweep.json", doc)
 

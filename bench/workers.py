@@ -34,12 +34,13 @@ from typing import Any
 
 from bench import client as cl
 from bench.records import RequestRecord
+from bench.warn import warning
 
 perf_ns = time.perf_counter_ns
 HANDOFF_NS = 20_000_000  # a request reaches its worker 20 ms before it is due
 # the fields a worker fills; the scheduler owns the rest (index, intended time, warmup, stage, model, ...)
 _SCHEDULER_FIELDS = {"index", "intended_ns", "slot_ns", "warmup", "isl", "osl", "prompt_tokens_local", "prefix_group",
-                     "source", "conversation", "turn", "stage", "model", "worker"}
+                     "source", "conversation", "turn", "stage", "model", "worker", "endpoint"}
 FILLED = tuple(f.name for f in fields(RequestRecord) if f.name not in _SCHEDULER_FIELDS)
 # one process's safe chunk rate when this host has not been calibrated (`trilemma calibrate` caches its own):
 # the lower of the two bias-free figures measured on a 16-core Xeon (11 k chunks/s at OSL 32)
@@ -91,12 +92,15 @@ class LoopStalls:
         return {"over_ms": self.LIMIT_MS, "n": self.n, "max_ms": round(self.max_ms, 1), "total_ms": round(self.total_ms, 1),
                 "process_cpu_share": None if share is None else round(share, 3)}
 
-    def warning(self, who: str = "the event loop") -> str:
+    def warning(self, who: str = "the event loop") -> dict:
         share = self.cpu_share or 0.0
-        cause = ("the client process was busy (lower the rate, cap --max-concurrency, or add --workers)" if share > 0.5 else
-                 "the client process was not running: other processes held the cores (give the client its own cores or machine)")
-        return (f"client stalls: {who} was blocked {self.n} times for > {self.LIMIT_MS:g} ms (max {self.max_ms:.0f} ms, "
-                f"{100 * share:.0f}% process CPU during them): {cause}")
+        busy = share > 0.5
+        cause = ("the client process was busy" if busy else
+                 "the client process was not running: other processes held the cores")
+        remedy = "lower the rate, cap --max-concurrency, or add --workers" if busy else "give the client its own cores or machine"
+        return warning("client_stalls", f"client stalls: {who} was blocked {self.n} times for > {self.LIMIT_MS:g} ms (max "
+                       f"{self.max_ms:.0f} ms, {100 * share:.0f}% process CPU during them): {cause}", remedy,
+                       n=self.n, max_ms=self.max_ms, cpu_share=share, who=who)
 
     @classmethod
     def from_report(cls, rep: dict) -> "LoopStalls":
@@ -165,33 +169,33 @@ def auto_workers(chunks_per_s: float | None) -> tuple[int, str]:
 
 # ---- worker process -------------------------------------------------------------------------------------
 
-def _worker_main(w: int, url: str, api_key: str | None, timeout_s: float, headers: dict[str, str],
+def _worker_main(w: int, urls: list[str], api_key: str | None, timeout_s: float, headers: dict[str, str],
                  jobs: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scheduler decides when to stop; it tells us
     ppid = os.getppid()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(w, url, api_key, timeout_s, headers, jobs, results, ppid))
+        loop.run_until_complete(_serve(w, urls, api_key, timeout_s, headers, jobs, results, ppid))
     finally:
         loop.close()
 
 
-async def _serve(w: int, url: str, api_key: str | None, timeout_s: float, headers: dict[str, str],
+async def _serve(w: int, urls: list[str], api_key: str | None, timeout_s: float, headers: dict[str, str],
                  jobs: Any, results: Any, ppid: int) -> None:
     import gc
 
     loop = asyncio.get_running_loop()
-    http = cl.make_client(url, api_key, timeout_s, extra_headers=headers)
+    https = [cl.make_client(u, api_key, timeout_s, extra_headers=headers) for u in urls]  # one per endpoint
     tasks: dict[int, asyncio.Task] = {}
     stop = asyncio.Event()
     stalls = LoopStalls()
 
-    async def one(key: int, due_ns: int, path: str, body: bytes) -> None:
+    async def one(key: int, due_ns: int, path: str, body: bytes, endpoint: int) -> None:
         rec = RequestRecord(index=key, intended_ns=due_ns)
         try:
             await sleep_until(due_ns, True)
-            await cl.send_streaming(http, cl.Prepared(path, body), rec, lambda t: results.put(("fb", key, t)))
+            await cl.send_streaming(https[endpoint], cl.Prepared(path, body), rec, lambda t: results.put(("fb", key, t)))
         except asyncio.CancelledError:
             rec.end_ns = rec.end_ns or perf_ns()
         finally:
@@ -200,8 +204,8 @@ async def _serve(w: int, url: str, api_key: str | None, timeout_s: float, header
 
     def on_msg(msg: tuple) -> None:
         if msg[0] == "send":
-            _, key, due_ns, path, body = msg
-            tasks[key] = loop.create_task(one(key, due_ns, path, body))
+            _, key, due_ns, path, body, endpoint = msg
+            tasks[key] = loop.create_task(one(key, due_ns, path, body, endpoint))
         elif msg[0] == "cancel":
             t = tasks.get(msg[1])
             if t is not None:
@@ -233,23 +237,63 @@ async def _serve(w: int, url: str, api_key: str | None, timeout_s: float, header
     await asyncio.gather(*list(tasks.values()), return_exceptions=True)
     await asyncio.sleep(0)  # let the cancelled requests' finally blocks post their records
     watch.cancel()
-    await http.aclose()
+    for h in https:
+        await h.aclose()
     results.put(("bye", w, stalls.report()))
 
 
 # ---- the scheduler's side -------------------------------------------------------------------------------
+
+def worker_health(recs: list[RequestRecord], w: int, stalls: dict | None, died: str | None, **where: Any) -> dict:
+    """One worker's share of a point and how it kept time: requests, send lag p50/p99 (measured requests), loop stalls."""
+    import numpy as np
+
+    lag = np.array([(r.sent_ns - r.intended_ns) / 1e6 for r in recs if r.worker == w and r.sent_ns and not r.warmup])
+    return {"worker": w, **where, "requests": int(sum(1 for r in recs if r.worker == w)),
+            "send_lag_ms": {"p50": float(np.percentile(lag, 50)) if lag.size else None,
+                            "p99": float(np.percentile(lag, 99)) if lag.size else None},
+            "loop_stalls": stalls, **({"died": died} if died else {})}
+
+
+class Spreader:
+    """Which of a target's endpoints (replicas) gets the next request: the one with the fewest requests in
+    flight (ties taken in turn), or each in turn. A conversation stays on the replica of its first turn
+    (session affinity, as a serving router keeps it, so its history can be served from that replica's prefix cache)."""
+
+    def __init__(self, n: int, mode: str = "least"):
+        self.n, self.mode = n, mode
+        self.in_flight = [0] * n
+        self._next = 0
+        self._sticky: dict[int, int] = {}
+
+    def pick(self, conversation: int = -1) -> int:
+        e = self._sticky.get(conversation, -1) if conversation >= 0 else -1
+        if e < 0:
+            e = self._next
+            if self.mode != "round-robin":  # the fewest in flight; ties in turn, so an idle fleet is still spread
+                lo = min(self.in_flight)
+                e = next(x for k in range(self.n) if self.in_flight[x := (self._next + k) % self.n] == lo)
+            self._next = (e + 1) % self.n
+            if conversation >= 0:
+                self._sticky[conversation] = e
+        self.in_flight[e] += 1
+        return e
+
+    def done(self, e: int) -> None:
+        self.in_flight[e] -= 1
+
 
 class WorkerPool:
     """N worker processes that send requests for the scheduler. `send` has `cl.send_streaming`'s contract:
     it fills `rec` and never raises for a request's failure; cancelling it cancels the request in its worker
     and keeps the partial record."""
 
-    def __init__(self, n: int, url: str, api_key: str | None, timeout_s: float, headers: dict[str, str] | None = None):
+    def __init__(self, n: int, urls: list[str], api_key: str | None, timeout_s: float, headers: dict[str, str] | None = None):
         ctx = mp.get_context("spawn")  # no fork under a running event loop and its threads
         self.n = n
         self.results = ctx.Queue()
         self.jobs = [ctx.Queue() for _ in range(n)]
-        self.procs = [ctx.Process(target=_worker_main, args=(w, url, api_key, timeout_s, dict(headers or {}), self.jobs[w], self.results),
+        self.procs = [ctx.Process(target=_worker_main, args=(w, list(urls), api_key, timeout_s, dict(headers or {}), self.jobs[w], self.results),
                                   daemon=True, name=f"trilemma-worker-{w}") for w in range(n)]
         self.in_flight = [0] * n
         self.sent = [0] * n
@@ -338,8 +382,8 @@ class WorkerPool:
         alive = [w for w in range(self.n) if w not in self.dead]
         return min(alive, key=self.in_flight.__getitem__) if alive else None
 
-    async def send(self, req: cl.Prepared, rec: RequestRecord, due_ns: int | None = None) -> None:
-        """Send `req` at `due_ns` (default: now) from the least-loaded worker, filling `rec`."""
+    async def send(self, req: cl.Prepared, rec: RequestRecord, due_ns: int | None = None, endpoint: int = 0) -> None:
+        """Send `req` at `due_ns` (default: now) to the target's `endpoint` from the least-loaded worker, filling `rec`."""
         assert self._loop is not None
         w = self._pick()
         if w is None:  # like a request whose connection failed: recorded, never raised
@@ -353,7 +397,7 @@ class WorkerPool:
         rec.worker = w
         self.in_flight[w] += 1
         self.sent[w] += 1
-        self.jobs[w].put(("send", key, due_ns or perf_ns(), req.path, req.body))
+        self.jobs[w].put(("send", key, due_ns or perf_ns(), req.path, req.body, endpoint))
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -367,16 +411,7 @@ class WorkerPool:
 
     def per_worker(self, recs: list[RequestRecord]) -> list[dict]:
         """Per-worker client health: requests, send lag, loop stalls."""
-        import numpy as np
-
-        out = []
-        for w in range(self.n):
-            lag = np.array([(r.sent_ns - r.intended_ns) / 1e6 for r in recs if r.worker == w and r.sent_ns and not r.warmup])
-            out.append({"worker": w, "pid": self.pids[w], "requests": int(sum(1 for r in recs if r.worker == w)),
-                        "send_lag_ms": {"p50": float(np.percentile(lag, 50)) if lag.size else None,
-                                        "p99": float(np.percentile(lag, 99)) if lag.size else None},
-                        "loop_stalls": self.stalls[w], **({"died": self.dead[w]} if w in self.dead else {})})
-        return out
+        return [worker_health(recs, w, self.stalls[w], self.dead.get(w), pid=self.pids[w]) for w in range(self.n)]
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop every worker (after its in-flight requests were cancelled or ended) and wait for them."""

@@ -61,6 +61,9 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
     for name, pm in s.per_model.items():
         c.print(f"model {name}: {pm.measured} requests ({_f(100 * (pm.share or 0), 0)}%, weight {_f(100 * pm.weight, 0)}%) · "
                 f"{pm.ok} ok · TTFT p50 {_f(pm.ttft.p50, 1)} ms · p99 {_f(pm.ttft.p99, 1)} ms · TPOT p50 {_f(pm.tpot.p50, 2)} ms")
+    for url, pe in s.per_endpoint.items():
+        c.print(f"replica {pe.endpoint} {url}: {pe.measured} requests ({_f(100 * (pe.share or 0), 0)}%) · {pe.ok} ok · "
+                f"TTFT p50 {_f(pe.ttft.p50, 1)} ms · p99 {_f(pe.ttft.p99, 1)} ms · TPOT p50 {_f(pe.tpot.p50, 2)} ms")
     for turn, tr in s.per_turn.items():
         c.print(f"turn {turn}: {tr.n} requests · TTFT p50 {_f(tr.ttft.p50, 1)} ms · p99 {_f(tr.ttft.p99, 1)} ms · "
                 f"mean prompt {_f(tr.prompt_tokens_mean, 0)} tokens")
@@ -93,7 +96,7 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
     for n in doc.telemetry.get("notices", []):
         c.print(f"[dim]note: {n}[/]")
     for warning in s.warnings:
-        c.print(f"[yellow]warning:[/] {warning}")
+        c.print(f"[yellow]warning:[/] {warning.text}")
 
 
 def _pct(x) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pandas as pd
 
 from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
 from bench.knee import interrupted_points, knee_table, load_points, stage_rows
-from bench.results import find_run_dirs, read_run_doc
+from bench.results import find_run_dirs, read_run_doc, read_sweep_doc
 from bench.summary import RunDoc
 
 METHODS = [
@@ -94,13 +93,13 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
     for r in knees.to_dict("records"):
         if isinstance(r.get("knee_run_dir"), str):  # NaN in rows without a knee
             ks = RunDoc.model_validate(read_run_doc(Path(r["knee_run_dir"]))).summary
-            warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w}" for w in (ks.warnings if ks else [])]
+            warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w.text}" for w in (ks.warnings if ks else [])]
         if r.get("note"):
             warnings.append(f"{r['sweep']} / {r['cell']}: {r['note']}")
     interrupted = interrupted_points(df, why=True)
     for p in paths:
-        sj = Path(p) / "sweep.json"
-        if sj.is_file() and json.loads(sj.read_text()).get("status") == "interrupted":
+        sj = read_sweep_doc(Path(p))
+        if sj is not None and sj.get("status") == "interrupted":
             interrupted.insert(0, f"sweep {Path(p).name} was interrupted before it ended: its knee rests on the points it finished "
                                   "(run the same `trilemma sweep` command again to resume)")
     notes = [f"{r['sweep']} / {r['cell']}: {r['cost_note']}" for r in knees_cost.to_dict("records") if r.get("cost_note")]

@@ -126,7 +126,7 @@ def test_short_dataset_wraps_around_and_says_so(tmp_path):
     doc = run_doc(tmp_path, "d")
     assert doc["status"] == "complete" and doc["summary"]["n_ok"] == 10
     assert doc["workload"]["dataset_rows_reused"] == 7
-    assert any("wrapped around" in w for w in doc["summary"]["warnings"])
+    assert any(w["code"] == "dataset_wrapped" for w in doc["summary"]["warnings"])
     rows = pq.read_table(tmp_path / "d" / "requests.parquet").to_pylist()
     assert sorted(r["index"] for r in rows) == list(range(10))
     assert sorted(r["source"] for r in rows)[:4] == ["file:p.jsonl:line 1"] * 4  # rows 0, 3, 6, 9
@@ -158,7 +158,8 @@ def test_clipping_warning_counts_requests_sent(tmp_path):
     sent = len(pq.read_table(tmp_path / "c" / "requests.parquet"))
     assert 0 < sent < 30
     assert doc["workload"]["clipped_to_max_model_len"] == sent
-    assert any(w.startswith(f"clipped: {sent} requests") for w in doc["summary"]["warnings"]), doc["summary"]["warnings"]
+    assert any(w["code"] == "clipped" and w["values"]["n"] == sent and w["text"].startswith(f"clipped: {sent} requests")
+               for w in doc["summary"]["warnings"]), doc["summary"]["warnings"]
 
 
 def test_report_renders_for_unpriced_results_and_says_what_is_missing(tmp_path):

@@ -10,6 +10,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from bench.results import RUN_SCHEMA_VERSION
 from tests.integration.conftest import trilemma
 
 pytestmark = pytest.mark.vllm
@@ -26,7 +27,7 @@ def test_run_end_to_end_exact_tokens(vllm_server, tmp_path):
     assert "TTFT" in p.stdout and "SLOs:" in p.stdout
     d = only_run_dir(tmp_path)
     doc = json.loads((d / "run.json").read_text())
-    assert doc["status"] == "complete" and doc["schema_version"] == 1
+    assert doc["status"] == "complete" and doc["schema_version"] == RUN_SCHEMA_VERSION
     assert doc["target"]["server_version"] == "0.32.0" and doc["target"]["model"] == vllm_server["model"]
     assert doc["harness"]["version"] and doc["spec"]["load"]["qps"] == 4 and doc["seed"] == 0
     df = pd.read_parquet(d / "requests.parquet")

@@ -49,7 +49,7 @@ def test_azure_conv_replay_matches_the_trace(vllm_server, tmp_path):
             isl = min(isl, mx - osl)
         assert rec["prompt_tokens"] == isl and rec["output_tokens"] == osl, rec["source"]
     assert doc["workload"]["clipped_to_max_model_len"] == clipped > 0
-    assert any("clipped" in w for w in doc["summary"]["warnings"])
+    assert any(w["code"] == "clipped" and w["values"]["n"] > 0 for w in doc["summary"]["warnings"])
     assert df["source"].iloc[0] == "azure-conv:row 0"
 
 

@@ -110,3 +110,59 @@ def test_ctrl_c_and_kill_with_workers_lose_nothing_measured(sim_factory, tmp_pat
     assert len(ok) >= 15 and len({r.index for r in ok}) == len(ok)
     assert {r.worker for r in ok} == {0, 1}
     assert (kill_ns - max(r.end_ns for r in ok)) / 1e9 < 2.0  # parts flushed every second, as with one process
+
+
+def test_several_replicas_are_measured_as_one_system(sim_factory, tmp_path):
+    """Two simulator replicas behind one target, one three times slower: with workers, each request goes to one
+    replica; least-in-flight sends the fast one more, round-robin splits evenly; the summary gives each replica's
+    share and latency (the slow one's TPOT ~3x), tokens stay exact, and the run records what each replica runs."""
+    fast, slow = sim_factory("--profile", "tiny-test"), sim_factory("--profile", "tiny-test", "--slowdown", "3")
+    out = {}
+    for spread in ("least", "round-robin"):
+        trilemma("run", "--url", fast.url, "--url", slow.url, "--spread", spread, "--isl", 32, "--osl", 16, "--qps", 15,
+                 "--requests", 150, "--seed", 5, "--workers", 2, "--out", tmp_path / spread, "--name", "r")
+        d = tmp_path / spread / "r"
+        out[spread] = (json.loads((d / "run.json").read_text()), pd.read_parquet(d / "requests.parquet"))
+    for spread, (doc, df) in out.items():
+        assert df["ok"].all() and (df["output_tokens"] == 16).all() and set(df["endpoint"]) == {0, 1}
+        kinds = [e["server_kind"] for e in doc["target"]["endpoints"]]
+        assert kinds[0] and kinds[0] == kinds[1] == doc["target"]["server_kind"] and doc["target"]["spread"] == spread
+        per = doc["summary"]["per_endpoint"]
+        assert [per[u]["endpoint"] for u in (fast.url, slow.url)] == [0, 1]
+        assert sum(per[u]["measured"] for u in per) == doc["summary"]["n_measured"] == 150
+        ratio = per[slow.url]["tpot"]["p50"] / per[fast.url]["tpot"]["p50"]
+        assert 2.0 < ratio < 4.0, (spread, ratio)
+    least, rr = out["least"][0]["summary"]["per_endpoint"], out["round-robin"][0]["summary"]["per_endpoint"]
+    assert abs(rr[fast.url]["measured"] - rr[slow.url]["measured"]) <= 1
+    assert least[fast.url]["measured"] > least[slow.url]["measured"] > 0
+
+
+def test_a_point_on_a_local_two_node_ray_cluster_is_one_merged_result(sim_factory, tmp_path):
+    """A Ray cluster on 127.0.0.1 — a head and one worker node — and two sender actors spread over them: one
+    merged result with every request once, exact tokens and the schema of a one-process run; each actor's clock
+    offset is measured (here one host: zero to within its ping's round trip)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        sim = sim_factory("--profile", "tiny-test")
+        trilemma("run", "--url", sim.url, "--isl", 32, "--osl", 16, "--qps", 10, "--requests", 100, "--warmup", "10r", "--seed", 3,
+                 "--workers", 2, "--ray", cluster.address, "--out", tmp_path, "--name", "r", timeout=300)
+        trilemma("run", "--url", sim.url, "--isl", 32, "--osl", 16, "--qps", 10, "--requests", 100, "--warmup", "10r", "--seed", 3,
+                 "--out", tmp_path, "--name", "one")
+    finally:
+        cluster.shutdown()
+    doc = json.loads((tmp_path / "r" / "run.json").read_text())
+    df = pd.read_parquet(tmp_path / "r" / "requests.parquet")
+    assert pq.read_schema(tmp_path / "r" / "requests.parquet") == pq.read_schema(tmp_path / "one" / "requests.parquet")
+    assert doc["status"] == "complete" and sorted(df["index"]) == list(range(110))
+    assert df["ok"].all() and (df["output_tokens"] == 16).all() and (df["chunk_tokens"].map(sum) == 16).all()
+    assert set(df["worker"]) == {0, 1} and doc["summary"]["n_measured"] == 100
+    actors = doc["client"]["actors"]
+    assert len(actors) == 2 and len({a["node_id"] for a in actors}) == 2, actors  # spread over both nodes
+    for a in actors:
+        assert abs(a["clock_offset_ns"]) <= a["clock_rtt_ns"] + 1_000_000, a
+    one = json.loads((tmp_path / "one" / "run.json").read_text())["summary"]
+    assert set(doc["summary"]) == set(one)

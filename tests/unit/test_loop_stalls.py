@@ -30,14 +30,16 @@ def test_busy_client_stall_is_counted_with_its_cpu():
     st = _watch_while(lambda: _spin(0.2))
     r = st.report()
     assert r["n"] == 1 and 120 <= r["max_ms"] <= 400 and r["process_cpu_share"] > 0.5
-    assert "client process was busy" in st.warning()
+    w = st.warning()
+    assert w["code"] == "client_stalls" and "client process was busy" in w["message"] and "--workers" in w["remedy"]
 
 
 def test_stall_without_cpu_reads_as_not_running():
     st = _watch_while(lambda: time.sleep(0.2))  # the process is off the CPU, like a starved client
     r = st.report()
     assert r["n"] == 1 and r["process_cpu_share"] < 0.5
-    assert "other processes held the cores" in st.warning()
+    w = st.warning()
+    assert "other processes held the cores" in w["message"] and "own cores" in w["remedy"] and w["values"]["n"] >= 1
 
 
 def test_no_stall_no_warning_data():

@@ -72,16 +72,18 @@ def test_request_meets_itl_uses_own_percentile():
 def test_warnings_name_their_remedy():
     recs = [rec(i, intended=i * 100 * MS, sent=i * 100 * MS + 20 * MS) for i in range(30)]
     s = metrics.summarize(recs, [], offered_qps=10)
-    text = " ".join(s["warnings"])
-    assert "send lag" in text and "lower the rate" in text
-    assert "too few samples" in text and "raise --duration" in text
+    by = {w["code"]: w for w in s["warnings"]}
+    assert set(by) == {"send_lag", "too_few_samples"}, by
+    assert "lower the rate" in by["send_lag"]["remedy"] and by["send_lag"]["values"]["p99_ms"] > by["send_lag"]["values"]["limit_ms"]
+    assert by["too_few_samples"]["values"] == {"n": 30, "need": 299} and "raise --duration" in by["too_few_samples"]["remedy"]
+    assert all(w["text"] == f"{w['message']}; {w['remedy']}" for w in s["warnings"])
 
 
 def test_token_mismatch_detected():
     r = rec(out=3)  # chunk tokens say 4, usage says 3, osl 4
     s = metrics.summarize([r], [])
     assert s["token_mismatch"]["output"] == 1
-    assert any("token-count mismatch" in w for w in s["warnings"])
+    assert [w["values"]["output"] for w in s["warnings"] if w["code"] == "token_mismatch"] == [1]
 
 
 def test_steady_state_flags_a_growing_queue_not_a_stable_one():

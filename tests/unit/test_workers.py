@@ -37,3 +37,14 @@ def test_scaling_efficiency_is_measured_only_below_the_ladders_top():
     assert rows[4]["capped"] and rows[4]["efficiency"] == 0.5 and rows[4]["efficiency_is_lower_bound"]  # ≥ 400/(4×200)
     capped = {r["workers"]: r for r in scaling_table({1: 400.0, 2: 400.0}, osl=32, top=400.0)}
     assert capped[2]["efficiency"] is None  # one process already at the top: scaling cannot be told
+
+
+def test_spreader_least_in_flight_breaks_ties_in_turn_and_keeps_a_conversation_on_its_replica():
+    sp = workers.Spreader(3)
+    assert [sp.pick() for _ in range(3)] == [0, 1, 2]  # all idle: in turn
+    sp.done(1)
+    assert sp.pick() == 1  # the only one with nothing in flight
+    sp.done(0), sp.done(2)
+    assert sp.pick(conversation=7) == 2 and sp.pick(conversation=7) == 2  # ties resume after the last pick; turn 2 follows turn 1
+    rr = workers.Spreader(2, "round-robin")
+    assert [rr.pick() for _ in range(5)] == [0, 1, 0, 1, 0]
