@@ -214,9 +214,18 @@ def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = 
 
 
 
-@app.command()
+sim_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                      help="The built-in SIMULATED server (continuous-batching engine model): serve it (default), "
+                           "--validate its profiles against published measurements, or `fit` a profile to a real server.")
+app.add_typer(sim_app, name="sim")
+
+
+@sim_app.callback(invoke_without_command=True)
 @_user_errors
 def sim(
+    ctx: typer.Context,
+    validate: bool = typer.Option(False, "--validate", help="Run every published data point (bench/sim/validation.yaml) in "
+                                  "virtual time and print predicted vs published; exit 1 when one is outside its tolerance"),
     profile: str = typer.Option("h100-llama3-8b", help="Profile name (bench/sim/profiles) or YAML path"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
@@ -230,6 +239,14 @@ def sim(
                                              "(a slower API front end)"),
 ) -> None:
     """Run the built-in SIMULATED server (continuous-batching engine model) — demo target and test server."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if validate:
+        from bench.sim.validate import print_validation, run_validation
+
+        rows = run_validation()
+        print_validation(rows)
+        raise typer.Exit(0 if all(r.ok for r in rows) else 1)
     from bench.sim.engine import load_profile
     from bench.sim.server import serve
 
@@ -243,6 +260,51 @@ def sim(
         serve(prof, host, port, model=model, deterministic=deterministic, seed=seed, error_rate=error_rate, cut_rate=cut_rate, delay_ms=delay_ms)
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick a free port with --port")
+
+
+@sim_app.command("fit")
+@_user_errors
+def sim_fit(
+    results: List[Path] = typer.Argument(..., help="Measured sweep or run directories of a real server (fixed ISL/OSL cells)"),
+    base: str = typer.Option(..., "--base", help="Profile to start from: the model's shape and the serve config "
+                             "(max_num_seqs, max_num_batched_tokens, KV size) — a name in bench/sim/profiles or a YAML path"),
+    out: Path = typer.Option(Path("fitted.yaml"), "--out", help="Where to write the fitted profile"),
+    predict: Optional[str] = typer.Option(None, help="Also predict the knee of a cell: ISL/OSL, e.g. 256/64"),
+    slo: Optional[str] = typer.Option(None, help="SLOs of the predicted knee, e.g. ttft_p99=500ms,itl_p99=50ms"),
+) -> None:
+    """Fit a profile's step-time coefficients to measured probes; the fitted profile states its fit error.
+    Then `trilemma sweep` with `target: {sim: {profile: fitted.yaml}}` predicts other cells and SLOs."""
+    from bench.config import parse_slos
+    from bench.sim.engine import load_profile
+    from bench.simfit import fit, predict_knee, print_fit, print_predicted_knee, probes_from_results
+
+    for r in results:
+        if not r.exists():
+            fail(f"{r}: no such results directory; give a `trilemma sweep` output, e.g. results/<sweep>")
+    slos = parse_slos(slo) if slo else []
+    cell = None
+    if predict is not None:
+        try:
+            isl_s, osl_s = predict.split("/")
+            cell = (int(isl_s), int(osl_s))
+        except ValueError:
+            fail(f"--predict '{predict}': write ISL/OSL in tokens, e.g. --predict 256/64")
+        if not slos:
+            fail("--predict needs --slo, e.g. --slo ttft_p99=500ms,itl_p99=50ms")
+        if cell[0] < 1 or cell[1] < 2:
+            fail(f"--predict {predict}: give at least 1 prompt token and 2 output tokens (TPOT needs two), e.g. 256/64")
+    if out.is_dir() or not out.parent.is_dir():
+        fail(f"--out {out}: give a file path in an existing directory, e.g. --out fitted.yaml")
+    probes = probes_from_results(results)
+    res = fit(load_profile(base), probes)
+    try:
+        res.to_yaml(out, ", ".join(map(str, results)))
+    except OSError as e:
+        fail(f"--out {out}: cannot write the fitted profile ({e.strerror or e})")
+    print_fit(res, out)
+    if cell is not None:
+        knee, at = predict_knee(res.profile, cell[0], cell[1], slos)
+        print_predicted_knee(cell, slos, knee, at)
 
 
 @app.command()
@@ -439,6 +501,9 @@ def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | 
                   f"{fmt(100 * r.attainment)}% [{fmt(100 * r.attainment_lo)}, {fmt(100 * r.attainment_hi)}]")
     con.print(t)
     for r in knees.itertuples():
+        if r.feasible and getattr(r, "bottleneck", None):
+            con.print(f"binds: {r.sweep} / {r.cell}: [bold]{r.bottleneck}[/] — {r.bottleneck_evidence}; would move it: {r.bottleneck_remedy}",
+                      highlight=False)
         if r.feasible and r.note:
             con.print(f"[yellow]note:[/] {r.sweep} / {r.cell}: {r.note}")
     if plots:

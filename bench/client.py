@@ -379,7 +379,8 @@ async def discover(base_url: str, headers: dict) -> dict:
                 if vj.get("simulated"):
                     out["simulated"] = True
                     out["server_kind"] = "trilemma-sim"
-                    out["sim"] = {k: vj[k] for k in ("profile", "deterministic") if k in vj}
+                    out["sim"] = {k: vj[k] for k in ("profile", "deterministic", "max_num_seqs", "max_num_batched_tokens",
+                                                     "kv_capacity_tokens") if k in vj}
                 else:
                     out["server_kind"] = "vllm" if out["server_version"] else out["server_kind"]
         except (ControlPlaneError, ValueError, AttributeError):

@@ -229,7 +229,12 @@ def _knee_row(cell: str, mode: str, rb: pd.Series | None, rn: pd.Series | None, 
     k.update(base=rb.get("knee") if rb["feasible"] else None, new=rn.get("knee") if rn["feasible"] else None,
              bracket_hi_base=hi(rb), bracket_hi_new=hi(rn), base_row=rb.to_dict(), new_row=rn.to_dict())
     if rb["feasible"] and not rn["feasible"]:
-        k.update(verdict=WORSE, why=f"knee lost: base sustains {rb['knee']:g} {unit}; new meets the SLOs at no tested load ({rn['note']})")
+        nh = hi(rn)  # the new side's lowest load with a decided FAIL
+        if nh is not None and nh <= float(rb["knee"]):
+            k.update(verdict=WORSE, why=f"knee lost: base sustains {rb['knee']:g} {unit}; new meets the SLOs at no tested load ({rn['note']})")
+        else:  # nothing failed where the base passes: the new side's loads are undecided, not lost
+            k.update(verdict=UNDECIDED, why=f"base sustains {rb['knee']:g} {unit}; new decided no load PASS but failed none at or below it "
+                                            f"({rn['note']}): measure again with more requests per probe")
     elif not rb["feasible"] and not rn["feasible"]:
         k.update(verdict=UNDECIDED, why="no feasible knee on either side")
     elif not rb["feasible"]:

@@ -52,6 +52,79 @@ def readable_why(why: str) -> str:
     return why.replace(" inf ms", " ∞ (failures)")
 
 
+def serve_limits(doc: RunDoc) -> dict[str, float]:
+    """The server's batch cap and KV size where it says them: the simulator's /version, SGLang's server info,
+    or the serve config trilemma launched it with (vLLM flags)."""
+    out: dict[str, float] = {}
+    sim = doc.target.sim or {}
+    info = getattr(doc.target, "server_info", None) or {}
+    launch = ((doc.point.target if doc.point else {}).get("launch") or {}).get("config") or {}
+    for key, value in (("batch_cap", sim.get("max_num_seqs")), ("batch_cap", info.get("max_running_requests")),
+                       ("batch_cap", launch.get("max_num_seqs") or launch.get("max-num-seqs")),
+                       ("chunk_budget", sim.get("max_num_batched_tokens")), ("chunk_budget", info.get("chunked_prefill_size")),
+                       ("chunk_budget", launch.get("max_num_batched_tokens") or launch.get("max-num-batched-tokens")),
+                       ("kv_tokens", sim.get("kv_capacity_tokens")), ("kv_tokens", info.get("max_total_num_tokens"))):
+        if key not in out and isinstance(value, (int, float, str)) and str(value).replace(".", "", 1).isdigit():
+            out[key] = float(value)
+    return out
+
+
+def bottleneck(at_knee: PointSummary, above: PointSummary | None, binding: str | None,
+               limits: dict[str, float]) -> tuple[str, str, str]:
+    """What binds the knee: (mechanism, evidence, what would move it). Read from the first failing load above
+    the knee (what broke) against the knee itself, with the server's own engine state where it was scraped."""
+    if above is None:
+        return "not reached", "every tested load passed", "test higher loads"
+    failed = binding_slo(above) or binding  # the SLO that broke at the failing load
+    metric = (failed or "").split("_p")[0]
+    srv = above.server
+    lag = above.latency_ms.get("send_lag")
+    if any(w.code in ("client_stalls", "send_lag", "worker_died") for w in above.warnings):
+        return ("client", f"the client fell behind at the failing load (send lag p99 "
+                          f"{lag.p99 if lag is not None and lag.p99 is not None else float('nan'):.1f} ms)",
+                "more client processes (--workers) or hosts (--ray)")
+    if srv is None:  # no engine state scraped: only the delivered rate can say whether a queue built
+        if above.saturation.saturated:
+            return ("queueing (engine throughput)", "the server delivered less than was offered at the failing load "
+                    "(saturation test); no server metrics to say whether the batch cap or KV bound it",
+                    "a faster engine or more replicas; scrape the server's /metrics to see which limit binds")
+        return ("undetermined", f"{failed or 'an SLO'} failed with no server metrics and no saturation",
+                "scrape the server's /metrics (on by default; not --no-server-metrics)")
+    cap = limits.get("batch_cap")
+    waiting = srv.waiting_max if srv is not None else None
+    running = srv.running_mean if srv is not None else None
+    kv = srv.kv_usage_max if srv is not None else None
+
+    def fmt(x: float | None, n: int = 1) -> str:
+        return "?" if x is None else f"{x:.{n}f}"
+
+    if waiting:
+        if cap and running is not None and running >= 0.9 * cap:
+            return ("batch cap", f"{fmt(running)} of max_num_seqs {cap:g} running on average, up to {fmt(waiting, 0)} waiting "
+                                 "at the failing load", "raise max_num_seqs (the KV cache has room) or add replicas")
+        if kv is not None and kv >= 0.9:
+            return ("KV capacity", f"KV cache {100 * kv:.0f}% full, up to {fmt(waiting, 0)} waiting at the failing load",
+                    "more KV memory (gpu-memory-utilization, FP8 KV cache, shorter max_model_len) or more GPUs per replica")
+        return ("queueing (engine throughput)", f"up to {fmt(waiting, 0)} requests waiting at the failing load "
+                f"({fmt(running)} running on average, below the batch cap), {metric or 'latency'} grows with the queue",
+                "a faster engine step (GPU, quantisation) or more replicas")
+    ttft, itl = above.latency_ms.get("ttft"), above.latency_ms.get("itl")
+    if metric in ("itl", "tpot") and itl is not None and itl.p50 and itl.p99 and itl.p99 >= 2 * itl.p50:
+        return ("prefill interference in ITL", f"ITL p99 {itl.p99:.1f} ms vs p50 {itl.p50:.1f} ms at the failing load: steps that "
+                "carry a prompt chunk stretch the decodes riding in them; no queue",
+                "a smaller chunk budget (max_num_batched_tokens: lower ITL p99, higher TTFT), disaggregated prefill, or a "
+                "per-request TPOT SLO instead of a pooled ITL p99")
+    if metric in ("itl", "tpot", "e2e"):
+        return ("decode step time", f"ITL p50 {fmt(itl.p50 if itl else None)} ms at the failing load vs "
+                f"{fmt((at_knee.latency_ms.get('itl') or itl).p50 if itl else None)} ms at the knee: the batch's weight and "
+                f"KV reads ({fmt(running)} running); no queue", "a GPU with more memory bandwidth, quantised weights or KV, "
+                "or fewer sequences per replica")
+    if metric == "ttft":
+        return ("prefill time", f"TTFT p50 {fmt(ttft.p50 if ttft else None)} ms with no queue: long prompts or small prefill "
+                "chunks", "a larger chunk budget, prefix caching, or a faster GPU")
+    return ("undetermined", "no server state or binding SLO to attribute", "scrape the server's /metrics (--server-metrics)")
+
+
 def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
     s = doc.summary or PointSummary()
     pt = doc.point
@@ -90,7 +163,7 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
         "window_lifetimes": ss.window_lifetimes, "keep_up_ratio": ss.keep_up.ratio,
         "prefix_hit_rate": s.prefix_cache.hit_rate, "throughput_estimator": s.throughput.estimator,
         "api": doc.spec.target.get("api"), "harness": doc.harness.get("version"),
-        "slos": [str(x) for x in doc.slo_specs], "_summary": s, "_slos": doc.slo_specs,
+        "slos": [str(x) for x in doc.slo_specs], "_summary": s, "_slos": doc.slo_specs, "_limits": serve_limits(doc),
     }
 
 
@@ -132,6 +205,14 @@ def load_points(paths: Sequence[str | Path], gpus_per_replica: float | None = No
     df.loc[failed, "why"] = "interrupted — " + df.loc[failed, "why"]
     df["binding_slo"] = [binding_slo(s) for s in df["_summary"]]
     return df
+
+
+def _first_fail(g: pd.DataFrame, above: float | None) -> PointSummary | None:
+    """The summary of a failing point at the bracket's upper load (the most measured one)."""
+    if above is None:
+        return None
+    f = g[(g["load"] == above) & (g["verdict"] == "FAIL")].sort_values("n_measured")
+    return f.iloc[-1]["_summary"] if len(f) else None
 
 
 def interrupted_points(df: pd.DataFrame, why: bool = False) -> list[str]:
@@ -176,6 +257,8 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                    energy_source=k["energy_source"], knee_run_dir=k["run_dir"], knee_samples=k["n_measured"],
                    knee_window_s=k["window_s"], knee_warmup_s=k["warmup_s"], knee_window_lifetimes=k["window_lifetimes"],
                    knee_keep_up=k["keep_up_ratio"], knee_prefix_hit_rate=k["prefix_hit_rate"], knee_evidence=k["why"],
+                   **dict(zip(("bottleneck", "bottleneck_evidence", "bottleneck_remedy"),
+                              bottleneck(k["_summary"], _first_fail(g, above), k["binding_slo"], k["_limits"]))),
                    note=("" if above is not None else "every tested load passed: the knee is above the highest load tested") + und)
         out.append(row)
     # the columns every row has, also when no cell has a knee table (staged runs only)

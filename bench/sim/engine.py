@@ -1,18 +1,21 @@
-"""Continuous-batching engine model (vLLM-like), driven in real time.
+"""Continuous-batching engine model (vLLM-like), driven in real time (served) or in virtual time (virtual.py).
 
 Every engine step serves the running decode batch plus a chunked-prefill budget of new prompt tokens
 (`max_num_batched_tokens`, shared with the decode tokens). Step time is a roofline:
 
-    t_step = t_overhead + max(t_mem, t_compute)
-    t_mem     = (W + C · b_kv) / (BW · η_mem)          W = params · dtype bytes (weights read once/step)
+    t_step = t_overhead + t_seq · n_sampled + max(t_mem, t_compute)    (t_seq: per-sequence CPU work left unhidden)
+    t_mem     = (W_s + C · b_kv) / (BW · η_mem)        W_s = (params − embedding) · dtype bytes (weights read once/step;
+                                                             of the input embedding only the batch's rows are read)
                                                        C = total context tokens of the batch, b_kv = KV bytes/token
-    t_compute = 2 · params · (n_decode + n_prefill) / (F · η_flop)
+    t_compute = 2 · (P_body · (n_decode + n_prefill) + P_head · n_sampled) / (F · η_flop)
+                P_body = params − embedding − lm_head; lm_head only for sampled tokens (decodes, completed prefills)
 
     b_kv = 2 · layers · kv_heads · head_dim · dtype bytes
     KV capacity (tokens) = (HBM · util − W) / b_kv
 
 Admission is FIFO while running < max_num_seqs and the KV cache can hold the request's prompt plus its
-max_tokens (reserved up front, so there is no preemption); otherwise requests wait — the latency
+max_tokens (reserved up front, so there is no preemption; with `kv_preemption`, vLLM V1's paged KV: room for the
+prompt at admission, one slot per decoded token, the newest request preempted and recomputed when full); otherwise requests wait — the latency
 "hockey stick" past saturation. With prefix caching, 16-token prompt blocks already seen (LRU, bounded
 by free KV) skip prefill compute.
 
@@ -21,7 +24,9 @@ each request occupies the batch for OSL steps (prefill step emits token 1), so p
 prefill (B·ISL/OSL tokens) and the rest decode; mean context per request ≈ ISL + OSL/2;
 capacity = B / (OSL · t_step). This assumes staggered arrivals (Poisson load past saturation); a closed
 loop that starts B requests at once runs in lockstep waves whose prefill-only steps are not hidden
-under the decode memory time, and reads lower. Power: idle + (TDP − idle) · (0.5 + 0.5 · t_compute/max(t_mem, t_compute))
+under the decode memory time, and reads lower. It is also an upper bound where one prompt's prefill makes its step compute-bound
+(long ISL, short OSL: 512/64 on tiny-test reads 0.6x of it); `virtual.simulate` steps the engine itself.
+Power: idle + (TDP − idle) · (0.5 + 0.5 · t_compute/max(t_mem, t_compute))
 while stepping, idle otherwise (a stand-in so telemetry code has a source; not a power model).
 """
 
@@ -55,19 +60,34 @@ class Profile(BaseModel):
     mem_eff: float = 0.8
     flop_eff: float = 0.5
     step_overhead_ms: float = 3.0
+    seq_overhead_ms: float = 0.0  # CPU time per sampled sequence per step not hidden under the GPU's (V0 scheduler/sampler)
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     gpu_mem_gib: float = 80
     gpu_mem_util: float = 0.9
     max_model_len: int = 8192
     prefix_cache: bool = True
+    # False: a request's prompt + max_tokens are reserved at admission (never preempted). True: vLLM V1's paged KV —
+    # admission needs room for the prompt, every decoded token takes one more slot, and when the cache is full the
+    # last admitted request is preempted (its KV freed, it goes back to the head of the queue and recomputes)
+    kv_preemption: bool = False
     tdp_w: float = 700
     idle_w: float = 90
+    embed_params_b: float = 0.0  # input embedding: a lookup, never multiplied
+    lm_head_params_b: float = 0.0  # output projection: multiplied only for sampled tokens
+    api_overhead_ms: float = 0.0  # HTTP + tokenizer in front of the engine: added to TTFT (and E2E), not to ITL
+    fit: dict | None = None  # `trilemma sim fit`: what the coefficients were fitted to, and the fit error
     slowdown: float = 1.0  # multiply every step time (e.g. 1.1 to plant a 10% regression)
 
     @property
     def weight_bytes(self) -> float:
+        """Resident weights (what the KV cache cannot use)."""
         return self.params_b * 1e9 * self.dtype_bytes
+
+    @property
+    def streamed_weight_bytes(self) -> float:
+        """Weights read by every step: all but the input embedding, of which only the batch's rows are read."""
+        return (self.params_b - self.embed_params_b) * 1e9 * self.dtype_bytes
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -77,15 +97,23 @@ class Profile(BaseModel):
     def kv_capacity_tokens(self) -> int:
         return int((self.gpu_mem_gib * 2**30 * self.gpu_mem_util - self.weight_bytes) / self.kv_bytes_per_token)
 
-    def step_parts(self, n_decode: int, ctx_tokens: float, n_prefill: int) -> tuple[float, float]:
+    def step_parts(self, n_decode: int, ctx_tokens: float, n_prefill: int, n_sampled: int | None = None) -> tuple[float, float]:
+        """(memory time, compute time) of one step. Every token in the step is multiplied by the body's weights
+        (params − input embedding − lm_head); only sampled tokens (decodes and completed prefills; default: the
+        decodes) go through lm_head; the input embedding is a lookup, never multiplied."""
         bw = self.hbm_gbps * 1e9 * self.mem_eff
-        t_mem = (self.weight_bytes + ctx_tokens * self.kv_bytes_per_token) / bw
-        t_cmp = 2 * self.params_b * 1e9 * (n_decode + n_prefill) / (self.peak_tflops * 1e12 * self.flop_eff)
+        t_mem = (self.streamed_weight_bytes + ctx_tokens * self.kv_bytes_per_token) / bw
+        body = self.params_b - self.embed_params_b - self.lm_head_params_b
+        sampled = n_decode if n_sampled is None else n_sampled
+        flops = 2e9 * (body * (n_decode + n_prefill) + self.lm_head_params_b * sampled)
+        t_cmp = flops / (self.peak_tflops * 1e12 * self.flop_eff)
         return t_mem, t_cmp
 
-    def step_time_s(self, n_decode: int, ctx_tokens: float, n_prefill: int) -> float:
-        t_mem, t_cmp = self.step_parts(n_decode, ctx_tokens, n_prefill)
-        return (self.step_overhead_ms / 1e3 + max(t_mem, t_cmp)) * self.slowdown
+    def step_time_s(self, n_decode: int, ctx_tokens: float, n_prefill: int, n_sampled: int | None = None) -> float:
+        t_mem, t_cmp = self.step_parts(n_decode, ctx_tokens, n_prefill, n_sampled)
+        sampled = n_decode if n_sampled is None else n_sampled
+        cpu = (self.step_overhead_ms + self.seq_overhead_ms * sampled) / 1e3
+        return (cpu + max(t_mem, t_cmp)) * self.slowdown
 
     def power_w(self, n_decode: int, ctx_tokens: float, n_prefill: int) -> float:
         t_mem, t_cmp = self.step_parts(n_decode, ctx_tokens, n_prefill)
@@ -100,7 +128,7 @@ class Profile(BaseModel):
         n_pre = b / osl * isl
         n_dec = b - b / osl
         ctx = b * (isl + osl / 2)
-        t = self.step_time_s(round(n_dec), ctx, round(n_pre))
+        t = self.step_time_s(round(n_dec), ctx, round(n_pre), b)
         qps = b / (osl * t)
         return {"batch": b, "step_ms": t * 1e3, "qps": qps, "output_tps": qps * osl, "total_tps": qps * (isl + osl),
                 "tpot_ms": t * 1e3, "prefill_budget_ok": n_pre + n_dec <= self.max_num_batched_tokens}
@@ -133,6 +161,12 @@ class SimRequest:
     arrived: float = 0.0
     first_token_t: float = 0.0
     aborted: bool = False  # the client went away (the server dropped it from waiting/running)
+    kv_held: int = 0  # KV tokens this request holds (reserved up front, or grown per token with kv_preemption)
+    recompute: int = 0  # generated tokens to prefill again after a preemption (vLLM's recompute policy)
+
+    @property
+    def prefill_target(self) -> int:
+        return self.prompt_tokens + self.recompute
 
 
 class Engine:
@@ -143,6 +177,7 @@ class Engine:
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.kv_reserved = 0
+        self.preemptions = 0
         self.prefix: OrderedDict[int, None] = OrderedDict()
         self._wake = asyncio.Event()
         self.power_w = profile.idle_w
@@ -169,8 +204,8 @@ class Engine:
     def kv_usage(self) -> float:
         return self.kv_reserved / max(1, self.p.kv_capacity_tokens)
 
-    def submit(self, req: SimRequest) -> None:
-        req.arrived = time.monotonic()
+    def submit(self, req: SimRequest, now: float | None = None) -> None:
+        req.arrived = time.monotonic() if now is None else now
         if self.p.prefix_cache and req.blocks:
             self.prefix_queries += req.prompt_tokens
             hit = 0
@@ -198,25 +233,86 @@ class Engine:
     def _plan_step(self) -> tuple[list, list, float, int]:
         """Choose this step's decode set and prefill chunks; returns (decoders, prefills, ctx, n_prefill)."""
         p = self.p
-        while self.waiting and len(self.running) < p.max_num_seqs:
+        preempted = False
+        if p.kv_preemption:  # each running request may take one more KV slot this step: make room by preempting the newest
+            while len(self.running) > 1 and self.kv_reserved + len(self.running) > p.kv_capacity_tokens:
+                v = self.running.pop()
+                self.kv_reserved -= v.kv_held
+                v.kv_held, v.recompute, v.prefilled = 0, v.generated, 0
+                self.waiting.appendleft(v)
+                self.preemptions += 1
+                preempted = True
+        while self.waiting and len(self.running) < p.max_num_seqs and not preempted:  # vLLM V1: no admission in a preempting step
             r = self.waiting[0]
-            need = r.prompt_tokens + r.max_tokens
-            if self.kv_reserved + need > p.kv_capacity_tokens and self.running:
+            # paged KV: room for the prompt and its first token, on top of one more slot for every running request
+            need = r.prefill_target if p.kv_preemption else r.prompt_tokens + r.max_tokens
+            growth = len(self.running) + 1 if p.kv_preemption else 0
+            if self.kv_reserved + need + growth > p.kv_capacity_tokens and self.running:
                 break
             self.waiting.popleft()
             self.kv_reserved += need
-            r.prefilled = r.cached
+            r.kv_held = need
+            r.prefilled = r.cached if not r.recompute else 0
             self.running.append(r)
-        decoders = [r for r in self.running if r.prefilled >= r.prompt_tokens]
+        decoders = [r for r in self.running if r.prefilled >= r.prefill_target]
         budget = p.max_num_batched_tokens - len(decoders)
         prefills = []
         for r in self.running:
-            if r.prefilled < r.prompt_tokens and budget > 0:
-                take = min(budget, r.prompt_tokens - r.prefilled)
+            if r.prefilled < r.prefill_target and budget > 0:
+                take = min(budget, r.prefill_target - r.prefilled)
                 prefills.append((r, take))
                 budget -= take
-        ctx = sum(r.prefilled + r.generated for r in self.running)
+        ctx = sum(r.prefilled + r.generated - r.recompute for r in self.running)
         return decoders, prefills, ctx, sum(t for _, t in prefills)
+
+    def finish_step(self, decoders: list, prefills: list, now: float) -> list:
+        """Apply one finished step at time `now`: a token for every decoder and every completed prefill.
+        Returns the requests that finished. Shared by the real-time loop and virtual-time runs."""
+        finished = []
+        decoders = [r for r in decoders if not r.aborted]  # aborted while this step ran
+        prefills = [(r, take) for r, take in prefills if not r.aborted]
+        self.steps += 1
+        grow = 1 if self.p.kv_preemption else 0
+        for r in decoders:
+            r.generated += 1
+            r.pending += 1
+            r.kv_held += grow
+            self.kv_reserved += grow
+            if r.generated >= r.max_tokens:
+                finished.append(r)
+            r.event.set()
+        for r, take in prefills:
+            r.prefilled += take
+            self.prompt_tokens_total += take
+            if r.prefilled >= r.prefill_target:
+                r.generated += 1
+                r.pending += 1
+                r.kv_held += grow
+                self.kv_reserved += grow
+                if not r.recompute:  # a recomputed prefill resumes the stream: no new first token
+                    r.first_token_t = now
+                    for ob in self.observers:
+                        ob("ttft", now - r.arrived)
+                if r.generated >= r.max_tokens:
+                    finished.append(r)
+                r.event.set()
+        self.generation_tokens_total += len(decoders) + sum(1 for r, _ in prefills if r.prefilled >= r.prefill_target)
+        for r in finished:
+            r.done = True
+            self.running.remove(r)
+            self.kv_reserved -= r.kv_held
+            r.kv_held = 0
+            self._remember_blocks(r)
+            for ob in self.observers:
+                ob("e2e", now - r.arrived)
+                if r.max_tokens > 1:
+                    ob("tpot", (now - r.first_token_t) / (r.max_tokens - 1))
+        return finished
+
+    def step_cost(self, decoders: list, prefills: list, ctx: float, n_pre: int) -> float:
+        """This step's duration in seconds (the profile's roofline), counting the tokens sampled in it."""
+        n_sampled = len(decoders) + sum(1 for r, take in prefills if r.prefilled + take >= r.prefill_target)
+        return self.p.step_time_s(len(decoders), ctx, n_pre, n_sampled)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,43 +324,11 @@ class Engine:
                 await self._wake.wait()
                 t_next = loop.time()
             decoders, prefills, ctx, n_pre = self._plan_step()
-            dt = self.p.step_time_s(len(decoders), ctx, n_pre)
+            dt = self.step_cost(decoders, prefills, ctx, n_pre)
             self._set_power(self.p.power_w(len(decoders), ctx, n_pre))
             t_end = max(t_next, loop.time() - 0.005) + dt  # keep the virtual timeline unless >5 ms behind
             delay = t_end - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             t_next = t_end
-            self.steps += 1
-            now = time.monotonic()
-            finished = []
-            decoders = [r for r in decoders if not r.aborted]  # aborted while this step ran
-            prefills = [(r, take) for r, take in prefills if not r.aborted]
-            for r in decoders:
-                r.generated += 1
-                r.pending += 1
-                if r.generated >= r.max_tokens:
-                    finished.append(r)
-                r.event.set()
-            for r, take in prefills:
-                r.prefilled += take
-                self.prompt_tokens_total += take
-                if r.prefilled >= r.prompt_tokens:
-                    r.generated += 1
-                    r.pending += 1
-                    r.first_token_t = now
-                    for ob in self.observers:
-                        ob("ttft", now - r.arrived)
-                    if r.generated >= r.max_tokens:
-                        finished.append(r)
-                    r.event.set()
-            self.generation_tokens_total += len(decoders) + sum(1 for r, _ in prefills if r.prefilled >= r.prompt_tokens)
-            for r in finished:
-                r.done = True
-                self.running.remove(r)
-                self.kv_reserved -= r.prompt_tokens + r.max_tokens
-                self._remember_blocks(r)
-                for ob in self.observers:
-                    ob("e2e", now - r.arrived)
-                    if r.max_tokens > 1:
-                        ob("tpot", (now - r.first_token_t) / (r.max_tokens - 1))
+            self.finish_step(decoders, prefills, time.monotonic())

@@ -86,7 +86,8 @@ class SimServer:
     def __init__(self, profile: Profile, *, model: str | None = None, deterministic: bool = False, seed: int = 0,
                  error_rate: float = 0.0, cut_rate: float = 0.0, delay_ms: float = 0.0):
         self.p = profile
-        self.delay_s = delay_ms / 1e3  # added before a request reaches the engine (a slower API front end)
+        # added before a request reaches the engine: a slower API front end (--delay-ms) and the profile's own front end
+        self.delay_s = (delay_ms + profile.api_overhead_ms) / 1e3
         self.names = [n.strip() for n in (model or profile.model).split(",") if n.strip()]  # several served names, as vLLM's
         self.model = self.names[0]
         self.deterministic = deterministic
@@ -97,7 +98,6 @@ class SimServer:
         self.hist = {"ttft": Hist(TTFT_BUCKETS), "tpot": Hist(TPOT_BUCKETS), "e2e": Hist(TTFT_BUCKETS)}
         self.engine.observers.append(lambda kind, v: self.hist[kind].observe(v))
         self.seq = 0
-        self.preemptions = 0
 
     # ------------------------------------------------------------------ app
     def app(self) -> web.Application:
@@ -132,7 +132,10 @@ class SimServer:
 
     async def version(self, request) -> web.Response:
         return web.json_response({"version": f"trilemma-sim {__version__}", "simulated": True, "profile": self.p.name,
-                                  "gpu": self.p.gpu, "deterministic": self.deterministic})
+                                  "gpu": self.p.gpu, "deterministic": self.deterministic,
+                                  # the serve config, as a real server's launch flags say it
+                                  "max_num_seqs": self.p.max_num_seqs, "max_num_batched_tokens": self.p.max_num_batched_tokens,
+                                  "kv_capacity_tokens": self.p.kv_capacity_tokens})
 
     async def reset_prefix(self, request) -> web.Response:
         self.engine.prefix.clear()
@@ -166,7 +169,7 @@ class SimServer:
         g("vllm:num_requests_running", "Running requests (simulated)", len(e.running))
         g("vllm:num_requests_waiting", "Waiting requests (simulated)", len(e.waiting))
         g("vllm:kv_cache_usage_perc", "KV-cache usage, 0-1 (simulated)", e.kv_usage)
-        c("vllm:num_preemptions", "Preemptions (simulated)", self.preemptions)
+        c("vllm:num_preemptions", "Preemptions (simulated)", e.preemptions)
         c("vllm:prompt_tokens", "Prefilled prompt tokens (simulated)", e.prompt_tokens_total)
         c("vllm:generation_tokens", "Generated tokens (simulated)", e.generation_tokens_total)
         c("vllm:prefix_cache_queries", "Prefix-cache queried tokens (simulated)", e.prefix_queries)
@@ -338,7 +341,8 @@ class SimServer:
             e.waiting.remove(req)
         elif req in e.running:
             e.running.remove(req)
-            e.kv_reserved -= req.prompt_tokens + req.max_tokens
+            e.kv_reserved -= req.kv_held
+            req.kv_held = 0
 
 
 _RX: dict[int, int] = {}  # connection -> perf_counter_ns of the first bytes of its pending request
