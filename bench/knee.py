@@ -79,7 +79,9 @@ def bottleneck(at_knee: PointSummary, above: PointSummary | None, binding: str |
     metric = (failed or "").split("_p")[0]
     srv = above.server
     lag = above.latency_ms.get("send_lag")
-    if any(w.code in ("client_stalls", "send_lag", "worker_died") for w in above.warnings):
+    queued = (above.server is not None and bool(above.server.waiting_max)) or above.saturation.saturated
+    # a client that fell behind binds only where the engine shows no queue: a queue is the server's own limit
+    if not queued and any(w.code in ("client_stalls", "send_lag", "worker_died") for w in above.warnings):
         return ("client", f"the client fell behind at the failing load (send lag p99 "
                           f"{lag.p99 if lag is not None and lag.p99 is not None else float('nan'):.1f} ms)",
                 "more client processes (--workers) or hosts (--ray)")
