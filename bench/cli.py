@@ -495,8 +495,7 @@ def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | 
         if not r.feasible:
             t.add_row(r.sweep, r.cell, "[red]none[/]", "", "", "", "", "", "", "", "", "", r.note)
             continue
-        br = f"[{fmt(r.knee, 2)}, {fmt(r.bracket_hi, 2) if r.bracket_hi is not None and r.bracket_hi == r.bracket_hi else '>'}]"
-        t.add_row(r.sweep, r.cell, f"{fmt(r.knee, 2)} {unit}", br, str(r.binding_slo), fmt(r.knee_qps, 2), fmt(r.knee_concurrency, 1),
+        t.add_row(r.sweep, r.cell, f"{fmt(r.knee, 2)} {unit}", r.bracket, str(r.binding_slo), fmt(r.knee_qps, 2), fmt(r.knee_concurrency, 1),
                   fmt(r.output_tps), fmt(r.total_tps), fmt(r.interactivity), fmt(r.ttft_p99), fmt(r.itl_p99),
                   f"{fmt(100 * r.attainment)}% [{fmt(100 * r.attainment_lo)}, {fmt(100 * r.attainment_hi)}]")
     con.print(t)

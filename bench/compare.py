@@ -247,10 +247,14 @@ def _knee_row(cell: str, mode: str, rb: pd.Series | None, rn: pd.Series | None, 
             k.update(verdict=WORSE, why=f"new bracket [{n:g}, {nh:g}] lies below base knee {b:g} × (1 − {100 * thr:g}%)")
         elif bh is not None and n > bh * (1 + thr):
             k.update(verdict=BETTER, why=f"new knee {n:g} above base bracket [{b:g}, {bh:g}]")
+        elif bh is None and nh is not None:  # the base's knee is only a lower bound: nothing says where it ends
+            k.update(verdict=UNDECIDED, why=f"base knee ≥ {b:g} (every tested load passed; its end is unknown) against new [{n:g}, {nh:g}]: "
+                                            f"sweep the base past {b:g} to decide")
         elif nh is None and n >= b * (1 - thr):
-            k.update(verdict="within", why=f"new knee {n:g} with every tested load passing (base {b:g})")
-        elif nh is not None and n >= b * (1 - thr) and (bh is None or nh >= bh * (1 - thr)):
-            k.update(verdict="within", why=f"brackets [{b:g}, {bh if bh is not None else '>'}] and [{n:g}, {nh:g}] overlap within {100 * thr:g}%")
+            k.update(verdict="within", why=f"new knee {n:g} with every tested load passing (base {b:g}"
+                                           f"{'' if bh is not None else ', also every tested load passing'}): no loss in the tested range")
+        elif nh is not None and bh is not None and n >= b * (1 - thr) and nh >= bh * (1 - thr):
+            k.update(verdict="within", why=f"brackets [{b:g}, {bh:g}] and [{n:g}, {nh:g}] overlap within {100 * thr:g}%")
         else:
             k.update(verdict=UNDECIDED, why=f"brackets [{b:g}, {bh if bh is not None else '>'}] and [{n:g}, {nh if nh is not None else '>'}] "
                                             f"cannot resolve a {100 * thr:g}% change: sweep a finer grid")

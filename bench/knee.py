@@ -164,6 +164,8 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
         "window_s": s.window_s, "warmup_s": s.probe.warmup_s, "stopped": s.probe.stopped,
         "window_lifetimes": ss.window_lifetimes, "keep_up_ratio": ss.keep_up.ratio,
         "prefix_hit_rate": s.prefix_cache.hit_rate, "throughput_estimator": s.throughput.estimator,
+        # the server's own clocks (vLLM /metrics): engine TTFT, queue and prefill means over the window
+        **{k: getattr(s.server, k, None) if s.server else None for k in ("server_ttft_mean_ms", "server_queue_mean_ms", "server_prefill_mean_ms")},
         "api": doc.spec.target.get("api"), "harness": doc.harness.get("version"),
         "slos": [str(x) for x in doc.slo_specs], "_summary": s, "_slos": doc.slo_specs, "_limits": serve_limits(doc),
     }
@@ -241,6 +243,9 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                "undecided_loads": ", ".join(f"{x:g}" for x in undecided),
                "interrupted_loads": ", ".join(f"{x:g}" for x in sorted(set(g.loc[g["status"] == "interrupted", "load"])))}
         und = f"; undecided between: {row['undecided_loads']} {mode}" if undecided else ""
+        # "[2.2, 2.6]" bracketed by a failure; "[2.2, 2.4?]" only by an undecided load; "[2.2, >]" nothing above failed or was in doubt
+        row["bracket"] = (f"[{knee:.3g}, {above:.3g}]" if above is not None else
+                          f"[{knee:.3g}, {min(undecided):.3g}?]" if undecided else f"[{knee:.3g}, >]") if knee is not None else ""
         if row["interrupted_loads"]:
             und += f"; INTERRUPTED points (read as measured, never a pass): {row['interrupted_loads']} {mode}"
         if knee is None:
@@ -250,6 +255,16 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
             out.append(row)
             continue
         k = g[(g["load"] == knee) & (g["verdict"] == PASS)].sort_values("n_measured").iloc[-1]
+        # no load failed but loads above the knee stayed undecided: the search found trouble there (an undecided full
+        # probe bounds it like a failure) without deciding it, so the knee is neither bracketed nor "not reached"
+        open_above = [x for x in undecided if x > knee] if above is None else []
+        if open_above:
+            u = g[g["load"] == open_above[0]].sort_values("n_measured").iloc[-1]
+            binds = ("undecided above the knee", f"no tested load failed; {', '.join(f'{x:g}' for x in open_above)} {mode} stayed "
+                                                 f"undecided (at {open_above[0]:g}: {u['why']})",
+                     "longer probes (probe.max_duration_s) or more requests per probe, to decide the loads above the knee")
+        else:
+            binds = bottleneck(k["_summary"], _first_fail(g, above), k["binding_slo"], k["_limits"])
         row.update(feasible=True, knee=knee, bracket_hi=above, knee_qps=k["request_throughput"],
                    knee_concurrency=k["mean_in_flight"], binding_slo=k["binding_slo"], output_tps=k["output_tps"],
                    input_tps=k["input_tps"], total_tps=k["total_tps"], output_tps_per_gpu=k["output_tps"] / k["gpus"],
@@ -259,14 +274,17 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                    energy_source=k["energy_source"], knee_run_dir=k["run_dir"], knee_samples=k["n_measured"],
                    knee_window_s=k["window_s"], knee_warmup_s=k["warmup_s"], knee_window_lifetimes=k["window_lifetimes"],
                    knee_keep_up=k["keep_up_ratio"], knee_prefix_hit_rate=k["prefix_hit_rate"], knee_evidence=k["why"],
-                   **dict(zip(("bottleneck", "bottleneck_evidence", "bottleneck_remedy"),
-                              bottleneck(k["_summary"], _first_fail(g, above), k["binding_slo"], k["_limits"]))),
-                   note=("" if above is not None else "every tested load passed: the knee is above the highest load tested") + und)
+                   **dict(zip(("bottleneck", "bottleneck_evidence", "bottleneck_remedy"), binds)),
+                   note=("" if above is not None else
+                         f"no load failed and {', '.join(f'{x:g}' for x in open_above)} {mode} stayed undecided: the knee is at least "
+                         f"{knee:g}, where it ends is not decided" if open_above else
+                         "every tested load passed: the knee is above the highest load tested")
+                   + ("" if open_above else und))
         out.append(row)
     # the columns every row has, also when no cell has a knee table (staged runs only)
     return pd.DataFrame(out, columns=None if out else ["sweep", "cell", "base_cell", "serve_config", "mode", "gpu", "gpus", "gpus_source",
                                                        "simulated", "points", "slos", "undecided_loads", "interrupted_loads", "feasible",
-                                                       "knee", "bracket_hi", "note"])
+                                                       "knee", "bracket_hi", "bracket", "note"])
 
 
 def stage_rows(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -33,7 +33,10 @@ from bench.knee import load_points
 from bench.sim.engine import Profile, load_profile
 from bench.sim.virtual import simulate
 
-FIGURES = ("tpot_p50", "itl_p50", "ttft_p50", "output_tps")
+# client figures, and the server's own prefill time where its /metrics has it (vLLM: first scheduled to first token).
+# The prefill time is what tells one cell's TTFT apart: the engine's per-prompt-token cost (it scales with ISL) from the
+# front end's per-request cost (it does not); from client TTFTs of one ISL alone the two trade off freely.
+FIGURES = ("tpot_p50", "itl_p50", "ttft_p50", "output_tps", "server_prefill_mean_ms")
 PARAMS = ("step_overhead_ms", "seq_overhead_ms", "flop_eff", "mem_eff", "api_overhead_ms")
 
 
@@ -68,7 +71,8 @@ def probes_from_results(paths: list[Path]) -> list[Probe]:
         if w.get("dataset") or w.get("isl") is None or w.get("osl") is None:
             continue
         where = f"{r['sweep']} / {r['cell']} at {r['load']:g}"
-        meas = {"tpot_p50": r["tpot_p50"], "itl_p50": r["itl_p50"], "ttft_p50": r["ttft_p50"], "output_tps": r["output_tps"]}
+        meas = {"tpot_p50": r["tpot_p50"], "itl_p50": r["itl_p50"], "ttft_p50": r["ttft_p50"], "output_tps": r["output_tps"],
+                "server_prefill_mean_ms": r["server_prefill_mean_ms"]}
         meas = {k: float(v) for k, v in meas.items() if v is not None and not (isinstance(v, float) and math.isnan(v)) and v > 0}
         if meas:
             out.append(Probe(_fixed_len(w["isl"], "isl", where), _fixed_len(w["osl"], "osl", where), r["mode"],
@@ -90,7 +94,8 @@ def predict(profile: Profile, p: Probe, n_requests: int | None = None, seed: int
     api = profile.api_overhead_ms
     return {"tpot_p50": v.pct("tpot", 0.5), "itl_p50": v.pct("itl", 0.5), "ttft_p50": v.pct("ttft", 0.5) + api,
             "output_tps": v.output_tps, "ttft_p99": v.pct("ttft", 0.99) + api, "itl_p99": v.pct("itl", 0.99),
-            "tpot_p99": v.pct("tpot", 0.99), "e2e_p50": math.nan}
+            "tpot_p99": v.pct("tpot", 0.99), "e2e_p50": math.nan,
+            "server_prefill_mean_ms": sum(v.prefill_ms) / len(v.prefill_ms) if v.prefill_ms else math.nan}
 
 
 @dataclass

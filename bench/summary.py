@@ -187,6 +187,8 @@ class ServerStats(_Doc):
     preemptions: float | None = None
     prefix_cache_hit_rate: float | None = None
     server_ttft_mean_ms: float | None = None
+    server_queue_mean_ms: float | None = None  # vLLM: arrival at the engine to first scheduled
+    server_prefill_mean_ms: float | None = None  # vLLM: first scheduled to first token
 
 
 class ClientQueue(_Doc):

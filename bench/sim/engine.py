@@ -163,6 +163,7 @@ class SimRequest:
     aborted: bool = False  # the client went away (the server dropped it from waiting/running)
     kv_held: int = 0  # KV tokens this request holds (reserved up front, or grown per token with kv_preemption)
     recompute: int = 0  # generated tokens to prefill again after a preemption (vLLM's recompute policy)
+    scheduled_t: float | None = None  # first admitted to the running batch (vLLM: queue time ends, prefill time starts)
 
     @property
     def prefill_target(self) -> int:
@@ -230,8 +231,9 @@ class Engine:
         while len(self.prefix) > free_blocks:
             self.prefix.popitem(last=False)
 
-    def _plan_step(self) -> tuple[list, list, float, int]:
-        """Choose this step's decode set and prefill chunks; returns (decoders, prefills, ctx, n_prefill)."""
+    def _plan_step(self, now: float | None = None) -> tuple[list, list, float, int]:
+        """Choose this step's decode set and prefill chunks at `now` (monotonic seconds; virtual time in
+        bench.sim.virtual); returns (decoders, prefills, ctx, n_prefill)."""
         p = self.p
         preempted = False
         if p.kv_preemption:  # each running request may take one more KV slot this step: make room by preempting the newest
@@ -254,6 +256,10 @@ class Engine:
             r.kv_held = need
             r.prefilled = r.cached if not r.recompute else 0
             self.running.append(r)
+            if r.scheduled_t is None:  # vLLM's request_queue_time: arrival to first scheduled (a preempted request keeps it)
+                r.scheduled_t = time.monotonic() if now is None else now
+                for ob in self.observers:
+                    ob("queue", r.scheduled_t - r.arrived)
         decoders = [r for r in self.running if r.prefilled >= r.prefill_target]
         budget = p.max_num_batched_tokens - len(decoders)
         prefills = []
@@ -293,6 +299,7 @@ class Engine:
                     r.first_token_t = now
                     for ob in self.observers:
                         ob("ttft", now - r.arrived)
+                        ob("prefill", now - (r.scheduled_t if r.scheduled_t is not None else r.arrived))
                 if r.generated >= r.max_tokens:
                     finished.append(r)
                 r.event.set()
@@ -323,7 +330,7 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 t_next = loop.time()
-            decoders, prefills, ctx, n_pre = self._plan_step()
+            decoders, prefills, ctx, n_pre = self._plan_step(time.monotonic())
             dt = self.step_cost(decoders, prefills, ctx, n_pre)
             self._set_power(self.p.power_w(len(decoders), ctx, n_pre))
             t_end = max(t_next, loop.time() - 0.005) + dt  # keep the virtual timeline unless >5 ms behind

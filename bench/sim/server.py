@@ -95,7 +95,8 @@ class SimServer:
         self.error_rate, self.cut_rate = error_rate, cut_rate
         self.rng = random.Random(seed)
         self.engine = Engine(profile)
-        self.hist = {"ttft": Hist(TTFT_BUCKETS), "tpot": Hist(TPOT_BUCKETS), "e2e": Hist(TTFT_BUCKETS)}
+        self.hist = {"ttft": Hist(TTFT_BUCKETS), "tpot": Hist(TPOT_BUCKETS), "e2e": Hist(TTFT_BUCKETS),
+                     "queue": Hist(TTFT_BUCKETS), "prefill": Hist(TTFT_BUCKETS)}
         self.engine.observers.append(lambda kind, v: self.hist[kind].observe(v))
         self.seq = 0
 
@@ -177,6 +178,8 @@ class SimServer:
         fams.append(self.hist["ttft"].family("vllm:time_to_first_token_seconds", "TTFT (simulated)", lab))
         fams.append(self.hist["tpot"].family("vllm:inter_token_latency_seconds", "ITL (simulated)", lab))
         fams.append(self.hist["e2e"].family("vllm:e2e_request_latency_seconds", "E2E (simulated)", lab))
+        fams.append(self.hist["queue"].family("vllm:request_queue_time_seconds", "Arrival to first scheduled (simulated)", lab))
+        fams.append(self.hist["prefill"].family("vllm:request_prefill_time_seconds", "First scheduled to first token (simulated)", lab))
         gl = {"gpu": "0", "UUID": f"GPU-sim-{self.p.name}", "modelName": f"{self.p.gpu} (simulated)"}
         g("DCGM_FI_DEV_POWER_USAGE", "Power draw (W), simulated", e.power_w, gl)
         g("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Energy since start (mJ), simulated", e.energy_now_j() * 1000.0, gl)

@@ -40,6 +40,8 @@ class VirtualResult:
     preemptions: int = 0
     kv_peak: int = 0  # the most KV tokens held at once (never above the profile's capacity)
     seq_capped_steps: int = 0  # steps where max_num_seqs held a waiting request back
+    queue_ms: list[float] = field(default_factory=list, repr=False)  # vLLM's request_queue_time: arrival to first scheduled
+    prefill_ms: list[float] = field(default_factory=list, repr=False)  # vLLM's request_prefill_time: first scheduled to first token
 
     @staticmethod
     def _q(xs: list[float], q: float) -> float:
@@ -100,7 +102,7 @@ def simulate(profile: Profile, isl: int, osl: int, *, concurrency: int | None = 
                 break
             now = pending[0]
             continue
-        decoders, prefills, ctx, n_pre = eng._plan_step()
+        decoders, prefills, ctx, n_pre = eng._plan_step(now)
         if eng.waiting:
             if len(eng.running) >= profile.max_num_seqs:
                 seq_capped += 1
@@ -124,10 +126,15 @@ def simulate(profile: Profile, isl: int, osl: int, *, concurrency: int | None = 
     tpot: list[float] = []
     itl: list[float] = []
     e2e: list[float] = []
+    queue: list[float] = []
+    prefill: list[float] = []
     for k, r in reqs.items():
         ts = tokens[k]
         if k not in done_t or not ts:
             continue
+        sched = r.scheduled_t if r.scheduled_t is not None else r.arrived
+        queue.append((sched - r.arrived) * 1e3)
+        prefill.append((ts[0] - sched) * 1e3)
         ttft.append((ts[0] - r.arrived) * 1e3)
         e2e.append((ts[-1] - r.arrived) * 1e3)
         if len(ts) > 1:
@@ -140,4 +147,4 @@ def simulate(profile: Profile, isl: int, osl: int, *, concurrency: int | None = 
                          request_tps=m / dur if dur else math.nan, ttft_ms=ttft, tpot_ms=tpot, itl_ms=itl, e2e_ms=e2e, steps=steps,
                          mean_batch=batch_sum / max(1, steps), prefill_step_share=pre_steps / max(1, steps),
                          max_waiting=max_wait, kv_blocked_steps=kv_blocked, seq_capped_steps=seq_capped,
-                         preemptions=eng.preemptions, kv_peak=kv_peak)
+                         preemptions=eng.preemptions, kv_peak=kv_peak, queue_ms=queue, prefill_ms=prefill)

@@ -36,6 +36,9 @@ HISTOGRAMS = {
     "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds", "sglang:inter_token_latency_seconds",
             "sglang:time_per_output_token_seconds"),
     "e2e": ("vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"),
+    # vLLM V1: arrival at the engine to first scheduled, and first scheduled to first token (the prefill, all its chunks)
+    "queue": ("vllm:request_queue_time_seconds",),
+    "prefill": ("vllm:request_prefill_time_seconds",),
 }
 
 
@@ -128,7 +131,7 @@ def summarize_timeline(rows: list[dict], first: dict | None, last: dict | None) 
         out["prefix_cache_hit_rate"] = col("sglang_cache_hit_rate")[-1]
     out["prompt_tokens"] = delta("prompt_tokens")
     out["generation_tokens"] = delta("generation_tokens")
-    for name in ("ttft", "itl", "e2e"):
+    for name in ("ttft", "itl", "e2e", "queue", "prefill"):
         d = hist_delta((first or {}).get("histograms", {}).get(name), (last or {}).get("histograms", {}).get(name))
         if d and d["count"] > 0:
             out[f"server_{name}_mean_ms"] = d["sum"] / d["count"] * 1e3

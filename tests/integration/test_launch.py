@@ -166,9 +166,11 @@ def test_vllm_serve_configs_launched_by_trilemma_give_knees_in_the_expected_dire
     env = {k: x for k, x in vllm_rig.server_env().items() if os.environ.get(k) != x}
     f = tmp_path / "vllm.yaml"
     f.write_text(yaml.safe_dump({
-        "name": "seqs", "cells": [{"name": "c", "isl": 64, "osl": 64}], "load": {"qps": [1, 12]}, "requests": 40, "warmup": "4r",
-        # one sequence at a time serves ~6-7 req/s of these on this rig (at 6 req/s TTFT p50 was 41 ms on one run and
-        # p90 3.3 s on another), so 12 overloads it whatever the machine's state, while sixteen batch it at TTFT ~10 ms.
+        "name": "seqs", "cells": [{"name": "c", "isl": 64, "osl": 192}], "load": {"qps": [1, 4]}, "requests": 40, "warmup": "4r",
+        # one sequence at a time serves one 192-token answer after another (~0.45 s each on this rig, ~2.2 req/s; 64/64 ran
+        # at ~6.5 req/s), so 4 req/s overloads it ~1.8x, and still does on a machine 50% faster. Sixteen batch the same ~770
+        # tokens/s at a few sequences a step. The long answer keeps requests per second low: at 12 req/s of 64/64 (the same
+        # tokens/s, three times the requests) one CI machine's sixteen-sequence server reached a TTFT p50 of 0.8 s.
         # p50: a p90 at 80 samples stayed undecided far below its threshold once (0 of 80 over, CI 0-10.1%: the 16-sequence
         # server's TTFTs were autocorrelated, tau > 2.3); the claim here is the knees' direction, which p50 decides at 40
         "slos": {"ttft_p50": "250ms"},

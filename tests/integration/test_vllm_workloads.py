@@ -72,8 +72,8 @@ def test_mt_bench_two_turn_conversations(vllm_server, tmp_path):
     d = run_dir(tmp_path)
     df = pd.read_parquet(d / "requests.parquet")
     assert len(df) == 12 and df["ok"].all() and (df["output_tokens"] == 24).all()
-    t0, t1 = df[df.turn == 0].set_index("conversation"), df[df.turn == 1].set_index("conversation")
-    assert set(t0.index) == set(t1.index)
+    t0, t1 = df[df.turn == 0].set_index("conversation").sort_index(), df[df.turn == 1].set_index("conversation").sort_index()
+    assert list(t0.index) == list(t1.index)  # one follow-up per conversation; rows aligned by conversation (parts arrive in finish order)
     # turn 2 carries turn 1's real answer: longer prompt, counted exactly, sent after turn 1 ended
     assert (t1["prompt_tokens"] > t0["prompt_tokens"] + 24).all()
     assert (t1["prompt_tokens"] == t1["prompt_tokens_local"]).all()

@@ -44,3 +44,19 @@ def test_a_harmless_client_warning_is_not_a_client_bottleneck():
                  warnings=[{"code": "client_counted_tokens", "message": "no usage"}])
     m, ev, fix = bottleneck(summ(), above, "ttft_p99", {"batch_cap": 16})
     assert m == "prefill time" and "TTFT p50 900.0" in ev and "chunk budget" in fix
+
+
+def test_undecided_loads_above_the_knee_are_neither_a_bracket_nor_not_reached(tmp_path):
+    """No load failed, but the load above the knee stayed undecided (its TTFT median sits on the threshold): the
+    knee is a lower bound whose end is not decided — not 'every tested load passed', and not a closed bracket."""
+    from bench.config import SLO
+    from bench.knee import knee_table, load_points
+    from tests.synthetic import write_sweep
+
+    write_sweep(tmp_path, "s", loads=(5.0, 10.0), slos=[SLO(metric="ttft", pct=50, threshold_ms=60)])
+    pts = load_points([tmp_path / "s"]).set_index("load")
+    assert pts.loc[5.0, "verdict"] == "PASS" and pts.loc[10.0, "verdict"] == "UNDECIDED", pts[["verdict", "why"]]
+    k = knee_table(load_points([tmp_path / "s"])).iloc[0]
+    assert k["knee"] == 5.0 and k["bracket_hi"] is None and k["bracket"] == "[5, 10?]", k.to_dict()
+    assert k["bottleneck"] == "undecided above the knee" and "10 qps stayed undecided" in k["bottleneck_evidence"]
+    assert "every tested load passed" not in k["note"] and "at least 5" in k["note"]

@@ -21,3 +21,18 @@ def test_undecided_loads_on_the_new_side_are_not_a_lost_knee():
     # a failure only above the base knee is not a loss either
     r = _knee_row("c", "qps", knee(True, 8.0), knee(False, hi=12.0, note="undecided between: 8 qps"), 0.3)
     assert r["verdict"] == UNDECIDED
+
+
+def test_an_open_base_bracket_is_a_lower_bound_not_a_match():
+    """Base passed every tested load up to 1.4 (knee >= 1.4, end unknown); new's knee is bracketed [11.44, 12.48]:
+    nothing says where the base's knee ends, so the row is undecided, not 'within' (it was, before)."""
+    r = _knee_row("c", "qps", knee(True, 1.4, None), knee(True, 11.44, 12.48), 0.05)
+    assert r["verdict"] == UNDECIDED and "base knee ≥ 1.4" in r["why"], r["why"]
+    # a new bracket wholly below the base's lower bound is still a decided loss
+    assert _knee_row("c", "qps", knee(True, 10.0, None), knee(True, 4.0, 5.0), 0.05)["verdict"] == WORSE
+    # both open with the new side passing the base's whole tested range: no loss in that range
+    r = _knee_row("c", "qps", knee(True, 10.0, None), knee(True, 10.0, None), 0.05)
+    assert r["verdict"] == "within" and "tested range" in r["why"]
+    # closed brackets that overlap are within; a new bracket far above the base's is better
+    assert _knee_row("c", "qps", knee(True, 8.0, 10.0), knee(True, 8.0, 9.5), 0.05)["verdict"] == "within"
+    assert _knee_row("c", "qps", knee(True, 8.0, 10.0), knee(True, 12.0, 14.0), 0.05)["verdict"] == "better"

@@ -30,6 +30,22 @@ def test_a_long_prompt_is_split_by_the_chunk_budget():
     assert v.pct("ttft", 0.5) == pytest.approx(sum(chunks) * 1e3, rel=1e-9)
 
 
+def test_queue_and_prefill_times_are_vllms_split_of_ttft():
+    """vLLM's request_queue_time (arrival to first scheduled) and request_prefill_time (first scheduled to first
+    token) add up to the engine's TTFT: one request at a time never queues and its prefill is the prompt's chunks;
+    sixteen at once behind a one-sequence cap queue for every request ahead of them."""
+    p = load_profile("tiny-test").model_copy(update={"max_num_batched_tokens": 256})
+    v = simulate(p, 1000, 4, concurrency=1, n_requests=3)
+    assert v.queue_ms == [0.0] * 3
+    assert v.prefill_ms == pytest.approx(v.ttft_ms, rel=1e-12)
+    one = p.model_copy(update={"max_num_seqs": 1})
+    v = simulate(one, 100, 8, concurrency=16, n_requests=16)
+    assert all(q + f == pytest.approx(t, abs=1e-9) for q, f, t in zip(v.queue_ms, v.prefill_ms, v.ttft_ms))
+    e2e1 = p.step_time_s(0, 0, 100, 1) + sum(p.step_time_s(1, 100 + k, 0, 1) for k in range(1, 8))
+    assert sorted(v.queue_ms)[-1] == pytest.approx(15 * e2e1 * 1e3, rel=1e-9)  # the last waits for fifteen whole requests
+    assert max(v.prefill_ms) == pytest.approx(p.step_time_s(0, 0, 100, 1) * 1e3, rel=1e-9)
+
+
 @pytest.mark.parametrize("isl,osl", [(128, 256), (64, 32)])
 def test_saturation_throughput_is_the_analytic_capacity(isl, osl):
     # the analytic formula spreads prefill evenly over steps; where one prompt's prefill makes a step compute-bound
