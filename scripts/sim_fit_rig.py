@@ -5,7 +5,10 @@ CPU rig (scripts/vllm_rig.py):
   1. probes of one cell (--fit-cell, a few request rates) against the real vLLM server;
   2. `trilemma sim fit` on them (base profile cpu-rig-tiny-llama) and its predicted knee for a second cell
      with different ISL/OSL (--predict-cell) at --slo;
-  3. that knee measured for real (`trilemma sweep`, adaptive search), and the prediction error printed.
+  3. that cell measured for real on a grid of rates around the prediction (`trilemma sweep`): the knee where each
+     SLO's measured percentile crosses its threshold (the same point estimate the prediction is), and the decided
+     knee trilemma reports (conservative: a PASS needs the percentile's interval below the threshold); the
+     prediction error against both is printed.
 
     python scripts/sim_fit_rig.py [--out results/sim-fit-rig] [--slo ttft_p90=250ms,tpot_p90=25ms]
 
@@ -39,6 +42,8 @@ def main() -> None:
     ap.add_argument("--predict-cell", default="512/64", help="ISL/OSL of the cell whose knee is predicted, then measured")
     ap.add_argument("--slo", default="ttft_p90=250ms,tpot_p90=25ms")
     ap.add_argument("--seconds", type=float, default=15, help="window of each fit probe")
+    ap.add_argument("--measure-qps", default="1.2,1.6,2.0,2.4,2.8,3.2", help="request rates the second cell is measured at")
+    ap.add_argument("--measure-seconds", type=float, default=40, help="window of each measured point")
     a = ap.parse_args()
     import vllm_rig
 
@@ -60,7 +65,7 @@ def main() -> None:
                  "--predict", a.predict_cell, "--slo", a.slo)
         knee_yaml.write_text(yaml.safe_dump({
             "name": "measured-knee", "target": {"url": url}, "cells": [{"name": f"knee-{pi}-{po}", "isl": pi, "osl": po}],
-            "load": {"auto": {"precision": 0.1, "max_probes": 10}}, "duration_s": 20, "probe": {"max_duration_s": 60},
+            "load": {"qps": [float(x) for x in a.measure_qps.split(",")]}, "duration_s": a.measure_seconds, "warmup": "3s",
             "slos": slos}))
         trilemma("sweep", str(knee_yaml), "--out", str(a.out), "--no-plots")
     finally:
@@ -72,7 +77,9 @@ def main() -> None:
 
     fitted = load_profile(str(a.out / "fitted.yaml"))
     pred, _ = predict_knee(fitted, pi, po, parse_slos(a.slo))
-    k = knee_table(load_points([a.out / "measured-knee"])).iloc[0]
+    pts = load_points([a.out / "measured-knee"]).sort_values("load")
+    crossing = percentile_crossing(pts, parse_slos(a.slo))
+    k = knee_table(pts).iloc[0]
     meas, hi = k["knee"], k["bracket_hi"]
     print(f"\nfit on {a.fit_cell} probes (rms log error {fitted.fit['rms_log_error'] if fitted.fit else float('nan')}); "
           f"knee of {a.predict_cell} at {a.slo}:")
@@ -81,10 +88,34 @@ def main() -> None:
     hi_txt = f"{hi:.3g}" if top else ">"
     print(f"  measured  {meas:.3g} req/s (bracket [{meas:.3g}, {hi_txt}]), binding {k['binding_slo']}, "
           f"bound by {k.get('bottleneck')}" if k["feasible"] else f"  measured: none — {k['note']}")
+    print("  measured percentiles per load: " + "; ".join(
+        f"{r['load']:g}: " + ", ".join(f"{x.slo} {x.value_ms:.4g}" for x in r["_summary"].slos) for _, r in pts.iterrows()))
+    if crossing:
+        print(f"  measured crossing (each SLO's measured percentile at its threshold, log-linear between loads): {crossing:.3g} req/s; "
+              f"prediction error {pred / crossing - 1:+.1%}" if pred else f"  measured crossing {crossing:.3g} req/s")
     if pred and k["feasible"]:
         mid = (meas * hi) ** 0.5 if top else meas
         print(f"  error vs the bracket's middle ({mid:.3g}): {pred / mid - 1:+.1%}; "
               f"inside the bracket: {meas <= pred <= (hi if top else float('inf'))}")
+
+
+def percentile_crossing(pts, slos) -> float | None:
+    """The lowest load where any SLO's measured percentile reaches its threshold, interpolated log-linearly
+    between the last load under every threshold and the first over one."""
+    import math
+
+    prev = None
+    for _, r in pts.iterrows():
+        vals = {x.slo: x.value_ms for x in r["_summary"].slos}
+        ratio = max(vals[s.name] / s.threshold_ms for s in slos if vals.get(s.name) is not None)
+        if ratio >= 1:
+            if prev is None:
+                return None
+            (l0, q0), (l1, q1) = prev, (r["load"], ratio)
+            f = (0 - math.log(q0)) / (math.log(q1) - math.log(q0))
+            return math.exp(math.log(l0) + f * (math.log(l1) - math.log(l0)))
+        prev = (r["load"], ratio)
+    return None
 
 
 if __name__ == "__main__":
