@@ -258,11 +258,17 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
         # no load failed but loads above the knee stayed undecided: the search found trouble there (an undecided full
         # probe bounds it like a failure) without deciding it, so the knee is neither bracketed nor "not reached"
         open_above = [x for x in undecided if x > knee] if above is None else []
-        if open_above:
-            u = g[g["load"] == open_above[0]].sort_values("n_measured").iloc[-1]
-            binds = ("undecided above the knee", f"no tested load failed; {', '.join(f'{x:g}' for x in open_above)} {mode} stayed "
-                                                 f"undecided (at {open_above[0]:g}: {u['why']})",
-                     "longer probes (probe.max_duration_s) or more requests per probe, to decide the loads above the knee")
+        if open_above:  # the mechanism read at the highest undecided load, where the trouble shows most; said to be undecided
+            u = g[g["load"] == open_above[-1]].sort_values("n_measured").iloc[-1]
+            mech, ev, rem = bottleneck(k["_summary"], u["_summary"], k["binding_slo"], k["_limits"])
+            longer = "longer probes (probe.max_duration_s) or more requests per probe, to decide the loads above the knee"
+            if mech in ("undetermined", "not reached"):
+                binds = ("undecided above the knee", f"no tested load failed; {', '.join(f'{x:g}' for x in open_above)} {mode} "
+                                                     f"stayed undecided (at {open_above[-1]:g}: {u['why']})", longer)
+            else:
+                binds = (f"{mech} (leaning: no load failed)",
+                         f"at {open_above[-1]:g} {mode}, undecided ({u['why']}): {ev.replace('at the failing load', 'there')}",
+                         f"{rem}; {longer}")
         else:
             binds = bottleneck(k["_summary"], _first_fail(g, above), k["binding_slo"], k["_limits"])
         row.update(feasible=True, knee=knee, bracket_hi=above, knee_qps=k["request_throughput"],

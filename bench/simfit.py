@@ -7,10 +7,13 @@ The fitted quantities are the step-time coefficients of the engine model (bench/
     flop_eff           scales the per-token term (every prompt and decode token in the step)
     mem_eff            scales the per-step memory term (weights + the batch's KV context)
     api_overhead_ms    added to TTFT only: HTTP, tokenizer and detokenizer in front of the engine
+    host_ms_per_token  CPU per streamed token taken from the engine's cores (front end, a client on the same machine):
+                       steps stretch as the streamed-token rate rises (0 where the server has cores to spare)
 
 Each measured probe (a sweep point or a run: fixed ISL/OSL, a request rate or a concurrency) is replayed in
 virtual time (bench/sim/virtual.py) with the candidate profile, and the log-ratio of predicted to measured
-median TPOT, median ITL, median TTFT and output throughput is minimised (scipy's least_squares, robust soft-L1
+median TPOT, median ITL, median TTFT, output throughput and, where the server's /metrics has it, its mean prefill
+time (vLLM: first scheduled to first token — what separates per-prompt-token cost from front-end cost) is minimised (scipy's least_squares, robust soft-L1
 loss, on the log of the coefficients). The batch cap, chunk budget and KV capacity stay as the profile says:
 they are the serve config (set them to the server's `--max-num-seqs`, `--max-num-batched-tokens`, KV size).
 
@@ -37,7 +40,7 @@ from bench.sim.virtual import simulate
 # The prefill time is what tells one cell's TTFT apart: the engine's per-prompt-token cost (it scales with ISL) from the
 # front end's per-request cost (it does not); from client TTFTs of one ISL alone the two trade off freely.
 FIGURES = ("tpot_p50", "itl_p50", "ttft_p50", "output_tps", "server_prefill_mean_ms")
-PARAMS = ("step_overhead_ms", "seq_overhead_ms", "flop_eff", "mem_eff", "api_overhead_ms")
+PARAMS = ("step_overhead_ms", "seq_overhead_ms", "flop_eff", "mem_eff", "api_overhead_ms", "host_ms_per_token")
 
 
 @dataclass
@@ -122,8 +125,8 @@ def fit(base: Profile, probes: list[Probe], n_requests: int | None = None) -> Fi
     itl0 = quiet.measured.get("itl_p50") or quiet.measured.get("tpot_p50") or base.step_overhead_ms
     ttft0 = quiet.measured.get("ttft_p50") or 2 * itl0
     starts = [np.log([max(base.step_overhead_ms, 0.05), max(base.seq_overhead_ms, 0.01), base.flop_eff, base.mem_eff,
-                      max(base.api_overhead_ms, 0.05)]),
-              np.log([0.8 * itl0, 0.01, base.flop_eff, base.mem_eff, max(0.05, 0.5 * (ttft0 - itl0))])]
+                      max(base.api_overhead_ms, 0.05), max(base.host_ms_per_token, 1e-4)]),
+              np.log([0.8 * itl0, 0.01, base.flop_eff, base.mem_eff, max(0.05, 0.5 * (ttft0 - itl0)), 1e-4])]
 
     def prof_of(x: np.ndarray) -> Profile:
         return _with(base, dict(zip(PARAMS, map(float, np.exp(x)))))
@@ -139,8 +142,8 @@ def fit(base: Profile, probes: list[Probe], n_requests: int | None = None) -> Fi
                     res.append(math.log(q / p.measured[f]) if q > 0 and math.isfinite(q) else 5.0)
         return np.array(res)
 
-    lo = np.log([0.01, 1e-4, 1e-6, 1e-6, 0.01])
-    hi = np.log([1e4, 1e3, 1.0, 1.0, 1e4])
+    lo = np.log([0.01, 1e-4, 1e-6, 1e-6, 0.01, 1e-5])
+    hi = np.log([1e4, 1e3, 1.0, 1.0, 1e4, 10.0])
     sols = [least_squares(residuals, np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), loss="soft_l1", f_scale=0.1,
                           diff_step=0.05, max_nfev=80) for x0 in starts]
     sol = min(sols, key=lambda r: r.cost)
@@ -203,7 +206,7 @@ def print_fit(res: FitResult, out: Path) -> None:
     p = res.profile
     con.print(f"fitted profile written to {out}: step_overhead {p.step_overhead_ms:.3g} ms, "
               f"per sequence {p.seq_overhead_ms:.3g} ms, flop_eff {p.flop_eff:.3g}, "
-              f"mem_eff {p.mem_eff:.3g}, api_overhead {p.api_overhead_ms:.3g} ms")
+              f"mem_eff {p.mem_eff:.3g}, api_overhead {p.api_overhead_ms:.3g} ms, host {p.host_ms_per_token:.3g} ms per streamed token")
     t = Table(title=f"fit: {len({r['probe'] for r in res.rows})} probes, rms log error {res.rms_log_error:.3f}, "
                     f"worst {res.max_abs_error:+.1%}")
     for c in ("probe", "figure", "measured", "predicted", "error"):

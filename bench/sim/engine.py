@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 BLOCK = 16
+HOST_WINDOW_S = 1.0  # the streamed-token rate behind host_ms_per_token is taken over the last second
 
 
 class Profile(BaseModel):
@@ -76,6 +77,11 @@ class Profile(BaseModel):
     embed_params_b: float = 0.0  # input embedding: a lookup, never multiplied
     lm_head_params_b: float = 0.0  # output projection: multiplied only for sampled tokens
     api_overhead_ms: float = 0.0  # HTTP + tokenizer in front of the engine: added to TTFT (and E2E), not to ITL
+    # CPU time per streamed token spent by the front end (detokenize, SSE) — and, where the load generator shares the
+    # machine, the client — on the cores the engine's own loop needs. 0 for a GPU server with cores to spare. Non-zero,
+    # the engine gets 1 − u of its core, u = streamed tokens/s × host_ms_per_token / 1000 (at most 0.95): every step
+    # stretches by 1/(1 − u). A CPU-only server sharing two cores with its client (the vLLM CPU rig) is such a host.
+    host_ms_per_token: float = 0.0
     fit: dict | None = None  # `trilemma sim fit`: what the coefficients were fitted to, and the fit error
     slowdown: float = 1.0  # multiply every step time (e.g. 1.1 to plant a 10% regression)
 
@@ -130,6 +136,12 @@ class Profile(BaseModel):
         ctx = b * (isl + osl / 2)
         t = self.step_time_s(round(n_dec), ctx, round(n_pre), b)
         qps = b / (osl * t)
+        if self.host_ms_per_token > 0:  # steps stretch by 1/(1 − qps·osl·c): qps = x(1 − qps·osl·c) → x / (1 + x·osl·c)
+            c = self.host_ms_per_token / 1e3
+            qps = qps / (1 + qps * osl * c)
+            if qps * osl * c > 0.95:
+                qps = 0.95 / (osl * c)
+            t = b / (osl * qps)
         return {"batch": b, "step_ms": t * 1e3, "qps": qps, "output_tps": qps * osl, "total_tps": qps * (isl + osl),
                 "tpot_ms": t * 1e3, "prefill_budget_ok": n_pre + n_dec <= self.max_num_batched_tokens}
 
@@ -191,6 +203,9 @@ class Engine:
         self.prefix_hits = 0
         self.steps = 0
         self.observers: list = []  # callables(req, kind, value_s) for histograms
+        self._streamed: deque = deque()  # (step end, tokens emitted): the host's streamed-token rate (host_ms_per_token)
+        self._streamed_sum = 0
+        self._last_step_end: float | None = None
 
     # -- energy (integrated at every power change)
     def _set_power(self, w: float) -> None:
@@ -303,7 +318,14 @@ class Engine:
                 if r.generated >= r.max_tokens:
                     finished.append(r)
                 r.event.set()
-        self.generation_tokens_total += len(decoders) + sum(1 for r, _ in prefills if r.prefilled >= r.prefill_target)
+        emitted = len(decoders) + sum(1 for r, _ in prefills if r.prefilled >= r.prefill_target)
+        self.generation_tokens_total += emitted
+        if self.p.host_ms_per_token > 0:
+            self._streamed.append((now, emitted))
+            self._streamed_sum += emitted
+            while self._streamed and self._streamed[0][0] < now - HOST_WINDOW_S:
+                self._streamed_sum -= self._streamed.popleft()[1]
+            self._last_step_end = now
         for r in finished:
             r.done = True
             self.running.remove(r)
@@ -319,7 +341,14 @@ class Engine:
     def step_cost(self, decoders: list, prefills: list, ctx: float, n_pre: int) -> float:
         """This step's duration in seconds (the profile's roofline), counting the tokens sampled in it."""
         n_sampled = len(decoders) + sum(1 for r, take in prefills if r.prefilled + take >= r.prefill_target)
-        return self.p.step_time_s(len(decoders), ctx, n_pre, n_sampled)
+        return self.p.step_time_s(len(decoders), ctx, n_pre, n_sampled) * self.host_stretch()
+
+    def host_stretch(self) -> float:
+        """1/(1 − u): the share of the engine's core that streaming the last HOST_WINDOW_S of tokens took."""
+        if self.p.host_ms_per_token <= 0 or not self._streamed:
+            return 1.0
+        u = self._streamed_sum / HOST_WINDOW_S * self.p.host_ms_per_token / 1e3
+        return 1.0 / (1.0 - min(u, 0.95))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

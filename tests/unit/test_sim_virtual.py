@@ -128,3 +128,18 @@ def test_paged_kv_preempts_the_newest_request_and_every_request_still_completes(
     assert r.preemptions == 0 and r.requests == 30
     # reserving prompt + max_tokens admits 3 at a time; paged KV admits more and preempts: not slower here
     assert v.output_tps >= 0.9 * r.output_tps
+
+
+def test_a_shared_host_stretches_steps_by_what_streaming_takes():
+    """host_ms_per_token c: one request at a time streams 1/step tokens per second, which takes c/step of the
+    engine's core, so in steady state a step lasts step0/(1 − c/step), i.e. step0 + c (hand-computed). The analytic
+    capacity solves the same relation at the batch limit."""
+    p = load_profile("tiny-test")
+    base = simulate(p, 64, 400, concurrency=1, n_requests=2)
+    host = simulate(p.model_copy(update={"host_ms_per_token": 4.0}), 64, 400, concurrency=1, n_requests=2)
+    late = host.itl_ms[-100:]  # past the first second's window
+    assert sum(late) / len(late) == pytest.approx(base.pct("itl", 0.5) + 4.0, rel=0.01)
+    cap0 = p.analytic_capacity(64, 32)
+    cap = p.model_copy(update={"host_ms_per_token": 0.5}).analytic_capacity(64, 32)
+    x = cap0["qps"]
+    assert cap["qps"] == pytest.approx(x / (1 + x * 32 * 0.5e-3), rel=1e-9)
