@@ -4,7 +4,8 @@ vLLM itself runs on).
 `RayPool` has `WorkerPool`'s contract (bench/workers.py): the schedule, the in-flight cap, the probe monitor,
 multi-turn and saving stay in the driver (the process `trilemma run`/`sweep` runs in); each request is handed
 to an async actor, `HANDOFF_NS` before it is due, and the actor sends it at that time and reads the stream.
-Actors are spread over the cluster's nodes (Ray's SPREAD strategy).
+Actors are dealt round-robin over the cluster's alive nodes, each pinned to its node (a soft node affinity:
+Ray's SPREAD strategy is best effort, and zero-CPU actors were seen placed together on one node).
 
 Clocks: an actor on another host reads another CLOCK_MONOTONIC. Before the load starts, the driver measures
 each actor's clock offset by a ping exchange (16 round trips; the one with the smallest round trip gives
@@ -125,8 +126,12 @@ class RayPool:
             self.n = max(1, sum(1 for nd in ray.nodes() if nd.get("Alive")))
             self.in_flight, self.sent, self.pids = [0] * self.n, [0] * self.n, [None] * self.n
             self.where, self.offset_ns, self.rtt_ns, self.stalls = [{} for _ in range(self.n)], [0] * self.n, [0] * self.n, [None] * self.n
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         actor_cls = ray.remote(num_cpus=0, max_concurrency=100_000)(_Sender)
-        self.actors = [actor_cls.options(scheduling_strategy="SPREAD").remote(w, *self._args) for w in range(self.n)]
+        nodes = sorted(nd["NodeID"] for nd in ray.nodes() if nd.get("Alive"))
+        self.actors = [actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[w % len(nodes)], soft=True)
+                                         if nodes else "SPREAD").remote(w, *self._args) for w in range(self.n)]
         infos = await asyncio.wait_for(asyncio.gather(*(a.start.remote() for a in self.actors)), timeout_s)
         for w, info in enumerate(infos):
             self.where[w], self.pids[w] = info, info["pid"]
