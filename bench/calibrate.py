@@ -45,23 +45,32 @@ def bias_figures(recs) -> dict:
 
 
 def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, duration_s: float = 10.0, seed: int = 0,
-              url: str | None = None, on_row=None, workers: int = 1) -> dict:
+              url: str | None = None, on_row=None, workers: int = 1, sims: int = 1) -> dict:
+    """`sims` simulators behind the client (requests spread to the least loaded), so that at the rates several
+    worker processes reach the target is not what limits: each simulator is one process (one core's worth of
+    event loop), and each gets a core of its own where the machine has more cores than simulators."""
     from bench.config import RunSpec
     from bench.records import read_records
     from bench.runner import execute_run
 
-    proc = None
+    procs = []
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    urls = [url] if url is not None else []
     if url is None:
-        proc, url = start_sim("--deterministic", "--seed", str(seed))
-        if len(cpus) >= 2:  # server and client on separate cores: fewer migrations, steadier tails
-            os.sched_setaffinity(proc.pid, {cpus[-1]})
-            os.sched_setaffinity(0, set(cpus[:-1]))
+        for k in range(sims):
+            proc, u = start_sim("--deterministic", "--seed", str(seed + k))
+            procs.append(proc)
+            urls.append(u)
+        if len(cpus) > sims:  # servers and client on separate cores: fewer migrations, steadier tails
+            for k, proc in enumerate(procs):
+                os.sched_setaffinity(proc.pid, {cpus[-1 - k]})
+            os.sched_setaffinity(0, set(cpus[:-sims]))
+    target = dict(url=urls[0], endpoints=urls if len(urls) > 1 else [])
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i, rate in enumerate(rates):
-                spec = RunSpec(target=dict(url=url), workload=dict(isl=isl, osl=osl),
+                spec = RunSpec(target=target, workload=dict(isl=isl, osl=osl),
                                load=dict(qps=rate, duration_s=duration_s, warmup=1.0), seed=seed + i,
                                scrape_metrics=False, gpu_telemetry="off", workers=workers)
                 ru0, rc0, w0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
@@ -79,12 +88,13 @@ def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, durat
                 if on_row:
                     on_row(row)
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
             proc.wait(10)
-        if len(cpus) >= 2:
+        if cpus and len(cpus) > sims:
             os.sched_setaffinity(0, set(cpus))
-    return {"rows": rows, "safe_qps": safe_rate(rows), "isl": isl, "osl": osl, "duration_s": duration_s, "workers": workers}
+    return {"rows": rows, "safe_qps": safe_rate(rows), "isl": isl, "osl": osl, "duration_s": duration_s, "workers": workers,
+            "sims": len(urls)}
 
 
 def scaling_table(by_workers: dict[int, float | None], osl: int, top: float) -> list[dict]:

@@ -233,7 +233,8 @@ def sim(
     deterministic: bool = typer.Option(False, help="Calibration mode: fixed seeded timing with ground-truth timestamps"),
     seed: int = typer.Option(0),
     slowdown: float = typer.Option(1.0, help="Multiply every engine step time (1.1 = a 10% slower engine)"),
-    error_rate: float = typer.Option(0.0, help="Fraction of requests answered with HTTP 500"),
+    error_rate: float = typer.Option(0.0, help="Fraction of requests answered with an HTTP error (--error-status)"),
+    error_status: int = typer.Option(500, help="The HTTP status those requests get: 500, 503, 429 (rate limited), ..."),
     cut_rate: float = typer.Option(0.0, help="Fraction of streams cut mid-response"),
     delay_ms: float = typer.Option(0.0, help="Added before each request reaches the engine: TTFT and E2E rise by it, ITL not "
                                              "(a slower API front end)"),
@@ -255,9 +256,12 @@ def sim(
     for flag, v, hi in (("--error-rate", error_rate, 1.0), ("--cut-rate", cut_rate, 1.0), ("--delay-ms", delay_ms, 6e5)):
         if not 0 <= v <= hi:
             fail(f"{flag} {v:g}: give a value between 0 and {hi:g}")
+    if not 400 <= error_status <= 599:
+        fail(f"--error-status {error_status}: give an HTTP error status between 400 and 599, e.g. 500 or 429")
     prof = load_profile(profile, slowdown)
     try:
-        serve(prof, host, port, model=model, deterministic=deterministic, seed=seed, error_rate=error_rate, cut_rate=cut_rate, delay_ms=delay_ms)
+        serve(prof, host, port, model=model, deterministic=deterministic, seed=seed, error_rate=error_rate, cut_rate=cut_rate, delay_ms=delay_ms,
+              error_status=error_status)
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick a free port with --port")
 
@@ -317,6 +321,8 @@ def calibrate(
     seed: int = typer.Option(0),
     workers: str = typer.Option("1", help="Client processes, or a list to measure scaling: 1,2,4,8 (a table of the safe rate "
                                 "per count and its efficiency against one process)"),
+    sims: int = typer.Option(1, help="Simulator processes behind the client (requests spread to the least loaded): one "
+                             "simulator is one event loop, so measure scaling with several, each on a core of its own"),
 ) -> None:
     """Measure this client's timing bias against the simulator's ground truth; print the safe rate range.
     With one process, the safe chunk rate (safe req/s × OSL) is cached for this host: `--workers auto` reads it."""
@@ -335,10 +341,12 @@ def calibrate(
         if n == "auto":
             fail("--workers: calibrate measures given counts; write 1 or a list like 1,2,4,8")
         counts.append(int(n))
+    if not 1 <= sims <= 64:
+        fail(f"--sims {sims}: give 1 to 64 simulator processes")
     con = Console(width=max(150, Console().width))
     safe_by: dict[int, float | None] = {}
     for n_w in counts:
-        safe_by[n_w] = _calibrate_ladder(con, rs, isl, osl, duration, repeats, seed, n_w)
+        safe_by[n_w] = _calibrate_ladder(con, rs, isl, osl, duration, repeats, seed, n_w, sims)
     one = safe_by.get(1)
     if one and one < max(rs):  # a real limit, not the ladder's top (which only bounds it from below)
         from bench.workers import save_safe_rate
@@ -363,7 +371,8 @@ def calibrate(
                       "or no efficiency can be measured")
 
 
-def _calibrate_ladder(con, rs: list[float], isl: int, osl: int, duration: float, repeats: int, seed: int, n_w: int) -> float | None:
+def _calibrate_ladder(con, rs: list[float], isl: int, osl: int, duration: float, repeats: int, seed: int, n_w: int,
+                      sims: int = 1) -> float | None:
     """One calibration ladder with `n_w` client processes: its table, and the safe rate it found."""
     from rich.table import Table
 
@@ -372,11 +381,12 @@ def _calibrate_ladder(con, rs: list[float], isl: int, osl: int, duration: float,
 
     runs = []
     for k in range(repeats):
-        runs.append(run_cal(rs, isl, osl, duration, seed + 1000 * k, workers=n_w,
+        runs.append(run_cal(rs, isl, osl, duration, seed + 1000 * k, workers=n_w, sims=sims,
                             on_row=lambda r: con.print(f"[dim]{r['offered_qps']:g} req/s: TTFT bias p50 {r['ttft_bias_p50']:.3f} ms[/]")))
     rows = median_rows(runs)
     t = Table(title=f"client calibration vs simulator ground truth (ISL {isl}, OSL {osl}, Poisson, {duration:g} s/rate, "
-                    f"median of {repeats}, {n_w} client process{'es' if n_w > 1 else ''})", title_justify="left")
+                    f"median of {repeats}, {n_w} client process{'es' if n_w > 1 else ''}"
+                    f"{f', {sims} simulators' if sims > 1 else ''})", title_justify="left")
     for c in ("offered/s", "achieved/s", "TTFT bias p50", "p99", "ITL bias p50", "p99", "send lag p50", "p99", "client CPU",
               "multi-tok chunks", "exact"):
         t.add_column(c, justify="right")
@@ -454,6 +464,9 @@ def sweep(
         con.print("stopped; run the same command again to resume (finished points are kept)")
         raise typer.Exit(130)
     knee_cmd([res["dir"]], plots=plots)
+    if res["status"] == "failed":  # a serve config could not be measured: the knee above covers the others only
+        con.print(f"[red]error:[/] sweep {spec.name} failed: {res['error']}")
+        raise typer.Exit(1)
 
 
 def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | None = None) -> None:

@@ -109,6 +109,9 @@ def interpret_events(events: list[tuple[int, str]], rec: RequestRecord) -> bool:
             ntok, prev, usage_total = ct - prev, ct, ct
             if usage.get("prompt_tokens") is not None:
                 rec.prompt_tokens = int(usage["prompt_tokens"])
+            details = usage.get("prompt_tokens_details")  # OpenAI's field; vLLM --enable-prompt-tokens-details, SGLang --enable-cache-report
+            if isinstance(details, dict) and details.get("cached_tokens") is not None:
+                rec.cached_tokens = int(details["cached_tokens"])
         choices = obj.get("choices") or []
         if not choices:
             continue

@@ -171,11 +171,30 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
     }
 
 
+def current_points(paths: Sequence[str | Path]) -> list[Path]:
+    """The run directories under `paths`, less each sweep's points that its current spec did not measure or
+    reuse (sweep.json `points`): after the SLOs, duration, target or cells are edited, the earlier spec's points
+    stay on disk but never mix into the knee. Sweeps written before that list existed are read whole."""
+    listed: dict[Path, set[str] | None] = {}
+
+    def current(d: Path) -> bool:
+        sweep = d.parent.parent
+        if d.parent.name != "points" or not (sweep / "sweep.json").is_file():
+            return True
+        if sweep not in listed:
+            pts = (read_sweep_doc(sweep) or {}).get("points")
+            listed[sweep] = None if pts is None else set(pts)
+        keep = listed[sweep]
+        return keep is None or d.name in keep
+
+    return [d for d in find_run_dirs(paths) if current(d)]
+
+
 def load_points(paths: Sequence[str | Path], gpus_per_replica: float | None = None) -> pd.DataFrame:
     """One row per measured point (runs and sweep points) under the given result paths. `gpus_per_replica`
     (the --gpus-per-replica flag) fills in points whose run does not say it (label, NVML)."""
     rows = []
-    for d in find_run_dirs(paths):
+    for d in current_points(paths):
         doc = RunDoc.model_validate(settle(d, read_run_doc(d)))  # a killed run: interrupted, its summary rebuilt from the saved requests
         if doc.superseded_by or doc.summary is None:
             continue

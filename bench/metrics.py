@@ -514,8 +514,13 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         s["per_turn"] = {str(t): {"n": sum(1 for r in m if r.turn == t),
                                   "ttft": latency_stats(metric_values([r for r in m if r.turn == t], "ttft")),
                                   "prompt_tokens_mean": float(np.mean([float(r.prompt_tokens) for r in m
-                                                                       if r.turn == t and r.prompt_tokens >= 0] or [math.nan]))}
+                                                                       if r.turn == t and r.prompt_tokens >= 0] or [math.nan])),
+                                  "cached_fraction": cached_fraction([r for r in ok if r.turn == t])}
                          for t in turns}
+    reported = [r for r in ok if r.cached_tokens >= 0 and r.prompt_tokens > 0]
+    if reported:  # the server's own count of prompt tokens served from its prefix cache
+        s["prompt_cache"] = {"requests": len(reported), "cached_fraction": cached_fraction(reported),
+                             "hit_requests": sum(1 for r in reported if r.cached_tokens > 0)}
     sessions: dict[int, list[RequestRecord]] = {}
     for r in m:
         if r.turn >= 0:
@@ -693,6 +698,13 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
         "fraction_within": within / len(vals) if len(vals) else math.nan,
         "n": len(vals),
     }
+
+
+def cached_fraction(recs: Sequence[RequestRecord]) -> float | None:
+    """Prompt tokens the server served from its prefix cache over its prompt tokens, over the requests that
+    reported usage.prompt_tokens_details.cached_tokens (None: none did)."""
+    rep = [r for r in recs if r.cached_tokens >= 0 and r.prompt_tokens > 0]
+    return sum(r.cached_tokens for r in rep) / sum(r.prompt_tokens for r in rep) if rep else None
 
 
 def token_mismatches(m: list[RequestRecord], expect_exact_osl: bool) -> dict[str, Any]:

@@ -4,8 +4,9 @@ vLLM itself runs on).
 `RayPool` has `WorkerPool`'s contract (bench/workers.py): the schedule, the in-flight cap, the probe monitor,
 multi-turn and saving stay in the driver (the process `trilemma run`/`sweep` runs in); each request is handed
 to an async actor, `HANDOFF_NS` before it is due, and the actor sends it at that time and reads the stream.
-Actors are dealt round-robin over the cluster's alive nodes, each pinned to its node (a soft node affinity:
-Ray's SPREAD strategy is best effort, and zero-CPU actors were seen placed together on one node).
+Actors are dealt round-robin over the cluster's alive nodes, each pinned to its node (a hard node affinity:
+Ray's SPREAD strategy is best effort and zero-CPU actors were seen placed together on one node; a soft affinity
+fell back to the head when the scheduler's view of a just-joined node lagged, on a loaded machine).
 
 Clocks: an actor on another host reads another CLOCK_MONOTONIC. Before the load starts, the driver measures
 each actor's clock offset by a ping exchange (16 round trips; the one with the smallest round trip gives
@@ -130,7 +131,7 @@ class RayPool:
 
         actor_cls = ray.remote(num_cpus=0, max_concurrency=100_000)(_Sender)
         nodes = sorted(nd["NodeID"] for nd in ray.nodes() if nd.get("Alive"))
-        self.actors = [actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[w % len(nodes)], soft=True)
+        self.actors = [actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[w % len(nodes)], soft=False)
                                          if nodes else "SPREAD").remote(w, *self._args) for w in range(self.n)]
         infos = await asyncio.wait_for(asyncio.gather(*(a.start.remote() for a in self.actors)), timeout_s)
         for w, info in enumerate(infos):

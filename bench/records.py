@@ -49,6 +49,7 @@ class RequestRecord:
     osl: int = 0  # requested output tokens (max_tokens)
     prompt_tokens_local: int = -1  # counted by the harness' tokenizer (-1: not counted)
     prompt_tokens: int = -1  # server usage.prompt_tokens (-1: not reported)
+    cached_tokens: int = -1  # server usage.prompt_tokens_details.cached_tokens: prompt tokens served from its prefix cache (-1: not reported)
     output_tokens: int = -1  # server usage.completion_tokens, else client count
     tokens_from_usage: bool = True  # False: output/chunk token counts are client-side estimates
     ok: bool = False
@@ -86,7 +87,7 @@ pa.set_memory_pool(pa.system_memory_pool())
 
 # requests.parquet schema history (the file's metadata key `trilemma.record_schema`; files without it are 1):
 # 1: the RequestRecord columns; columns added since, each absent in older files and read as its default:
-#    done_marker (True), stage, slot_ns, worker, endpoint (0). A file from a newer version is refused with one line.
+#    done_marker (True), stage, slot_ns, worker, endpoint (0), cached_tokens (-1). A file from a newer version is refused with one line.
 RECORD_SCHEMA_VERSION = 1
 SCHEMA = pa.schema([(f.name, _arrow_type(f)) for f in fields(RequestRecord)],
                    metadata={"trilemma.record_schema": str(RECORD_SCHEMA_VERSION)})

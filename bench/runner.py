@@ -554,7 +554,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         doc["client_health"] = {"loop_stalls": stalls.report()}
         if stalls.n:
             summary["warnings"].append(stalls.warning("the scheduler's event loop" if pool else "the event loop"))
-        summary["client"] = {"workers": n_workers}
+        summary["client"] = {"workers": n_workers, **({"auto_why": doc["client"].get("why")} if spec.workers == "auto" else {})}
         if pool is not None:  # each worker's health; the run is judged by the worst
             per = pool.per_worker(recs)
             doc["client_health"]["workers"] = per

@@ -168,6 +168,16 @@ class TurnSummary(_Doc):
     n: int = 0
     ttft: Latency = Latency()
     prompt_tokens_mean: float | None = None
+    cached_fraction: float | None = None  # the server's cached prompt tokens / prompt tokens (None: not reported)
+
+
+class PromptCache(_Doc):
+    """usage.prompt_tokens_details.cached_tokens, per request, as the server reported it (vLLM with
+    --enable-prompt-tokens-details, SGLang with --enable-cache-report, OpenAI)."""
+
+    requests: int = 0  # measured ok requests that reported it
+    cached_fraction: float | None = None  # cached prompt tokens / prompt tokens over those requests
+    hit_requests: int = 0  # requests with at least one cached prompt token
 
 
 class Sessions(_Doc):
@@ -252,6 +262,7 @@ class ClientInfo(_Doc):
     per_worker_requests: list[int] = []
     worst_send_lag_p99_ms: float | None = None
     worst_worker: int | None = None
+    auto_why: str | None = None  # --workers auto: what it chose and why
 
 
 class PointSummary(_Doc):
@@ -288,6 +299,7 @@ class PointSummary(_Doc):
     warnings: list[Warning_] = []
     per_stage: list[StageSummary] = []
     per_turn: dict[str, TurnSummary] = {}
+    prompt_cache: PromptCache | None = None  # the server said how many prompt tokens it served from its prefix cache
     per_model: dict[str, ModelSummary] = {}
     per_endpoint: dict[str, EndpointSummary] = {}
     sessions: Sessions | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -235,18 +236,40 @@ class SweepRunner:
         self.serve: dict | None = None
         self.servers: list[dict] = []  # what sweep.json records about each serve config
         self.lifetime_hint: dict[str, float] = {}  # cell -> request lifetime (E2E p50, s) of its last probe
+        # the points this spec measured or reused: knee, report and compare read only these, so the points an
+        # edited spec (SLOs, duration, target, cells) left on disk never mix into its knee. A rerun of the same
+        # spec keeps what the earlier runs listed (an interrupted one included) and its servers' records.
+        self.points: list[str] = []
+        self.server_version: str | None = None  # a URL target's version when the sweep starts (None: not said)
+        from bench.results import read_sweep_doc
 
-    def _doc(self, status: str, extra: dict | None = None) -> None:
-        from bench.client import redact_url
-        from bench.results import SWEEP_SCHEMA_VERSION, harness_info, write_json
+        try:
+            prev = read_sweep_doc(self.dir)
+        except ValueError:
+            prev = None
+        if prev is not None and prev.get("spec") == self._spec_doc():
+            self.points = list(prev.get("points") or [])
+            self.servers = list(prev.get("servers") or [])
 
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def _spec_doc(self) -> dict:
         spec_doc = self.spec.model_dump(mode="json")
         spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])
         spec_doc["target"]["endpoints"] = [redact_url(u) for u in spec_doc["target"].get("endpoints", [])]
+        return spec_doc
+
+    def _doc(self, status: str, extra: dict | None = None) -> None:
+        from bench.results import SWEEP_SCHEMA_VERSION, harness_info, write_json
+
+        self.dir.mkdir(parents=True, exist_ok=True)
         doc = {"schema_version": SWEEP_SCHEMA_VERSION, "kind": "sweep", "name": self.spec.name, "status": status, "harness": harness_info(),
-               "spec": spec_doc, "updated_at": time.time(), **(extra or {})}
+               "spec": self._spec_doc(), "updated_at": time.time(), "points": self.points,
+               **({"servers": self.servers} if self.servers else {}), **(extra or {})}
         write_json(self.dir / "sweep.json", doc)
+
+    def _touch(self, h: str) -> None:
+        if h not in self.points:
+            self.points.append(h)
+            self._doc("running")
 
     def measure(self, cell_idx: int, mode: str, value: float, repeat: int = 0, seed_offset: int = 0, role: str = "grid") -> PointSummary:
         """Measure one point (or return it from disk if already complete). Returns its summary.
@@ -284,9 +307,21 @@ class SweepRunner:
 
         h = point_hash(key)
         pdir = self.points_dir / h
+        self._touch(h)
         if (pdir / "run.json").is_file():
             old = RunDoc.model_validate(results.read_run_doc(pdir))
-            if old.status == "complete" and old.summary is not None:
+            was = old.target.server_version
+            if self.server_version and was and was != self.server_version and old.status == "complete":
+                kept = pdir.with_name(f"{h}.server-{re.sub(r'[^A-Za-z0-9._+-]', '_', was)}")  # kept, never read as this spec's result
+                doc = results.read_run_doc(pdir)
+                doc["superseded_by"] = h
+                results.write_run_doc(pdir, doc)
+                if kept.exists():
+                    shutil.rmtree(kept)
+                pdir.rename(kept)
+                self.on_event("note", key=key, role=role, why=f"the server's version changed ({was} -> {self.server_version}): "
+                                                             f"measuring again (the earlier point kept in {kept.name})")
+            elif old.status == "complete" and old.summary is not None:
                 self.skipped += 1
                 self._hint(key, old.summary)
                 self.on_event("skip", key=key, role=role, summary=old.summary)
@@ -346,9 +381,25 @@ class SweepRunner:
                                              "--error-rate", str(sim.error_rate), "--cut-rate", str(sim.cut_rate),
                                              "--delay-ms", str(sim.delay_ms))
 
+    def _version_now(self) -> None:
+        """A URL target's version (vLLM /version, SGLang server info) before anything is reused: a point measured
+        on another version is measured again. An unreachable server says nothing here; its first point fails."""
+        import asyncio
+
+        from bench import client as cl
+
+        if self.spec.target.sim is not None or self.spec.target.launch is not None:
+            return  # a started server: its command (or the simulator's profile) is in every point's identity
+        headers = {**self.spec.target.headers, **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+        try:
+            self.server_version = asyncio.run(cl.discover(self.url, headers)).get("server_version")
+        except Exception:  # noqa: BLE001 - an unreachable or odd server is reported by the first point measured
+            self.server_version = None
+
     def run(self) -> dict:
         spec = self.spec
         self._doc("running")
+        self._version_now()
         searches: list[dict] = []
         status, error = "complete", None
         try:
@@ -388,8 +439,7 @@ class SweepRunner:
                 except subprocess.TimeoutExpired:
                     self.sim_proc.kill()
                     self.sim_proc.wait(10)
-            self._doc(status, {"searches": searches, "measured": self.measured, "skipped": self.skipped, "error": error,
-                               **({"servers": self.servers} if self.servers else {})})
+            self._doc(status, {"searches": searches, "measured": self.measured, "skipped": self.skipped, "error": error})
         return {"status": status, "dir": self.dir, "measured": self.measured, "skipped": self.skipped, "searches": searches,
                 "servers": self.servers, "error": error}
 
@@ -413,6 +463,7 @@ class SweepRunner:
         launch = self.spec.target.launch
         assert launch is not None
         self.server = LaunchedServer(launch, serve, self.dir / "servers" / config_hash(launch.cmd, serve))
+        self.servers = [x for x in self.servers if x.get("params") != serve]  # a rerun's start replaces that config's record
         self.servers.append({"config": config_label(serve), "params": serve, "status": "starting"})
         self.on_event("note", why=f"starting the server for serve config {config_label(serve) or '(default)'}")
         try:
@@ -422,7 +473,7 @@ class SweepRunner:
         finally:
             self.servers[-1].update(self.server.record())
         self.servers[-1]["status"] = "running"
-        self._doc("running", {"servers": self.servers})
+        self._doc("running")
 
     def _stop_server(self) -> None:
         if self.server is not None:

@@ -303,6 +303,7 @@ class WorkerPool:
         self._seq = 0
         self._ready = 0
         self._bye = 0
+        self._closing = False  # a worker that exits after close() asked it to stop has not died
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_ev: asyncio.Event | None = None
         self._bye_ev: asyncio.Event | None = None
@@ -359,7 +360,7 @@ class WorkerPool:
         elif kind == "bye":
             self.stalls[msg[1]] = msg[2]
             self._bye += 1
-            if self._bye == self.n and self._bye_ev is not None:
+            if self._bye >= self.n - len(self.dead) and self._bye_ev is not None:
                 self._bye_ev.set()
 
     async def _watch_procs(self) -> None:
@@ -367,7 +368,7 @@ class WorkerPool:
         while True:
             await asyncio.sleep(0.5)
             for w, p in enumerate(self.procs):
-                if w in self.dead or p.exitcode is None:
+                if w in self.dead or p.exitcode is None or self._closing:
                     continue
                 self.dead[w] = f"worker process {w} (pid {p.pid}) exited with code {p.exitcode} while sending"
                 for key, (rec, fut, ww) in list(self._pending.items()):
@@ -415,6 +416,9 @@ class WorkerPool:
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop every worker (after its in-flight requests were cancelled or ended) and wait for them."""
+        self._closing = True
+        if self._bye_ev is not None and self._bye >= self.n - len(self.dead):
+            self._bye_ev.set()
         for w, q in enumerate(self.jobs):
             if w not in self.dead:
                 q.put(("stop",))

@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15, help="window of each fit probe")
     ap.add_argument("--measure-qps", default="1.2,1.6,2.0,2.4,2.8,3.2", help="request rates the second cell is measured at")
     ap.add_argument("--measure-seconds", type=float, default=40, help="window of each measured point")
+    ap.add_argument("--keep-measured", action="store_true",
+                    help="refit only: keep the second cell's points already measured under --out (same rig, same model)")
     a = ap.parse_args()
     import vllm_rig
 
@@ -63,11 +65,14 @@ def main() -> None:
         trilemma("sweep", str(fit_yaml), "--out", str(a.out), "--no-plots")
         trilemma("sim", "fit", str(a.out / "fit-probes"), "--base", "cpu-rig-tiny-llama", "--out", str(a.out / "fitted.yaml"),
                  "--predict", a.predict_cell, "--slo", a.slo)
-        knee_yaml.write_text(yaml.safe_dump({
-            "name": "measured-knee", "target": {"url": url}, "cells": [{"name": f"knee-{pi}-{po}", "isl": pi, "osl": po}],
-            "load": {"qps": [float(x) for x in a.measure_qps.split(",")]}, "duration_s": a.measure_seconds, "warmup": "3s",
-            "slos": slos}))
-        trilemma("sweep", str(knee_yaml), "--out", str(a.out), "--no-plots")
+        if a.keep_measured and (a.out / "measured-knee" / "sweep.json").exists():
+            print(f"\nkeeping the measured points of {a.out / 'measured-knee'}", flush=True)
+        else:
+            knee_yaml.write_text(yaml.safe_dump({
+                "name": "measured-knee", "target": {"url": url}, "cells": [{"name": f"knee-{pi}-{po}", "isl": pi, "osl": po}],
+                "load": {"qps": [float(x) for x in a.measure_qps.split(",")]}, "duration_s": a.measure_seconds, "warmup": "3s",
+                "slos": slos}))
+            trilemma("sweep", str(knee_yaml), "--out", str(a.out), "--no-plots")
     finally:
         vllm_rig.stop_server(proc)
 

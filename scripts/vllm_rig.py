@@ -58,7 +58,7 @@ def server_env() -> dict:
 def server_cmd(py: Path, model: Path, port: int, max_num_seqs: int = 64, extra: tuple[str, ...] = ()) -> list[str]:
     return [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", SERVED_NAME,
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "bfloat16",
-            "--enable-prefix-caching", "--max-num-seqs", str(max_num_seqs), "--uvicorn-log-level=warning", *extra]
+            "--enable-prefix-caching", "--enable-prompt-tokens-details", "--max-num-seqs", str(max_num_seqs), "--uvicorn-log-level=warning", *extra]
 
 
 def _background_priority() -> None:

@@ -46,6 +46,8 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
     if s.offered_qps:
         c.print(f"offered {s.offered_qps:g} req/s · achieved send rate {_f(s.achieved_send_qps, 2)} req/s · "
                 f"mean in flight {_f(s.mean_in_flight, 1)}")
+    if s.client.auto_why:
+        c.print(f"client: --workers {s.client.auto_why}")
     if s.client.workers > 1:
         cl = s.client
         c.print(f"client: {cl.workers} worker processes, {'/'.join(map(str, cl.per_worker_requests))} requests · worst send lag p99 "
@@ -66,7 +68,12 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
                 f"TTFT p50 {_f(pe.ttft.p50, 1)} ms · p99 {_f(pe.ttft.p99, 1)} ms · TPOT p50 {_f(pe.tpot.p50, 2)} ms")
     for turn, tr in s.per_turn.items():
         c.print(f"turn {turn}: {tr.n} requests · TTFT p50 {_f(tr.ttft.p50, 1)} ms · p99 {_f(tr.ttft.p99, 1)} ms · "
-                f"mean prompt {_f(tr.prompt_tokens_mean, 0)} tokens")
+                f"mean prompt {_f(tr.prompt_tokens_mean, 0)} tokens" +
+                (f" · {100 * tr.cached_fraction:.0f}% of it from the server's prefix cache" if tr.cached_fraction is not None else ""))
+    if s.prompt_cache is not None:
+        pc = s.prompt_cache
+        c.print(f"prompt cache (the server's usage.prompt_tokens_details): {_f(100 * (pc.cached_fraction or 0), 1)}% of prompt tokens "
+                f"cached · {pc.hit_requests} of {pc.requests} requests hit")
     if s.sessions is not None and s.sessions.n:
         ss = s.sessions
         c.print(f"sessions: {ss.n} ({ss.complete} complete) · {ss.turns_mean:.1f} turns on average · duration p50 "

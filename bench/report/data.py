@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
-from bench.knee import interrupted_points, knee_table, load_points, stage_rows
-from bench.results import find_run_dirs, read_run_doc, read_sweep_doc
+from bench.knee import current_points, interrupted_points, knee_table, load_points, stage_rows
+from bench.results import read_run_doc, read_sweep_doc
 from bench.summary import RunDoc
 
 METHODS = [
@@ -75,7 +75,7 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
     knees_cost["cost_note"] = knees_cost["cost_note"].astype(object).where(knees_cost["cost_note"].notna(), None)
     envs, warnings, workloads = [], [], []
     for p in paths:
-        dirs = find_run_dirs([p])
+        dirs = current_points([p])
         if not dirs:
             continue
         doc = RunDoc.model_validate(read_run_doc(dirs[0]))

@@ -84,8 +84,9 @@ def error(status: int, message: str, kind: str = "BadRequestError") -> web.Respo
 
 class SimServer:
     def __init__(self, profile: Profile, *, model: str | None = None, deterministic: bool = False, seed: int = 0,
-                 error_rate: float = 0.0, cut_rate: float = 0.0, delay_ms: float = 0.0):
+                 error_rate: float = 0.0, cut_rate: float = 0.0, delay_ms: float = 0.0, error_status: int = 500):
         self.p = profile
+        self.error_status = error_status  # what an injected failure answers: 500 (an internal error) or 429 (rate limited)
         # added before a request reaches the engine: a slower API front end (--delay-ms) and the profile's own front end
         self.delay_s = (delay_ms + profile.api_overhead_ms) / 1e3
         self.names = [n.strip() for n in (model or profile.model).split(",") if n.strip()]  # several served names, as vLLM's
@@ -228,7 +229,9 @@ class SimServer:
             return error(400, f"This model's maximum context length is {self.p.max_model_len} tokens. However, you requested "
                               f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion).")
         if self.error_rate and self.rng.random() < self.error_rate:
-            return error(500, "simulated internal server error", "InternalServerError")
+            if self.error_status == 429:
+                return error(429, "simulated rate limit: too many requests", "RateLimitError")
+            return error(self.error_status, "simulated internal server error", "InternalServerError")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         self.seq += 1
@@ -317,10 +320,12 @@ class SimServer:
             except (ConnectionResetError, asyncio.CancelledError):
                 self._abort(req)
                 raise
-        if include_usage:
+        if include_usage:  # as OpenAI (and vLLM --enable-prompt-tokens-details) say it: prompt tokens from the prefix cache
+            details = {} if self.deterministic else {"prompt_tokens_details": {"cached_tokens": req.cached}}
             await resp.write(sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
                                   "model": self.model, "choices": [],
-                                  "usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen, "completion_tokens": n_gen}}))
+                                  "usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen, "completion_tokens": n_gen,
+                                            **details}}))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -318,3 +318,50 @@ def test_request_settings_and_headers_reach_the_server_and_header_values_are_not
             assert b"team-s3cr3t" not in f.read_bytes(), f
     p = trilemma("run", "--url", fs.url, "--request", '{"max_tokens": 5}', "--qps", 1, "--requests", 1, "--out", tmp_path, check=False)
     assert p.returncode == 2 and "'max_tokens' is set by --osl" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_rerun_reuses_only_points_of_this_target_spec_and_server_version(sim_factory, tmp_path):
+    """Issue 12 item 5. A point is reused only for the same target, spec and server version; the points an
+    earlier spec left on disk never mix into the knee, report or compare of the current one."""
+    from bench.knee import load_points
+
+    a, b = sim_factory("--profile", "tiny-test"), sim_factory("--profile", "tiny-test")
+    spec = {"name": "s", "target": {"url": a.url}, "cells": [{"isl": 16, "osl": 4}], "load": {"qps": [2, 4]},
+            "requests": 12, "warmup": "2r", "gpu_telemetry": "off", "slos": {"ttft_p90": "500ms"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = lambda *extra: trilemma("sweep", path, "--out", tmp_path, "--no-plots", *extra)  # noqa: E731
+    sw = lambda: json.loads((tmp_path / "s" / "sweep.json").read_text())  # noqa: E731
+    sweep()
+    first = sw()["points"]
+    n = len(first)  # the grid's loads and any the knee search added between them
+    assert n >= 2 and sw()["measured"] == n
+    sweep()  # same spec, same server: reused
+    assert sw()["skipped"] == n and sw()["measured"] == 0 and sw()["points"] == first
+    # another server at another address: measured anew, and only its points are read
+    sweep("--url", b.url)
+    second = sw()["points"]
+    assert sw()["measured"] == len(second) and sw()["skipped"] == 0 and not set(second) & set(first)
+    df = load_points([tmp_path / "s"])
+    assert len(df) == 2 and set(df["run_dir"].map(lambda r: Path(r).name)) <= set(second)  # one row per load (an extended point replaces its first try)
+    # an edited SLO: the earlier spec's four points stay on disk, the knee reads the new two only
+    spec["slos"] = {"ttft_p90": "400ms"}
+    path.write_text(yaml.safe_dump(spec))
+    sweep()
+    third = sw()["points"]
+    assert sw()["measured"] == len(third) and not set(third) & (set(first) | set(second))
+    assert len(list((tmp_path / "s" / "points").iterdir())) == len(first) + len(second) + len(third)
+    df = load_points([tmp_path / "s"])
+    assert len(df) == 2 and set(df["run_dir"].map(lambda r: Path(r).name)) <= set(third)
+    # a point measured on another server version is measured again; the earlier one is kept aside, unread
+    h = Path(df["run_dir"].iloc[0]).name  # a point the knee reads
+    doc = json.loads((tmp_path / "s" / "points" / h / "run.json").read_text())
+    doc["target"]["server_version"] = "0.0-older"
+    (tmp_path / "s" / "points" / h / "run.json").write_text(json.dumps(doc))
+    p = sweep()
+    assert "version changed (0.0-older ->" in p.stdout + p.stderr
+    assert sw()["measured"] == 1 and sw()["skipped"] == len(third) - 1
+    kept = tmp_path / "s" / "points" / f"{h}.server-0.0-older"
+    assert json.loads((kept / "run.json").read_text())["superseded_by"] == h
+    df = load_points([tmp_path / "s"])
+    assert len(df) == 2 and (df["server_version"] != "0.0-older").all() and h in set(df["run_dir"].map(lambda r: Path(r).name))

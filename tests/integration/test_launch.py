@@ -80,6 +80,32 @@ def test_a_grid_of_serve_configs_is_a_knee_dimension_with_each_command_and_log_k
     assert fast["feasible"] and (not slow["feasible"] or slow["knee"] < fast["knee"]), knees[["knee", "note"]]
     again = trilemma("sweep", f, "--out", tmp_path, "--no-plots")
     assert "starting the server" not in again.stderr and "0 points measured, 4 reused" in again.stderr
+    kept = json.loads((d / "sweep.json").read_text())["servers"]  # a rerun that started nothing keeps each config's record
+    assert [(s["config"], s["status"], s["command"]) for s in kept] == [(s["config"], s["status"], s["command"]) for s in servers]
+
+
+def test_a_server_that_dies_past_its_restarts_fails_its_config_and_the_sweep_goes_on(tmp_path):
+    """restarts: 0 and the first config's server killed during its point: that config is failed with the
+    server's exit and log tail, the second config is started and measured, and the sweep ends failed, naming
+    the config, with no server left."""
+    m = marker()
+    f = spec_file(tmp_path, m, load={"qps": [6]}, requests=120,
+                  target={"launch": {"cmd": f"{SIM} --seed {m} --slowdown {{slowdown}}", "params": {"slowdown": [1.0, 1.5]}, "restarts": 0}})
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: bool(list((tmp_path / "launched" / "points").glob("*/requests.parts/*.parquet"))), 60, "the point to measure")
+    for pid in server_pids(m):
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    d = tmp_path / "launched"
+    sw = json.loads((d / "sweep.json").read_text())
+    first, second = sw["servers"]
+    assert proc.returncode != 0 and sw["status"] == "failed" and "slowdown=1.0" in sw["error"], (sw, err)
+    assert first["status"] == "failed" and len(first["deaths"]) == 1 and first["deaths"][0]["exit_status"] not in (0, None)
+    assert second["status"] == "complete" and second["starts"] == 1
+    df = load_points([d])
+    assert list(df["cell"]) == ["c (slowdown=1.5)"] and (df["status"] == "complete").all()
+    assert not server_pids(m)
 
 
 def test_a_server_that_dies_mid_sweep_is_restarted_and_the_point_measured_again(tmp_path):

@@ -63,6 +63,22 @@ def test_server_errors_and_cut_streams_are_classified(sim_factory, tmp_path):
     assert kinds.get("http", 0) > 5 and kinds.get("stream_cut", 0) > 5
     assert (df.loc[df.error_kind == "http", "status"] == 500).all()
     assert "error rate" in p.stdout and "response id" in p.stdout  # the warning names its remedy
+    # failures that come back fast are not a queue: never blamed on the server's capacity (issue 12 item 11)
+    warnings = {w["code"] for w in json.loads((run_dir(tmp_path) / "run.json").read_text())["summary"]["warnings"]}
+    assert "past its capacity" not in p.stdout and "unstable" not in warnings, warnings
+
+
+def test_rate_limited_requests_are_counted_as_429_and_not_called_a_capacity_limit(sim_factory, tmp_path):
+    sim = sim_factory("--profile", "tiny-test", "--error-rate", "0.4", "--error-status", "429", "--seed", "4")
+    p = trilemma("run", "--url", sim.url, "--isl", 32, "--osl", 16, "--qps", 8, "--requests", 60, "--out", tmp_path)
+    df = pd.read_parquet(run_dir(tmp_path) / "requests.parquet")
+    failed = df[~df["ok"]]
+    assert len(failed) > 10 and (failed["error_kind"] == "http").all() and (failed["status"] == 429).all()
+    assert "rate limit" in failed["error"].iloc[0]
+    s = json.loads((run_dir(tmp_path) / "run.json").read_text())["summary"]
+    assert s["n_ok"] == len(df[df["ok"] & ~df["warmup"]]) and s["n_ok"] > 20
+    assert "error rate" in p.stdout and "past its capacity" not in p.stdout
+    assert "unstable" not in {w["code"] for w in s["warnings"]} and not s["saturation"]["saturated"]
 
 
 def test_ctrl_c_keeps_measured_results(sim_factory, tmp_path):
@@ -176,8 +192,13 @@ def test_sharegpt_conversations_replay_turn_by_turn_with_history(sim_factory, tm
                  "--think-time", 0.5, "--out", tmp_path / "out")
     assert "turn 2:" in p.stdout and "sessions: 4 (4 complete)" in p.stdout
     d = run_dir(tmp_path / "out")
-    user_files.check_sessions(json.loads((d / "run.json").read_text()), pd.read_parquet(d / "requests.parquet"), 3, 4, 0.5,
-                                words_are_tokens=True)
+    doc = json.loads((d / "run.json").read_text())
+    user_files.check_sessions(doc, pd.read_parquet(d / "requests.parquet"), 3, 4, 0.5, words_are_tokens=True)
+    # the simulator's prefix cache says per request what it served (usage.prompt_tokens_details.cached_tokens):
+    # a first turn shares nothing, later turns find their history (whole 16-token blocks of it) cached
+    per_turn = doc["summary"]["per_turn"]
+    assert per_turn["0"]["cached_fraction"] == 0 and all(per_turn[k]["cached_fraction"] > 0.3 for k in ("1", "2")), per_turn
+    assert doc["summary"]["prompt_cache"]["hit_requests"] == 8 and "% of it from the server's prefix cache" in p.stdout
 
 
 def test_a_model_mix_sends_each_request_to_a_name_by_weight_and_splits_the_summary(sim_factory, tmp_path):

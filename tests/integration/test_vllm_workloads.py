@@ -104,4 +104,10 @@ def test_sharegpt_history_is_served_from_the_prefix_cache(vllm_server, tmp_path)
         doc = json.loads((d / "run.json").read_text())
         user_files.check_sessions(doc, pd.read_parquet(d / "requests.parquet"), turns, 4, 0.2)
         rate[turns] = doc["summary"]["server"]["prefix_cache_hit_rate"]
+        per_turn = doc["summary"]["per_turn"]
     assert rate[3] > rate[1] + 0.2, rate
+    # per turn, from vLLM's own per-request count (usage.prompt_tokens_details.cached_tokens): the later turns'
+    # prompts are served from the cache that the earlier turns filled; every turn has its TTFT
+    first, *later = [per_turn[k] for k in sorted(per_turn, key=int)]
+    assert len(later) == 2 and all(t["ttft"]["p50"] > 0 for t in (first, *later)), per_turn
+    assert all(t["cached_fraction"] > first["cached_fraction"] + 0.2 for t in later), per_turn

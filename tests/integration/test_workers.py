@@ -54,6 +54,12 @@ def test_two_workers_measure_what_one_process_does(sim_factory, tmp_path):
     assert [w["worker"] for w in per] == [0, 1] and all(w["send_lag_ms"]["p50"] <= 1.0 and w["loop_stalls"] is not None for w in per)
     assert docs[2]["client"]["why"] == "--workers 2" and len(docs[2]["client"]["pids"]) == 2
     assert not any(alive(p) for p in docs[2]["client"]["pids"])
+    # --workers auto says what it chose and why, in run.json and on the console
+    p = trilemma("run", "--url", sim.url, "--isl", 32, "--osl", 16, "--qps", 15, "--requests", 30, "--seed", 3, "--workers", "auto",
+                 "--out", tmp_path / "wa", "--name", "r")
+    auto = json.loads((tmp_path / "wa" / "r" / "run.json").read_text())["summary"]["client"]
+    assert auto["workers"] >= 1 and auto["auto_why"].startswith(f"auto: {auto['workers']} (")
+    assert f"client: --workers auto: {auto['workers']} (" in p.stdout + p.stderr
 
 
 def _start(sim_url: str, out: Path) -> subprocess.Popen:
@@ -68,6 +74,35 @@ def _wait_sending(proc: subprocess.Popen, d: Path) -> None:
     while not list(d.glob("requests.parts/part-*.parquet")):  # the first flush: sending has begun
         assert proc.poll() is None and time.monotonic() < deadline, "the run never started sending"
         time.sleep(0.05)
+
+
+def test_a_worker_that_dies_fails_only_the_requests_it_held(sim_factory, tmp_path):
+    """One of two worker processes is killed mid-run: the requests it held are recorded as failed with the
+    reason, every later one goes to the other worker and succeeds, each request is in the file once, and the
+    run ends with its summary."""
+    sim = sim_factory("--profile", "tiny-test", "--slowdown", "3")  # requests live ~a second: some are in the dead worker's hands
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--url", sim.url, "--isl", "32", "--osl", "64", "--qps", "10",
+                             "--requests", "120", "--warmup", "5r", "--workers", "2", "--out", str(tmp_path), "--name", "r"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    d = tmp_path / "r"
+    _wait_sending(proc, d)
+    time.sleep(3)
+    pids = json.loads((d / "run.json").read_text())["client"]["pids"]
+    kill_ns = time.perf_counter_ns()
+    os.kill(pids[1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    doc = json.loads((d / "run.json").read_text())
+    assert doc["status"] in ("complete", "failed") and doc["summary"]["n_measured"] == 120, (out, err)
+    df = pd.read_parquet(d / "requests.parquet")
+    assert sorted(df["index"]) == list(range(125))
+    lost = df[~df["ok"]]
+    # lost: only requests worker 1 held when it died — handed to it before the watcher (every 0.5 s) saw the death
+    assert len(lost) >= 1 and (lost["error_kind"] == "client").all() and (lost["worker"] == 1).all(), lost[["index", "error"]]
+    assert lost["error"].str.contains("worker process 1").all() and (lost["intended_ns"] < kill_ns + 1_000_000_000).all()
+    after = df[df["intended_ns"] > kill_ns + 1_000_000_000]
+    assert len(after) > 30 and (after["worker"] == 0).all() and after["ok"].all()
+    per = doc["client_health"]["workers"]
+    assert "exited" in per[1]["died"] and "died" not in per[0], (per[0].get("died"), per)
 
 
 def test_ctrl_c_and_kill_with_workers_lose_nothing_measured(sim_factory, tmp_path):
@@ -166,3 +201,17 @@ def test_a_point_on_a_local_two_node_ray_cluster_is_one_merged_result(sim_factor
         assert abs(a["clock_offset_ns"]) <= a["clock_rtt_ns"] + 1_000_000, a
     one = json.loads((tmp_path / "one" / "run.json").read_text())["summary"]
     assert set(doc["summary"]) == set(one)
+
+
+def test_calibrate_prints_the_scaling_table_with_several_simulators_behind_the_workers():
+    """`calibrate --workers 1,2 --sims 2`: a ladder per worker count against two simulators (requests spread
+    over both, each record's bias taken against the simulator that served it) and the scaling table."""
+    import re
+
+    p = trilemma("calibrate", "--rates", "10,20", "--duration", "2", "--workers", "1,2", "--sims", "2")
+    out = re.sub(r"\s+", " ", p.stdout + p.stderr)
+    assert out.count("2 simulators") == 2 and "1 client process" in out and "2 client processes" in out, out
+    assert "client scaling" in out and "efficiency vs 1" in out, out
+    assert len(re.findall(r"req/s: TTFT bias p50 (-?[\d.]+) ms", out)) == 4, out
+    bad = trilemma("calibrate", "--sims", "0", check=False)
+    assert bad.returncode != 0 and "--sims 0" in bad.stderr and "Traceback" not in bad.stderr

@@ -40,6 +40,20 @@ def test_usage_deltas_count_multi_token_chunks():
     assert r.response_id == "cmpl-1" and r.finish_reason == "length"
 
 
+def test_cached_prompt_tokens_are_read_from_the_usage_details_and_absent_is_not_zero():
+    """usage.prompt_tokens_details.cached_tokens (OpenAI; vLLM --enable-prompt-tokens-details; SGLang
+    --enable-cache-report) is kept per request; a server that does not say it leaves -1, never 0."""
+    final = '{"id":"c","choices":[],"usage":{"prompt_tokens":40,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":32}}}'
+    reads = [(1, ev('{"id":"c","choices":[{"text":" a","finish_reason":"length"}]}')), (2, ev(final)), (3, b"data: [DONE]\n\n")]
+    r = RequestRecord(index=0, intended_ns=0)
+    assert interpret_events(parse_sse(reads)[0], r)
+    assert r.cached_tokens == 32 and r.prompt_tokens == 40
+    for details in ('', ',"prompt_tokens_details":null', ',"prompt_tokens_details":{"audio_tokens":0}'):
+        r = RequestRecord(index=0, intended_ns=0)
+        interpret_events(parse_sse([(1, ev('{"id":"c","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1' + details + '}}'))])[0], r)
+        assert r.cached_tokens == -1, details
+
+
 def test_error_event_and_malformed_event():
     r = RequestRecord(index=0, intended_ns=0)
     interpret_events(parse_sse([(1, ev('{"error":{"message":"out of memory","code":500}}'))])[0], r)
