@@ -280,7 +280,7 @@ def sim_fit(
     Then `trilemma sweep` with `target: {sim: {profile: fitted.yaml}}` predicts other cells and SLOs."""
     from bench.config import parse_slos
     from bench.sim.engine import load_profile
-    from bench.simfit import fit, predict_knee, print_fit, print_predicted_knee, probes_from_results
+    from bench.simfit import fit, predict_knee, print_fit, print_predicted_knee, probes_batch, probes_from_results
 
     for r in results:
         if not r.exists():
@@ -308,7 +308,7 @@ def sim_fit(
     print_fit(res, out)
     if cell is not None:
         knee, at = predict_knee(res.profile, cell[0], cell[1], slos)
-        print_predicted_knee(cell, slos, knee, at)
+        print_predicted_knee(cell, slos, knee, at, probes_batch(res.profile, probes))
 
 
 @app.command()

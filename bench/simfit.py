@@ -116,6 +116,9 @@ class FitResult:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+EXTRAPOLATION = 3.0  # a predicted knee's batch this many times the probes' largest is called extrapolated
+
+
 def fit(base: Profile, probes: list[Probe], n_requests: int | None = None) -> FitResult:
     from scipy.optimize import least_squares
 
@@ -175,7 +178,7 @@ def predict_knee(profile: Profile, isl: int, osl: int, slos: list[SLO], lo: floa
                 x += profile.api_overhead_ms
             got[s.name] = x
         passed = all(got[s.name] <= s.threshold_ms for s in slos) and v.request_tps >= 0.95 * rate
-        return passed, {**got, "request_tps": v.request_tps, "rate": rate}
+        return passed, {**got, "request_tps": v.request_tps, "mean_batch": v.mean_batch, "rate": rate}
 
     good, at = ok(lo)
     if not good:
@@ -192,6 +195,17 @@ def predict_knee(profile: Profile, isl: int, osl: int, slos: list[SLO], lo: floa
         else:
             bad_at = mid
     return lo, at
+
+
+def probes_batch(profile: Profile, probes: list[Probe]) -> float:
+    """The largest mean decode batch the probes ran, replayed with the fitted profile (whose latencies match
+    theirs): what the per-sequence cost was fitted on. A knee predicted at a much larger batch extrapolates it."""
+    out = 0.0
+    for p in probes:
+        kw = {"concurrency": int(p.load)} if p.mode == "concurrency" else {"rate": p.load}
+        n = max(200, int(p.load) * 10) if p.mode == "concurrency" else max(200, int(p.load * 30))
+        out = max(out, simulate(profile, p.isl, p.osl, n_requests=n, seed=0, **kw).mean_batch)
+    return out
 
 
 def load_base(name: str) -> Profile:
@@ -216,7 +230,7 @@ def print_fit(res: FitResult, out: Path) -> None:
     con.print(t)
 
 
-def print_predicted_knee(cell: tuple[int, int], slos: list[SLO], knee: float | None, at: dict) -> None:
+def print_predicted_knee(cell: tuple[int, int], slos: list[SLO], knee: float | None, at: dict, probe_batch: float | None = None) -> None:
     from rich.console import Console
 
     slo_txt = ", ".join(map(str, slos))
@@ -226,3 +240,7 @@ def print_predicted_knee(cell: tuple[int, int], slos: list[SLO], knee: float | N
     else:
         at_least = "at least " if at.get("lower_bound") else ""
         Console().print(f"predicted knee for {cell[0]}/{cell[1]} at {slo_txt}: {at_least}{knee:.3g} req/s (Poisson; predicted there: {figs})")
+        if probe_batch is not None and at.get("mean_batch", 0) > EXTRAPOLATION * max(probe_batch, 1.0):
+            Console().print(f"[yellow]warning:[/] the probes ran a decode batch of at most {probe_batch:.1f}; the predicted knee runs "
+                            f"{at['mean_batch']:.1f}: the per-sequence step cost is extrapolated {at['mean_batch'] / max(probe_batch, 1.0):.1f}x "
+                            "beyond what was measured. Add probes at higher rates (up to where the batch fills) and fit again.")

@@ -12,7 +12,11 @@ CPU rig (scripts/vllm_rig.py):
 
     python scripts/sim_fit_rig.py [--out results/sim-fit-rig] [--slo ttft_p90=250ms,tpot_p90=25ms]
 
-Takes ~10 min on a 2-core machine. Nothing else should run meanwhile (it measures latency).
+Takes ~20 min on a 2-core machine. Nothing else should run meanwhile (it measures latency).
+
+Measured on the 2-core development box (2026-12-05): fit probes at 4-80 req/s, predicted 39.1 req/s, measured
+percentiles cross at 34.1 (+14.8 %), decided knee 30 [30, 38]. With fit probes at 2-28 req/s only (batch 1-2,
+TPOT flat) the prediction was 50.3 (+47 %): the per-sequence step cost that sets the knee was not identified.
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "sim-fit-rig")
     ap.add_argument("--fit-cell", default="128/32", help="ISL/OSL of the probes the profile is fitted to")
-    ap.add_argument("--fit-qps", default="2,6,12,20", help="request rates of those probes")
+    ap.add_argument("--fit-qps", default="4,16,32,48,64,80",
+                    help="request rates of those probes: up to where the batch fills (low rates alone leave the per-sequence cost unfitted)")
     ap.add_argument("--predict-cell", default="512/64", help="ISL/OSL of the cell whose knee is predicted, then measured")
     ap.add_argument("--slo", default="ttft_p90=250ms,tpot_p90=25ms")
     ap.add_argument("--seconds", type=float, default=15, help="window of each fit probe")
-    ap.add_argument("--measure-qps", default="1.2,1.6,2.0,2.4,2.8,3.2", help="request rates the second cell is measured at")
-    ap.add_argument("--measure-seconds", type=float, default=40, help="window of each measured point")
+    ap.add_argument("--measure-qps", default="6,9,12,15,18,22,26,30,34,38,43,48", help="request rates the second cell is measured at")
+    ap.add_argument("--measure-seconds", type=float, default=30, help="window of each measured point")
     ap.add_argument("--keep-measured", action="store_true",
                     help="refit only: keep the second cell's points already measured under --out (same rig, same model)")
     a = ap.parse_args()

@@ -143,3 +143,24 @@ def test_a_shared_host_stretches_steps_by_what_streaming_takes():
     cap = p.model_copy(update={"host_ms_per_token": 0.5}).analytic_capacity(64, 32)
     x = cap0["qps"]
     assert cap["qps"] == pytest.approx(x / (1 + x * 32 * 0.5e-3), rel=1e-9)
+
+
+def test_a_knee_predicted_far_beyond_the_probes_batch_is_called_extrapolated(capsys):
+    """`sim fit --predict` says when the predicted knee runs a decode batch several times the largest the probes
+    ran: the per-sequence step cost was fitted where it hardly showed (the vLLM CPU rig: probes at batch ~1.4
+    predicted +47 %, probes up to batch ~7 +15 %)."""
+    from bench.config import parse_slos
+    from bench.sim.engine import load_profile
+    from bench.simfit import Probe, predict_knee, print_predicted_knee, probes_batch
+
+    prof = load_profile("tiny-test")
+    slos = parse_slos("ttft_p90=500ms,tpot_p90=60ms")
+    knee, at = predict_knee(prof, 64, 32, slos)
+    assert knee is not None and at["mean_batch"] > 3
+    low = probes_batch(prof, [Probe(64, 32, "qps", 0.2, {}, "low")])
+    near = probes_batch(prof, [Probe(64, 32, "qps", knee, {}, "near")])
+    assert low < at["mean_batch"] / 3 <= near  # the batch grows with the rate; at the knee's rate it is the knee's
+    print_predicted_knee((64, 32), slos, knee, at, low)
+    assert "extrapolated" in capsys.readouterr().out
+    print_predicted_knee((64, 32), slos, knee, at, near)
+    assert "extrapolated" not in capsys.readouterr().out
