@@ -49,7 +49,7 @@ class WorkItem:
     offset_ns: int | None = None  # trace replay: intended offset from t0
     conversation: int = -1
     turn: int = -1
-    followups: list = field(default_factory=list)  # later user turns of a multi-turn conversation: (text, isl, osl)
+    followups: list = field(default_factory=list)  # later user turns of a conversation: (text, isl, osl[, think_s from the trace])
     think_s: float = 0.0  # multi-turn: pause between an answer's end and the next turn's send
 
 
@@ -472,12 +472,33 @@ class MTBench(Source):
         return {"dataset": "mt-bench", "conversations": self.size, "turns": 2, "attribution": ATTRIBUTION["mt-bench"]}
 
 
+def _timestamp(m: dict, p: Path, ln: int) -> float | None:
+    """A turn's `timestamp` (or `created_at`) in seconds: epoch seconds (milliseconds when > 1e11) or ISO 8601."""
+    v = m.get("timestamp", m.get("created_at"))
+    if v is None:
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v) / 1000 if v > 1e11 else float(v)
+    if isinstance(v, str):
+        from datetime import datetime, timezone
+
+        try:
+            d = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+    raise SpecError(f"{p}:{ln}: timestamp {v!r} is neither epoch seconds nor ISO 8601 (e.g. 2024-05-01T12:00:03Z)")
+
+
 class Conversations(Source):
     """Multi-turn sessions from a ShareGPT-format file (`conversations`: [{from: human|gpt, value}, ...]) or a chat
     JSONL (`messages`: [{role: user|assistant, content}, ...]). Item i is conversation i's first user turn; each
-    later user turn is sent after the previous answer ends plus `think_s`, with the real history (the server's
-    own answers, so its prefix cache sees what production traffic gives it). A turn's output length is the
-    recorded answer's token count where the file has one, else --osl. At most 16 turns a conversation."""
+    later user turn is sent after the previous answer ends plus a think time, with the real history (the server's
+    own answers, so its prefix cache sees what production traffic gives it). The think time is the trace's own
+    where its turns carry a `timestamp` (or `created_at`: epoch seconds or ISO 8601): the gap between a recorded
+    answer and the next user turn; else `think_s`. A turn's output length is the recorded answer's token count
+    where the file has one, else --osl. At most 16 turns a conversation."""
 
     has_lengths = False
     makes_items = True
@@ -490,17 +511,20 @@ class Conversations(Source):
         self.special: int | None = None
         self.default_osl = int(spec.osl.a) if spec.osl.kind == "fixed" else 128
         self.truncated = 0
+        self.traced_think = 0  # follow-up turns whose think time the file gives
         for ln, rec in read_table(path):
             system, turns = self._turns(rec, path, ln)
             if turns:
                 self.rows.append((ln, system, turns[:MAX_TURNS]))
                 self.truncated += len(turns) > MAX_TURNS
+                self.traced_think += sum(t[2] is not None for t in turns[1:MAX_TURNS])
         if not self.rows:
             raise SpecError(f"{path}: no conversation with a user turn")
 
     @staticmethod
-    def _turns(rec: dict, p: Path, ln: int) -> tuple[list[dict[str, str]], list[tuple[str, str | None]]]:
-        """(system messages before the first user turn, [(user text, the recorded answer or None)] in order)."""
+    def _turns(rec: dict, p: Path, ln: int) -> tuple[list[dict[str, str]], list[tuple[str, str | None, float | None]]]:
+        """(system messages before the first user turn, [(user text, the recorded answer or None, the think time
+        before this turn from the file's timestamps or None)] in order)."""
         conv = rec.get("conversations")
         user: tuple[str, ...]
         assistant: tuple[str, ...]
@@ -515,15 +539,25 @@ class Conversations(Source):
                             f"found: {', '.join(map(str, rec)) or 'none'}")
         if not isinstance(conv, list) or not all(isinstance(m, dict) and isinstance(m.get(text), str) for m in conv):
             raise SpecError(f"{p}:{ln}: each turn must be an object with a text '{text}'")
-        out: list[tuple[str, str | None]] = []
+        out: list[tuple[str, str | None, float | None]] = []
         system = []
+        answered_at: float | None = None  # the last recorded answer's timestamp
         for m in conv:
             if m.get(who) == "system" and not out:
                 system.append({"role": "system", "content": m[text]})
             elif m.get(who) in user:
-                out.append((m[text], None))
+                t = _timestamp(m, p, ln)
+                think = None
+                if t is not None and answered_at is not None and out:
+                    if t < answered_at:
+                        raise SpecError(f"{p}:{ln}: turn {len(out)}'s timestamp is before the answer it follows; "
+                                        "give each turn the time it was written (epoch seconds or ISO 8601)")
+                    think = t - answered_at
+                out.append((m[text], None, think))
+                answered_at = None
             elif m.get(who) in assistant and out and out[-1][1] is None:
-                out[-1] = (out[-1][0], m[text])
+                out[-1] = (out[-1][0], m[text], out[-1][2])
+                answered_at = _timestamp(m, p, ln)
         return system, out
 
     @property
@@ -542,14 +576,14 @@ class Conversations(Source):
 
         first = [*system, {"role": "user", "content": turns[0][0]}]
         isl = wl.builder.tok.count_chat(first) if wl.builder else len(turns[0][0].split())
-        follow = [(q, 0, osl(a)) for q, a in turns[1:]]
+        follow = [(q, 0, osl(a), think) for q, a, think in turns[1:]]
         return WorkItem(i * MAX_TURNS, first, isl, osl(turns[0][1]), source=f"{self.name_}:line {ln}:turn0", conversation=i,
                         turn=0, followups=follow, think_s=self.think_s)
 
     def describe(self) -> dict:
         n = [len(t) for _, _, t in self.rows]  # user turns per conversation
         return {"dataset": self.name_, "conversations": self.size, "turns_mean": float(np.mean(n)), "turns_max": max(n),
-                "think_s": self.think_s, "truncated_to_16_turns": self.truncated}
+                "think_s": self.think_s, "think_from_trace": self.traced_think, "truncated_to_16_turns": self.truncated}
 
 
 class UserFile(Source):

@@ -158,14 +158,15 @@ async def drive(spec: RunSpec, wl: Workload, items_hint: list[WorkItem], http, p
 
     async def next_turn(it: WorkItem, answer: str, warm: bool) -> None:
         msgs = list(it.prompt) + [{"role": "assistant", "content": answer}]
-        nxt_text, nxt_isl, nxt_osl = it.followups[0]
+        nxt_text, nxt_isl, nxt_osl, *traced = it.followups[0]
+        think = traced[0] if traced and traced[0] is not None else it.think_s  # the trace's own pause, else --think-time
         msgs.append({"role": "user", "content": nxt_text})
         nxt = WorkItem(index=it.index + 1, prompt=msgs, isl=nxt_isl, osl=nxt_osl, source=f"{it.source.rsplit(':turn', 1)[0]}:turn{it.turn + 1}",
                        conversation=it.conversation, turn=it.turn + 1, followups=it.followups[1:], think_s=it.think_s)
         if wl.builder is not None:  # the history's real token count (a /tokenize call: off the event loop)
             nxt.isl = await asyncio.to_thread(wl.builder.tok.count_chat, msgs)
-        if it.think_s > 0:  # the user reads the answer before the next turn
-            await asyncio.sleep(it.think_s)
+        if think > 0:  # the user reads the answer before the next turn
+            await asyncio.sleep(think)
         t = perf_ns()
         await one(nxt, t, prepare(nxt), warm)
 

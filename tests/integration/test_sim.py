@@ -201,6 +201,27 @@ def test_sharegpt_conversations_replay_turn_by_turn_with_history(sim_factory, tm
     assert doc["summary"]["prompt_cache"]["hit_requests"] == 8 and "% of it from the server's prefix cache" in p.stdout
 
 
+def test_a_conversation_waits_the_think_time_its_trace_recorded(sim_factory, tmp_path):
+    """Chat sessions whose turns carry timestamps: each follow-up is sent the trace's gap after the answer ended
+    (1.2 s and 0.4 s here), not --think-time (0.1 s), and run.json says how many think times came from the file."""
+    sim = sim_factory("--profile", "tiny-test")
+    f = tmp_path / "chat.jsonl"
+    turns = [{"role": "user", "content": "one two three", "timestamp": 0}, {"role": "assistant", "content": "a b", "timestamp": 1},
+             {"role": "user", "content": "four five", "timestamp": 2.2}, {"role": "assistant", "content": "c d", "timestamp": 3},
+             {"role": "user", "content": "six", "timestamp": 3.4}]
+    f.write_text("".join(json.dumps({"messages": turns}) + "\n" for _ in range(2)))
+    trilemma("run", "--url", sim.url, "--api", "chat", "--dataset", f"chat:{f}", "--qps", 2, "--requests", 2, "--think-time", 0.1,
+             "--out", tmp_path / "out")
+    d = run_dir(tmp_path / "out")
+    df = pd.read_parquet(d / "requests.parquet").set_index(["conversation", "turn"]).sort_index()
+    assert len(df) == 6 and df["ok"].all()
+    for c in range(2):
+        for t, think in ((1, 1.2), (2, 0.4)):
+            gap = (df.loc[(c, t), "sent_ns"] - df.loc[(c, t - 1), "end_ns"]) / 1e9
+            assert think <= gap < think + 0.3, (c, t, gap)
+    assert json.loads((d / "run.json").read_text())["workload"]["think_from_trace"] == 4
+
+
 def test_a_model_mix_sends_each_request_to_a_name_by_weight_and_splits_the_summary(sim_factory, tmp_path):
     """The simulator serving two names (as vLLM's --served-model-name a b); --model a=0.7,b=0.3 with request
     settings: each request asks for one name, the shares match the weights within 3 binomial sigmas, the same seed

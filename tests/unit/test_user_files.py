@@ -137,20 +137,45 @@ def test_sharegpt_conversations_become_sessions_of_turns(tmp_path):
     it = w.item(0)
     assert it.prompt == [{"role": "user", "content": "hello there friend"}] and it.turn == 0 and it.think_s == 2.0
     assert it.osl == 4  # the recorded answer's tokens: the length this turn asks for
-    assert [(q, o) for q, _, o in it.followups] == [("tell me a story", 4), ("and then", 2)]
+    assert [(q, o, think) for q, _, o, think in it.followups] == [("tell me a story", 4, None), ("and then", 2, None)]
     assert w.item(1).followups == [] and w.item(1).index == 16  # turns of session i are 16·i + k
     chat = tmp_path / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b"},
                                              {"role": "assistant", "content": "c"}, {"role": "user", "content": "d e f"}]}) + "\n")
     c = wl(f"chat:{chat}").item(0)
     assert c.prompt == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b"}]
-    assert [q for q, _, _ in c.followups] == ["d e f"]
+    assert [q for q, *_ in c.followups] == ["d e f"]
     (tmp_path / "bad.jsonl").write_text('{"conversations": [{"from": "human"}]}\n')
     with pytest.raises(SpecError, match=r"bad.jsonl:1: each turn must be an object with a text 'value'"):
         wl(f"sharegpt:{tmp_path / 'bad.jsonl'}")
     (tmp_path / "none.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(SpecError, match=r"none.jsonl:1: expected 'conversations'.*found: text"):
         wl(f"sharegpt:{tmp_path / 'none.jsonl'}")
+
+
+def test_a_conversations_own_timestamps_give_its_think_times(tmp_path):
+    """Turns with timestamps (epoch seconds, milliseconds or ISO 8601): each follow-up waits the trace's gap
+    between the recorded answer and the next user turn; turns without one use --think-time; a gap that goes
+    backwards or an unreadable time is one line naming file and line."""
+    chat = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "a", "timestamp": 100}, {"role": "assistant", "content": "b", "timestamp": 101.5},
+                          {"role": "user", "content": "c", "timestamp": 104.0}, {"role": "assistant", "content": "d", "timestamp": 105},
+                          {"role": "user", "content": "e"}]},
+            {"messages": [{"role": "user", "content": "a", "created_at": "2024-05-01T12:00:00Z"},
+                          {"role": "assistant", "content": "b", "created_at": "2024-05-01T12:00:02Z"},
+                          {"role": "user", "content": "c", "created_at": "2024-05-01T12:00:09.5Z"}]},
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "timestamp": 1_714_564_800_000},
+                          {"role": "user", "content": "c", "timestamp": 1_714_564_803_250}]}]
+    chat.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    w = wl(f"chat:{chat}", think_s=0.7)
+    assert [think for *_, think in w.item(0).followups] == [2.5, None]  # 104 - 101.5; the last turn has no time
+    assert [think for *_, think in w.item(1).followups] == [7.5] and [think for *_, think in w.item(2).followups] == [3.25]
+    assert w.source.describe()["think_from_trace"] == 3 and w.item(0).think_s == 0.7
+    for bad, match in (({"role": "user", "content": "c", "timestamp": 100.5}, r"chat.jsonl:1: turn 1's timestamp is before the answer"),
+                       ({"role": "user", "content": "c", "timestamp": "yesterday"}, r"chat.jsonl:1: timestamp 'yesterday' is neither")):
+        chat.write_text(json.dumps({"messages": [*rows[0]["messages"][:2], bad]}) + "\n")
+        with pytest.raises(SpecError, match=match):
+            wl(f"chat:{chat}")
 
 
 def test_a_local_dataset_snapshot_directory(tmp_path):
