@@ -105,6 +105,7 @@ def run(
     qps: Optional[float] = typer.Option(None, help="Open loop: request rate (req/s)"),
     stages: Optional[str] = typer.Option(None, help="Open loop in stages: QPS:SECONDS,... in order (e.g. 2:60,8:60); replaces --qps and --duration"),
     think_time: float = typer.Option(0.0, min=0, help="Conversations (mt-bench, sharegpt:PATH, chat:PATH): seconds between an answer and the next turn"),
+    max_think_time: float = typer.Option(60.0, min=0.001, help="Conversations with turn timestamps: the trace's own pauses are cut to this (s)"),
     ramp_up: float = typer.Option(0.0, help="Open loop: grow the rate linearly from 0 over this many seconds first (sent as warmup)"),
     concurrency: Optional[int] = typer.Option(None, help="Closed loop: concurrent requests"),
     arrival: str = typer.Option("poisson", help="poisson | constant | gamma:CV"),
@@ -157,7 +158,8 @@ def run(
         url=url, model=model, api=api, tokenizer=tokenizer, ignore_eos=ignore_eos, continuous_usage=continuous_usage, timeout=timeout,
         isl=isl, osl=osl, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len,
         speedup=speedup, window=window, columns=columns, qps=qps, concurrency=concurrency, arrival=arrival, max_concurrency=max_concurrency,
-        duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, think_time=think_time, slo=slo, seed=seed, labels=_labels(label),
+        duration=duration, requests=requests, warmup=warmup, stages=stages, ramp_up=ramp_up, think_time=think_time,
+        max_think_time=max_think_time, slo=slo, seed=seed, labels=_labels(label),
         reset_prefix_cache=reset_prefix_cache, server_metrics=server_metrics, gpu_telemetry=gpu_telemetry,
         until_decided=until_decided, max_duration=max_duration, request=request, headers=header, workers=workers, spread=spread, ray=ray)
     out_dir, run_name = _out_dir(out), _run_name(name)
@@ -463,10 +465,14 @@ def sweep(
     if res["status"] == "interrupted":
         con.print("stopped; run the same command again to resume (finished points are kept)")
         raise typer.Exit(130)
-    knee_cmd([res["dir"]], plots=plots)
-    if res["status"] == "failed":  # a serve config could not be measured: the knee above covers the others only
+    if res["status"] == "failed":  # a serve config could not be measured: the knee covers the others only
         con.print(f"[red]error:[/] sweep {spec.name} failed: {res['error']}")
+        try:
+            knee_cmd([res["dir"]], plots=plots)
+        except FileNotFoundError:
+            con.print("no point was measured, so there is no knee")
         raise typer.Exit(1)
+    knee_cmd([res["dir"]], plots=plots)
 
 
 def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | None = None) -> None:

@@ -332,6 +332,7 @@ class WorkloadSpec(BaseModel):
     window_s: tuple[float, float] | None = None  # trace replay: [start, end) seconds of the trace
     columns: dict[str, str] | None = None  # file:PATH: field -> the file's column ({"prompt": "question"})
     think_s: float = Field(0.0, ge=0)  # conversations: pause between an answer and the next turn
+    max_think_s: float = Field(60.0, gt=0)  # conversations: a trace's own pauses are cut to this (logs hold hours-long gaps)
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -586,7 +587,7 @@ class RunSpec(BaseModel):
                      qps: float | None = None,
                      concurrency: int | None = None, arrival: str = "poisson", max_concurrency: int | None = None,
                      duration: float | None = None, requests: int | None = None, warmup: str = "0", slo: str | None = None,
-                     ramp_up: float = 0.0, stages: str | None = None, think_time: float = 0.0,
+                     ramp_up: float = 0.0, stages: str | None = None, think_time: float = 0.0, max_think_time: float = 60.0,
                      seed: int = 0, labels: dict[str, str] | None = None, reset_prefix_cache: bool = True,
                      server_metrics: bool = True, gpu_telemetry: str = "auto", until_decided: bool = False,
                      max_duration: float | None = None, request: str | None = None, headers: list[str] | None = None,
@@ -629,7 +630,7 @@ class RunSpec(BaseModel):
                         spread=spread),
             workload=dict(isl=LengthDist.parse(isl, "--isl"), osl=LengthDist.parse(osl, "--osl"), prefix_tokens=prefix_tokens,
                           prefix_groups=prefix_groups, dataset=dataset, max_model_len=max_model_len, speedup=speedup,
-                          window_s=win, columns=columns, think_s=think_time),
+                          window_s=win, columns=columns, think_s=think_time, max_think_s=max_think_time),
             load=dict(qps=qps, concurrency=concurrency, arrival=Arrival.parse(arrival), max_concurrency=max_concurrency,
                       duration_s=duration, requests=requests, warmup=w, warmup_unit=unit, replay=replay and not stages,
                       ramp_up_s=ramp_up, stages=stages),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,7 +478,7 @@ def _timestamp(m: dict, p: Path, ln: int) -> float | None:
     v = m.get("timestamp", m.get("created_at"))
     if v is None:
         return None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return float(v) / 1000 if v > 1e11 else float(v)
     if isinstance(v, str):
         from datetime import datetime, timezone
@@ -504,20 +505,27 @@ class Conversations(Source):
     makes_items = True
     wraps = True
 
-    def __init__(self, kind: str, path: Path, spec, think_s: float):
+    def __init__(self, kind: str, path: Path, spec, think_s: float, max_think_s: float = 60.0):
         super().__init__()
         self.name_ = f"{kind}:{path.name}"
         self.think_s = think_s
+        self.max_think_s = max_think_s
         self.special: int | None = None
         self.default_osl = int(spec.osl.a) if spec.osl.kind == "fixed" else 128
         self.truncated = 0
         self.traced_think = 0  # follow-up turns whose think time the file gives
+        self.think_cut = 0  # ... of which longer than max_think_s, cut to it
+        self.think_longest = 0.0  # the longest the file gives (s)
         for ln, rec in read_table(path):
             system, turns = self._turns(rec, path, ln)
             if turns:
+                traced = [t[2] for t in turns[1:MAX_TURNS] if t[2] is not None]
+                self.traced_think += len(traced)
+                self.think_cut += sum(x > max_think_s for x in traced)
+                self.think_longest = max([self.think_longest, *traced])
+                turns = [(q, a, None if t is None else min(t, max_think_s)) for q, a, t in turns]
                 self.rows.append((ln, system, turns[:MAX_TURNS]))
                 self.truncated += len(turns) > MAX_TURNS
-                self.traced_think += sum(t[2] is not None for t in turns[1:MAX_TURNS])
         if not self.rows:
             raise SpecError(f"{path}: no conversation with a user turn")
 
@@ -583,7 +591,9 @@ class Conversations(Source):
     def describe(self) -> dict:
         n = [len(t) for _, _, t in self.rows]  # user turns per conversation
         return {"dataset": self.name_, "conversations": self.size, "turns_mean": float(np.mean(n)), "turns_max": max(n),
-                "think_s": self.think_s, "think_from_trace": self.traced_think, "truncated_to_16_turns": self.truncated}
+                "think_s": self.think_s, "think_from_trace": self.traced_think,
+                **({"think_longest_s": self.think_longest, "think_cut_to_max": self.think_cut} if self.traced_think else {}),
+                "truncated_to_16_turns": self.truncated}
 
 
 class UserFile(Source):
@@ -695,7 +705,7 @@ def open_source(name: str, spec, seed: int) -> Source:
         return UserFile(name[5:], spec)
     kind, _, path = name.partition(":")
     if kind in ("sharegpt", "chat") and path:
-        return Conversations(kind, _user_path(name, path), spec, spec.think_s)
+        return Conversations(kind, _user_path(name, path), spec, spec.think_s, spec.max_think_s)
     if kind == "mooncake" and path:
         rows = _mooncake_rows(_user_path(name, path))
         return Mooncake(rows, spec.speedup, window, False, seed, name=f"mooncake:{Path(path).name}")

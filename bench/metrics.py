@@ -509,17 +509,18 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     s["slos"] = [slo_verdict(mc, slo, t0, t1, conf, tokens) for slo in slos]
     s["slo_met"] = all(v["met"] for v in s["slos"]) if slos else None
     s["slo_confidence"] = conf
+    cache_reported = any(r.cached_tokens >= 0 for r in ok)  # the server says per request what its prefix cache served
     turns = sorted({r.turn for r in m if r.turn >= 0})
     if turns:  # multi-turn datasets: latency per turn
         s["per_turn"] = {str(t): {"n": sum(1 for r in m if r.turn == t),
                                   "ttft": latency_stats(metric_values([r for r in m if r.turn == t], "ttft")),
                                   "prompt_tokens_mean": float(np.mean([float(r.prompt_tokens) for r in m
                                                                        if r.turn == t and r.prompt_tokens >= 0] or [math.nan])),
-                                  "cached_fraction": cached_fraction([r for r in ok if r.turn == t])}
+                                  "cached_fraction": cached_fraction([r for r in ok if r.turn == t], cache_reported)}
                          for t in turns}
-    reported = [r for r in ok if r.cached_tokens >= 0 and r.prompt_tokens > 0]
+    reported = [r for r in ok if r.prompt_tokens > 0] if cache_reported else []
     if reported:  # the server's own count of prompt tokens served from its prefix cache
-        s["prompt_cache"] = {"requests": len(reported), "cached_fraction": cached_fraction(reported),
+        s["prompt_cache"] = {"requests": len(reported), "cached_fraction": cached_fraction(reported, True),
                              "hit_requests": sum(1 for r in reported if r.cached_tokens > 0)}
     sessions: dict[int, list[RequestRecord]] = {}
     for r in m:
@@ -700,11 +701,13 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
     }
 
 
-def cached_fraction(recs: Sequence[RequestRecord]) -> float | None:
+def cached_fraction(recs: Sequence[RequestRecord], absent_is_zero: bool = False) -> float | None:
     """Prompt tokens the server served from its prefix cache over its prompt tokens, over the requests that
-    reported usage.prompt_tokens_details.cached_tokens (None: none did)."""
-    rep = [r for r in recs if r.cached_tokens >= 0 and r.prompt_tokens > 0]
-    return sum(r.cached_tokens for r in rep) / sum(r.prompt_tokens for r in rep) if rep else None
+    reported usage.prompt_tokens_details.cached_tokens (None: none did). `absent_is_zero`: the server reports
+    the field only on a hit (vLLM and SGLang leave the details out when nothing was cached), so once any request
+    of the run carried it, a request whose usage lacks it counts as 0 cached."""
+    rep = [r for r in recs if (r.cached_tokens >= 0 or absent_is_zero) and r.prompt_tokens > 0]
+    return sum(max(r.cached_tokens, 0) for r in rep) / sum(r.prompt_tokens for r in rep) if rep else None
 
 
 def token_mismatches(m: list[RequestRecord], expect_exact_osl: bool) -> dict[str, Any]:
@@ -751,6 +754,11 @@ def warnings_for(s: dict[str, Any], m: list[RequestRecord], slos: list[SLO]) -> 
         w.append(warning("error_rate", f"error rate: {s['n_failed']}/{s['n_measured']} requests failed ({kinds})",
                          "check the server log by response id, lower the load, or raise --timeout",
                          failed=s["n_failed"], measured=s["n_measured"], errors=dict(s["errors"])))
+    limited = sum(1 for r in m if not r.ok and r.status == 429)
+    if limited:  # a quota or gateway throttled the client: refused, not served slowly
+        w.append(warning("rate_limited", f"rate limited: {limited} requests were refused with HTTP 429 (a rate limit or quota "
+                         "of the server or a gateway in front of it), not served slowly", "raise the key's rate limit or quota, "
+                         "lower --qps, or measure the engine directly rather than through the gateway", n=limited))
     undecided = [v for v in s.get("slos", []) if v.get("decision") == "undecided"]
     if undecided:
         v = undecided[0]

@@ -133,7 +133,11 @@ class RayPool:
         nodes = sorted(nd["NodeID"] for nd in ray.nodes() if nd.get("Alive"))
         self.actors = [actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[w % len(nodes)], soft=False)
                                          if nodes else "SPREAD").remote(w, *self._args) for w in range(self.n)]
-        infos = await asyncio.wait_for(asyncio.gather(*(a.start.remote() for a in self.actors)), timeout_s)
+        try:
+            infos = await asyncio.wait_for(asyncio.gather(*(a.start.remote() for a in self.actors)), timeout_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"--ray {self.address}: the {self.n} sender actors did not start within {timeout_s:g} s on nodes "
+                               f"{', '.join(n[:8] for n in nodes)} (a node that left the cluster?); check `ray status` and run again") from None
         for w, info in enumerate(infos):
             self.where[w], self.pids[w] = info, info["pid"]
         for w, a in enumerate(self.actors):  # clock offsets: min round trip of 16 pings

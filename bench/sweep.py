@@ -240,7 +240,8 @@ class SweepRunner:
         # edited spec (SLOs, duration, target, cells) left on disk never mix into its knee. A rerun of the same
         # spec keeps what the earlier runs listed (an interrupted one included) and its servers' records.
         self.points: list[str] = []
-        self.server_version: str | None = None  # a URL target's version when the sweep starts (None: not said)
+        self.server_version: str | None = None  # the version points are checked against (None: not said)
+        self.listed_version: str | None = None  # the version the restored points list was made on
         from bench.results import read_sweep_doc
 
         try:
@@ -250,6 +251,7 @@ class SweepRunner:
         if prev is not None and prev.get("spec") == self._spec_doc():
             self.points = list(prev.get("points") or [])
             self.servers = list(prev.get("servers") or [])
+            self.listed_version = prev.get("server_version")
 
     def _spec_doc(self) -> dict:
         spec_doc = self.spec.model_dump(mode="json")
@@ -263,6 +265,7 @@ class SweepRunner:
         self.dir.mkdir(parents=True, exist_ok=True)
         doc = {"schema_version": SWEEP_SCHEMA_VERSION, "kind": "sweep", "name": self.spec.name, "status": status, "harness": harness_info(),
                "spec": self._spec_doc(), "updated_at": time.time(), "points": self.points,
+               **({"server_version": self.server_version} if self.server_version else {}),
                **({"servers": self.servers} if self.servers else {}), **(extra or {})}
         write_json(self.dir / "sweep.json", doc)
 
@@ -389,26 +392,36 @@ class SweepRunner:
         from bench import client as cl
 
         if self.spec.target.sim is not None or self.spec.target.launch is not None:
-            return  # a started server: its command (or the simulator's profile) is in every point's identity
+            return  # a started server: checked once started (launch), or its profile is in every point's identity (sim)
         headers = {**self.spec.target.headers, **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
         try:
             self.server_version = asyncio.run(cl.discover(self.url, headers)).get("server_version")
         except Exception:  # noqa: BLE001 - an unreachable or odd server is reported by the first point measured
             self.server_version = None
+        if self.server_version and self.listed_version and self.server_version != self.listed_version:
+            # points listed on the old version that this run does not visit (another search path, an extended
+            # point no longer needed) must not mix in: the list starts again; what is visited is checked one by one
+            self.points = []
+            self.on_event("note", why=f"the server's version changed ({self.listed_version} -> {self.server_version}): "
+                                      "points measured on the old one are not read; each is measured again when needed")
+        elif self.server_version is None and self.points:
+            self.on_event("note", why="the server did not say its version (no /version or server info): points on disk "
+                                      "are reused without a version check")
 
     def run(self) -> dict:
         spec = self.spec
         self._doc("running")
-        self._version_now()
         searches: list[dict] = []
         status, error = "complete", None
         try:
+            self._version_now()
             self._start_sim()
             for serve in spec.target.launch.configs() if spec.target.launch is not None else [None]:
                 if serve is None:
                     self._measure_all(searches)
                     continue
                 self.serve = serve  # started when its first point needs measuring: a resumed sweep skips finished configs
+                self.server_version = None  # known once this config's server starts: points reused before are not checked
                 try:
                     self._measure_all(searches)
                     if self.server is not None:
@@ -473,6 +486,7 @@ class SweepRunner:
         finally:
             self.servers[-1].update(self.server.record())
         self.servers[-1]["status"] = "running"
+        self.server_version = self.server.version  # this config's later points on disk are checked against it
         self._doc("running")
 
     def _stop_server(self) -> None:

@@ -365,3 +365,18 @@ def test_a_rerun_reuses_only_points_of_this_target_spec_and_server_version(sim_f
     assert json.loads((kept / "run.json").read_text())["superseded_by"] == h
     df = load_points([tmp_path / "s"])
     assert len(df) == 2 and (df["server_version"] != "0.0-older").all() and h in set(df["run_dir"].map(lambda r: Path(r).name))
+    # the whole sweep listed on an older version: the list starts again, so a point this run does not visit (an
+    # extended point no longer needed, another search path) is never read with the new version's
+    now = sw()["server_version"]
+    doc = sw()
+    doc["server_version"] = "0.0-older"
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps(doc))
+    for h in doc["points"]:
+        run = json.loads((tmp_path / "s" / "points" / h / "run.json").read_text())
+        run["target"]["server_version"] = "0.0-older"
+        (tmp_path / "s" / "points" / h / "run.json").write_text(json.dumps(run))
+    p = sweep()
+    assert f"version changed (0.0-older -> {now}): points measured on the old one are not read" in (p.stdout + p.stderr).replace("\n", " ")
+    assert sw()["measured"] >= 2 and sw()["skipped"] == 0 and sw()["server_version"] == now
+    df = load_points([tmp_path / "s"])
+    assert len(df) == 2 and (df["server_version"] == now).all()

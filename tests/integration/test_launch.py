@@ -100,7 +100,8 @@ def test_a_server_that_dies_past_its_restarts_fails_its_config_and_the_sweep_goe
     d = tmp_path / "launched"
     sw = json.loads((d / "sweep.json").read_text())
     first, second = sw["servers"]
-    assert proc.returncode != 0 and sw["status"] == "failed" and "slowdown=1.0" in sw["error"], (sw, err)
+    assert proc.returncode == 1 and sw["status"] == "failed" and "slowdown=1.0" in sw["error"], (sw, err)
+    assert "failed: " in err and "slowdown=1.0" in err.split("failed: ", 1)[1] and "c (slowdown=1.5)" in out, (out, err)
     assert first["status"] == "failed" and len(first["deaths"]) == 1 and first["deaths"][0]["exit_status"] not in (0, None)
     assert second["status"] == "complete" and second["starts"] == 1
     df = load_points([d])

@@ -79,6 +79,8 @@ def test_rate_limited_requests_are_counted_as_429_and_not_called_a_capacity_limi
     assert s["n_ok"] == len(df[df["ok"] & ~df["warmup"]]) and s["n_ok"] > 20
     assert "error rate" in p.stdout and "past its capacity" not in p.stdout
     assert "unstable" not in {w["code"] for w in s["warnings"]} and not s["saturation"]["saturated"]
+    limited = [w for w in s["warnings"] if w["code"] == "rate_limited"]  # the harness's own reading of 429, not the server's text
+    assert limited and limited[0]["values"]["n"] == int(((failed["status"] == 429) & ~failed["warmup"]).sum())
 
 
 def test_ctrl_c_keeps_measured_results(sim_factory, tmp_path):

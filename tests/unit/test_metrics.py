@@ -117,3 +117,15 @@ def test_throughput_is_unbiased_by_ramp_up_and_drain():
     assert s["request_throughput"] == pytest.approx(10.0) and s["output_tps"] == pytest.approx(40.0)
     assert s["throughput"]["departures"]["request_throughput"] == pytest.approx(20 / 3.0)
     assert s["output_tps_incl_drain"] == pytest.approx(30 * 4 / 3.9)  # vllm bench: all tokens / first send to last end
+
+
+def test_prompt_cache_counts_a_request_without_the_details_as_zero_once_the_server_reports_them():
+    """vLLM and SGLang send usage.prompt_tokens_details only when something was cached: in a run where any
+    request carried it, the others hit nothing (0), they are not dropped (which would report hits only); a run
+    where none carried it reports nothing."""
+    hit = [rec(i, prompt_tokens=100, cached_tokens=80) for i in range(2)]
+    miss = [rec(i + 2, prompt_tokens=100) for i in range(2)]  # cached_tokens -1: the field was absent
+    s = metrics.summarize(hit + miss, [], offered_qps=10)
+    assert s["prompt_cache"] == {"requests": 4, "cached_fraction": 160 / 400, "hit_requests": 2}
+    assert "prompt_cache" not in metrics.summarize(miss, [], offered_qps=10)
+    assert metrics.cached_fraction(miss) is None and metrics.cached_fraction(hit + miss) == 0.8

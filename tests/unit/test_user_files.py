@@ -171,8 +171,13 @@ def test_a_conversations_own_timestamps_give_its_think_times(tmp_path):
     assert [think for *_, think in w.item(0).followups] == [2.5, None]  # 104 - 101.5; the last turn has no time
     assert [think for *_, think in w.item(1).followups] == [7.5] and [think for *_, think in w.item(2).followups] == [3.25]
     assert w.source.describe()["think_from_trace"] == 3 and w.item(0).think_s == 0.7
+    cut = wl(f"chat:{chat}", max_think_s=3.0)  # a log's long gaps (hours between turns) are cut: a run never sleeps that long
+    assert [think for *_, think in cut.item(1).followups] == [3.0] and [think for *_, think in cut.item(2).followups] == [3.0]
+    d = cut.source.describe()
+    assert d["think_longest_s"] == 7.5 and d["think_cut_to_max"] == 2
     for bad, match in (({"role": "user", "content": "c", "timestamp": 100.5}, r"chat.jsonl:1: turn 1's timestamp is before the answer"),
-                       ({"role": "user", "content": "c", "timestamp": "yesterday"}, r"chat.jsonl:1: timestamp 'yesterday' is neither")):
+                       ({"role": "user", "content": "c", "timestamp": "yesterday"}, r"chat.jsonl:1: timestamp 'yesterday' is neither"),
+                       ({"role": "user", "content": "c", "timestamp": float("nan")}, r"chat.jsonl:1: timestamp nan is neither")):
         chat.write_text(json.dumps({"messages": [*rows[0]["messages"][:2], bad]}) + "\n")
         with pytest.raises(SpecError, match=match):
             wl(f"chat:{chat}")
