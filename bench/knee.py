@@ -300,11 +300,11 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                    knee_window_s=k["window_s"], knee_warmup_s=k["warmup_s"], knee_window_lifetimes=k["window_lifetimes"],
                    knee_keep_up=k["keep_up_ratio"], knee_prefix_hit_rate=k["prefix_hit_rate"], knee_evidence=k["why"],
                    **dict(zip(("bottleneck", "bottleneck_evidence", "bottleneck_remedy"), binds)),
-                   note=("" if above is not None else
+                   note=(("" if above is not None else
                          f"no load failed and {', '.join(f'{x:g}' for x in open_above)} {mode} stayed undecided: the knee is at least "
                          f"{knee:g}, where it ends is not decided" if open_above else
                          "every tested load passed: the knee is above the highest load tested")
-                   + ("" if open_above else und))
+                   + ("" if open_above else und)).removeprefix("; "))
         out.append(row)
     # the columns every row has, also when no cell has a knee table (staged runs only)
     return pd.DataFrame(out, columns=None if out else ["sweep", "cell", "base_cell", "serve_config", "mode", "gpu", "gpus", "gpus_source",

@@ -60,3 +60,15 @@ def test_undecided_loads_above_the_knee_are_neither_a_bracket_nor_not_reached(tm
     assert k["knee"] == 5.0 and k["bracket_hi"] is None and k["bracket"] == "[5, 10?]", k.to_dict()
     assert k["bottleneck"] == "undecided above the knee" and "10 qps stayed undecided" in k["bottleneck_evidence"]
     assert "every tested load passed" not in k["note"] and "at least 5" in k["note"]
+
+
+def test_a_bracketed_knee_with_an_undecided_load_inside_says_so_in_its_note(tmp_path):
+    """PASS, UNDECIDED, FAIL: the bracket closes at the failure and the note names the undecided load, as a
+    sentence of its own (not a dangling '; ' after an empty note)."""
+    from bench.config import SLO
+    from bench.knee import knee_table, load_points
+    from tests.synthetic import write_sweep
+
+    write_sweep(tmp_path, "s", loads=(5.0, 10.0, 40.0), slos=[SLO(metric="ttft", pct=50, threshold_ms=60)])
+    k = knee_table(load_points([tmp_path / "s"])).iloc[0]
+    assert k["knee"] == 5.0 and k["bracket"] == "[5, 40]" and k["note"] == "undecided between: 10 qps", k.to_dict()
