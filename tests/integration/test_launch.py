@@ -84,6 +84,17 @@ def test_a_grid_of_serve_configs_is_a_knee_dimension_with_each_command_and_log_k
     assert [(s["config"], s["status"], s["command"]) for s in kept] == [(s["config"], s["status"], s["command"]) for s in servers]
 
 
+def sweep_killing_the_server_mid_point(f: Path, tmp_path: Path, m: str) -> tuple[str, str, subprocess.Popen]:
+    """`trilemma sweep f` whose launched server (marked m) is killed with SIGKILL once its first point is measuring."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: bool(list((tmp_path / "launched" / "points").glob("*/requests.parts/*.parquet"))), 60, "the point to measure")
+    for pid in server_pids(m):
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    return out, err, proc
+
+
 def test_a_server_that_dies_past_its_restarts_fails_its_config_and_the_sweep_goes_on(tmp_path):
     """restarts: 0 and the first config's server killed during its point: that config is failed with the
     server's exit and log tail, the second config is started and measured, and the sweep ends failed, naming
@@ -91,12 +102,7 @@ def test_a_server_that_dies_past_its_restarts_fails_its_config_and_the_sweep_goe
     m = marker()
     f = spec_file(tmp_path, m, load={"qps": [6]}, requests=120,
                   target={"launch": {"cmd": f"{SIM} --seed {m} --slowdown {{slowdown}}", "params": {"slowdown": [1.0, 1.5]}, "restarts": 0}})
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: bool(list((tmp_path / "launched" / "points").glob("*/requests.parts/*.parquet"))), 60, "the point to measure")
-    for pid in server_pids(m):
-        os.kill(pid, signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
+    out, err, proc = sweep_killing_the_server_mid_point(f, tmp_path, m)
     d = tmp_path / "launched"
     sw = json.loads((d / "sweep.json").read_text())
     first, second = sw["servers"]
@@ -116,12 +122,7 @@ def test_a_server_that_dies_mid_sweep_is_restarted_and_the_point_measured_again(
     m = marker()
     f = spec_file(tmp_path, m, load={"qps": [6]}, requests=120,
                   target={"launch": {"cmd": f"{SIM} --seed {m}", "restarts": 1}})
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: bool(list((tmp_path / "launched" / "points").glob("*/requests.parts/*.parquet"))), 60, "the point to measure")
-    for pid in server_pids(m):
-        os.kill(pid, signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
+    out, err, proc = sweep_killing_the_server_mid_point(f, tmp_path, m)
     assert proc.returncode == 0, err
     d = tmp_path / "launched"
     srv = json.loads((d / "sweep.json").read_text())["servers"][0]
