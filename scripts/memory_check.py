@@ -18,8 +18,8 @@ loop holds at most runner.DEFAULT_MAX_IN_FLIGHT (4096) in flight and the rest wa
 Measured on the 2-core development box: 60 s → 9,058 requests, peak 324 MB; 300 s → 45,021 requests, all ok,
 peak 337 MB (1.04x for 5x the requests). Again on 2026-12-05: 322 MB and 377 MB (1.17x; the simulator delivered
 87-89 req/s): the summary still holds one RequestRecord of scalars per request (~1.2 KB each, 45 k requests
-≈ 55 MB), so the peak grows with the request count, not with tokens; a columnar summary is the step left. Before the cap: 342 MB and 854 MB, and the 300 s run lost 8,132
-requests to the 20,000-descriptor limit (connect errors) and was reported as not saturated.
+≈ 55 MB), so the peak grows with the request count, not with tokens; a columnar summary is the step left.
+Before the cap: 342 MB and 854 MB, and the 300 s run lost 8,132 requests to the 20,000-descriptor limit (connect errors) and was reported as not saturated.
 """
 
 from __future__ import annotations
