@@ -3,6 +3,10 @@
     python scripts/memory_check.py run [--qps 150 --osl 256 --durations 60 300]
         `trilemma run` against the simulator (started separately: its memory is not counted), one run per
         duration; prints requests, peak RSS of the client, and whether the longer run peaked higher.
+    python scripts/memory_check.py summary [--requests 9000 45000 --osl 256]
+        the run's summary alone (`metrics.summarize_run`, what `trilemma run` does after sending), on synthetic
+        results of each size written first: peak RSS over the imports and the bytes each request holds. Seconds,
+        not minutes: the loop for working on the part of a run's peak that grows with its request count.
     python scripts/memory_check.py compare
         `trilemma compare` of two result sets at the scale of sweeps/vllm-regression.yaml (8 points x 630
         requests, OSL 256: written synthetically), base vs new.
@@ -68,6 +72,59 @@ def check_run(a) -> None:
               f"{rows[-1]['requests'] / max(1, rows[0]['requests']):.1f}x the requests")
 
 
+_SUMMARY_CHILD = """
+import resource, sys, tracemalloc
+from pathlib import Path
+from bench.config import parse_slos
+from bench.metrics import summarize_run
+from bench.records import read_records
+import bench.cli  # the imports a run has loaded by then
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+s, recs = summarize_run(Path(sys.argv[1]), parse_slos("ttft_p99=500ms,itl_p99=50ms"), offered_qps=150.0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+n = len(recs)
+del s, recs
+tracemalloc.start()  # after the peak is read: its own bookkeeping is not counted in it
+recs = read_records(Path(sys.argv[1]), chunks=False, skip=("response_id", "source", "prefix_group", "server_recv_ns", "retries", "finish_reason"))
+held = tracemalloc.get_traced_memory()[0] / max(1, len(recs))
+print(n, base, peak, held)
+"""
+
+
+def check_summary(a) -> None:
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from bench.records import IncrementalWriter, RequestRecord
+
+    rows = []
+    for n in a.requests:
+        with tempfile.TemporaryDirectory() as tmp:
+            w = IncrementalWriter(Path(tmp))
+            t0 = 10**12
+            for i in range(n):  # 150 req/s, TTFT 50 ms, one token every 20 ms
+                first = t0 + i * 10**9 // 150 + 50_000_000
+                chunks = first + np.arange(a.osl, dtype=np.int64) * 20_000_000
+                w.add(RequestRecord(index=i, intended_ns=t0 + i * 10**9 // 150, sent_ns=t0 + i * 10**9 // 150 + 1000, first_byte_ns=first,
+                                    end_ns=int(chunks[-1]), chunk_ns=chunks, chunk_tokens=np.ones(a.osl, np.int64), isl=a.isl, osl=a.osl,
+                                    prompt_tokens=a.isl, prompt_tokens_local=a.isl, output_tokens=a.osl, ok=True, status=200,
+                                    finish_reason="length", response_id=f"cmpl-{i:032x}", model="meta-llama/Llama-3.1-8B-Instruct",
+                                    source=f"random:{i}", warmup=i < 50))
+                if len(w._pending) >= 2048:
+                    w.flush()
+            w.close()
+            p = subprocess.run([sys.executable, "-c", _SUMMARY_CHILD, tmp], cwd=ROOT, capture_output=True, text=True)
+            if p.returncode:
+                sys.exit(f"summary failed:\n{p.stderr[-2000:]}")
+            got, base, peak, held = p.stdout.split()
+            rows.append({"requests": int(got), "imports_mb": round(float(base), 1), "peak_rss_mb": round(float(peak), 1),
+                         "summary_mb": round(float(peak) - float(base), 1), "bytes_per_request_held": round(float(held))})
+            print(json.dumps(rows[-1]), flush=True)
+    if len(rows) > 1:
+        print(f"largest/smallest peak: {rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x for "
+              f"{rows[-1]['requests'] / max(1, rows[0]['requests']):.1f}x the requests")
+
+
 def check_compare(a) -> None:
     sys.path.insert(0, str(ROOT))
     from bench.config import SLO
@@ -92,9 +149,13 @@ def main() -> None:
     r.add_argument("--osl", type=int, default=256)
     r.add_argument("--durations", type=float, nargs="+", default=[60, 300])
     r.add_argument("--profile", default="h100-llama3-8b")
+    sm = sub.add_parser("summary")
+    sm.add_argument("--requests", type=int, nargs="+", default=[9000, 45000])
+    sm.add_argument("--isl", type=int, default=128)
+    sm.add_argument("--osl", type=int, default=256)
     sub.add_parser("compare")
     a = ap.parse_args()
-    check_run(a) if a.what == "run" else check_compare(a)
+    {"run": check_run, "summary": check_summary, "compare": check_compare}[a.what](a)
 
 
 if __name__ == "__main__":
