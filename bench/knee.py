@@ -261,16 +261,16 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                "simulated": bool(g["simulated"].any()), "points": len(g), "slos": ", ".join(g["slos"].iloc[0]),
                "undecided_loads": ", ".join(f"{x:g}" for x in undecided),
                "interrupted_loads": ", ".join(f"{x:g}" for x in sorted(set(g.loc[g["status"] == "interrupted", "load"])))}
-        und = f"; undecided between: {row['undecided_loads']} {mode}" if undecided else ""
+        und = [f"undecided between: {row['undecided_loads']} {mode}"] if undecided else []  # the note's later sentences
         # "[2.2, 2.6]" bracketed by a failure; "[2.2, 2.4?]" only by an undecided load; "[2.2, >]" nothing above failed or was in doubt
         row["bracket"] = (f"[{knee:.3g}, {above:.3g}]" if above is not None else
                           f"[{knee:.3g}, {min(undecided):.3g}?]" if undecided else f"[{knee:.3g}, >]") if knee is not None else ""
         if row["interrupted_loads"]:
-            und += f"; INTERRUPTED points (read as measured, never a pass): {row['interrupted_loads']} {mode}"
+            und.append(f"INTERRUPTED points (read as measured, never a pass): {row['interrupted_loads']} {mode}")
         if knee is None:
             first = g.sort_values("load").iloc[0]
             row.update(feasible=False, knee=None, bracket_hi=above,
-                       note=(f"no tested load was decided PASS (lowest, {first['load']:g} {mode}: {first['why']}){und}"))
+                       note="; ".join([f"no tested load was decided PASS (lowest, {first['load']:g} {mode}: {first['why']})", *und]))
             out.append(row)
             continue
         k = g[(g["load"] == knee) & (g["verdict"] == PASS)].sort_values("n_measured").iloc[-1]
@@ -300,11 +300,11 @@ def knee_table(df: pd.DataFrame) -> pd.DataFrame:
                    knee_window_s=k["window_s"], knee_warmup_s=k["warmup_s"], knee_window_lifetimes=k["window_lifetimes"],
                    knee_keep_up=k["keep_up_ratio"], knee_prefix_hit_rate=k["prefix_hit_rate"], knee_evidence=k["why"],
                    **dict(zip(("bottleneck", "bottleneck_evidence", "bottleneck_remedy"), binds)),
-                   note=(("" if above is not None else
-                         f"no load failed and {', '.join(f'{x:g}' for x in open_above)} {mode} stayed undecided: the knee is at least "
-                         f"{knee:g}, where it ends is not decided" if open_above else
-                         "every tested load passed: the knee is above the highest load tested")
-                   + ("" if open_above else und)).removeprefix("; "))
+                   note="; ".join(filter(None, ["" if above is not None else
+                                                f"no load failed and {', '.join(f'{x:g}' for x in open_above)} {mode} stayed undecided: "
+                                                f"the knee is at least {knee:g}, where it ends is not decided" if open_above else
+                                                "every tested load passed: the knee is above the highest load tested",
+                                                *([] if open_above else und)])))
         out.append(row)
     # the columns every row has, also when no cell has a knee table (staged runs only)
     return pd.DataFrame(out, columns=None if out else ["sweep", "cell", "base_cell", "serve_config", "mode", "gpu", "gpus", "gpus_source",

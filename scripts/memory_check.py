@@ -76,7 +76,7 @@ _SUMMARY_CHILD = """
 import resource, sys, tracemalloc
 from pathlib import Path
 from bench.config import parse_slos
-from bench.metrics import summarize_run
+from bench.metrics import _NOT_SUMMARISED, summarize_run
 from bench.records import read_records
 import bench.cli  # the imports a run has loaded by then
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -85,7 +85,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 n = len(recs)
 del s, recs
 tracemalloc.start()  # after the peak is read: its own bookkeeping is not counted in it
-recs = read_records(Path(sys.argv[1]), chunks=False, skip=("response_id", "source", "prefix_group", "server_recv_ns", "retries", "finish_reason"))
+recs = read_records(Path(sys.argv[1]), chunks=False, skip=_NOT_SUMMARISED)  # what summarize_run holds
 held = tracemalloc.get_traced_memory()[0] / max(1, len(recs))
 print(n, base, peak, held)
 """
@@ -110,7 +110,7 @@ def check_summary(a) -> None:
                                     prompt_tokens=a.isl, prompt_tokens_local=a.isl, output_tokens=a.osl, ok=True, status=200,
                                     finish_reason="length", response_id=f"cmpl-{i:032x}", model="meta-llama/Llama-3.1-8B-Instruct",
                                     source=f"random:{i}", warmup=i < 50))
-                if len(w._pending) >= 2048:
+                if i % 2048 == 2047:
                     w.flush()
             w.close()
             p = subprocess.run([sys.executable, "-c", _SUMMARY_CHILD, tmp], cwd=ROOT, capture_output=True, text=True)
