@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 
 from bench import stats
 from bench.config import SLO
-from bench.records import MAX_TURNS, RequestRecord
+from bench.records import MAX_TURNS, Columns, RequestRecord
 from bench.warn import warning
 
 NS_MS = 1e-6
@@ -89,41 +89,58 @@ def interactivity(tpot: float) -> float:
     return 1000.0 / tpot if tpot and tpot > 0 else math.nan
 
 
-def measurement_window_ns(recs: list[RequestRecord]) -> tuple[int, int, str]:
+def column_metric(c: Columns, metric: str) -> np.ndarray:
+    """A per-request metric of every row in ms (nan where it has none): ttft_ms, ttft_from_send_ms, e2e_ms
+    and tpot_ms over columns."""
+    e2e: np.ndarray = (c.end_ns - c.intended_ns) * NS_MS
+    if metric == "e2e":
+        return e2e
+    has = c.n_chunks > 0
+    ttft = np.where(has, (c.first_ns - (c.sent_ns if metric == "ttft_from_send" else c.intended_ns)) * NS_MS, math.nan)
+    if metric in ("ttft", "ttft_from_send"):
+        return ttft
+    if metric != "tpot":
+        raise ValueError(f"no per-request column for metric '{metric}'")
+    tpot: np.ndarray = np.where((c.output_tokens >= 2) & has, (e2e - ttft) / np.maximum(c.output_tokens - 1, 1), math.nan)
+    return tpot
+
+
+def _prompt_tokens(c: Columns) -> np.ndarray:
+    """The server's prompt token count, else the requested ISL."""
+    pt: np.ndarray = np.where(c.prompt_tokens >= 0, c.prompt_tokens, c.isl)
+    return pt
+
+
+def measurement_window_ns(c: Columns) -> tuple[int, int, str]:
     """Fallback window for results that do not record one (runs before the runner stored its window):
     [first, last] intended send of measured requests ("send"), or [first send, last end] ("full") when
     the sends span under 1 s."""
-    m = [r for r in recs if not r.warmup]
-    if not m:
+    w = ~c.warmup
+    if not w.any():
         return 0, 0, "none"
-    t0, t1 = min(r.intended_ns for r in m), max(r.intended_ns for r in m)
+    sends = c.intended_ns[w]
+    t0, t1 = int(sends.min()), int(sends.max())
     if t1 - t0 >= 1_000_000_000:
         return t0, t1, "send"
-    return t0, max(max(r.end_ns, r.sent_ns) for r in m), "full"
+    return t0, int(np.maximum(c.end_ns[w], c.sent_ns[w]).max()), "full"
 
 
-def window_throughput(recs: list[RequestRecord], t0: int, t1: int, out_tok: int | None = None) -> dict[str, Any]:
-    """Departures: requests completed, output tokens arrived, and prompt tokens of requests whose first
-    token arrived, inside [t0, t1) — successful requests, warmup ones included (work done in the window).
-    Rates are these counts / (t1 − t0): the server's completion rate, right past saturation."""
-    ok = [r for r in recs if r.ok]
-    done = sum(1 for r in ok if t0 <= r.end_ns < t1)
-    if out_tok is None:  # (summarize passes what TokenStats counted)
-        out_tok = 0
-        for r in ok:
-            c = np.asarray(r.chunk_ns, dtype=np.int64)
-            out_tok += int(np.asarray(r.chunk_tokens, dtype=np.int64)[(c >= t0) & (c < t1)].sum())
-    in_tok = sum((r.prompt_tokens if r.prompt_tokens >= 0 else r.isl) for r in ok if len(r.chunk_ns) and t0 <= r.chunk_ns[0] < t1)
-    return {"requests": done, "output_tokens": out_tok, "input_tokens": in_tok}
+def window_throughput(c: Columns, t0: int, t1: int, out_tok: int) -> dict[str, Any]:
+    """Departures: requests completed, output tokens arrived (`out_tok`: what TokenStats counted), and prompt
+    tokens of requests whose first token arrived, inside [t0, t1) — successful requests, warmup ones included
+    (work done in the window). Rates are these counts / (t1 − t0): the server's completion rate, right past saturation."""
+    ok = c.where(c.ok)
+    done = int(((ok.end_ns >= t0) & (ok.end_ns < t1)).sum())
+    first_in = (ok.n_chunks > 0) & (ok.first_ns >= t0) & (ok.first_ns < t1)
+    return {"requests": done, "output_tokens": out_tok, "input_tokens": int(_prompt_tokens(ok)[first_in].sum())}
 
 
-def arrival_throughput(m: list[RequestRecord]) -> dict[str, Any]:
+def arrival_throughput(m: Columns) -> dict[str, Any]:
     """Arrivals: the requests sent in the window that completed, with their tokens. Divided by the
     window this is the delivered rate of a stable server for any window length — every request sent
     in the window is drained, so no lifetime is cut at either edge."""
-    ok = [r for r in m if r.ok]
-    return {"requests": len(ok), "output_tokens": sum(max(0, r.output_tokens) for r in ok),
-            "input_tokens": sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)}
+    ok = m.where(m.ok)
+    return {"requests": len(ok), "output_tokens": int(np.maximum(0, ok.output_tokens).sum()), "input_tokens": int(_prompt_tokens(ok).sum())}
 
 
 def time_avg_in_flight(starts: np.ndarray, ends: np.ndarray, t0: int, t1: int) -> float:
@@ -208,41 +225,18 @@ def steady_state(starts: np.ndarray, ends: np.ndarray, measured: np.ndarray, t0:
     return out
 
 
-def record_arrays(recs: list[RequestRecord], m_ids: set[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(intended send, end — 0 for cancelled —, measured?) over every record, for steady_state."""
-    starts = np.fromiter((r.intended_ns for r in recs), np.int64, len(recs))
-    ends = np.fromiter((0 if r.error_kind == "cancelled" else r.end_ns for r in recs), np.int64, len(recs))
-    meas = np.fromiter((id(r) in m_ids for r in recs), bool, len(recs))
-    return starts, ends, meas
-
-
-def request_meets(r: RequestRecord, slos: list[SLO], tokens: TokenStats | None = None) -> bool:
-    """Per-request SLO test (for goodput and attainment): TTFT, TPOT and E2E compare directly; ITL uses
-    the request's own ITL at the SLO's percentile (read from `tokens` when the request's token arrays
-    were dropped after streaming). A failed request meets nothing."""
-    if not r.ok:
-        return False
+def _meets(m: Columns, slos: list[SLO], tokens: TokenStats) -> np.ndarray:
+    """Per-request SLO test (for goodput and attainment), a row at a time: TTFT, TPOT and E2E compare directly
+    (a request without a TPOT passes that one); ITL uses the request's own ITL at the SLO's percentile, read
+    from `tokens`. A failed request meets nothing."""
+    good: np.ndarray = m.ok.copy()
     for s in slos:
-        if s.metric == "itl" and tokens is not None:
-            if id(r) in tokens.unmet[tokens.slo_index(s)]:
-                return False
+        if s.metric == "itl":
+            good &= ~np.isin(m.row, np.fromiter(tokens.unmet[tokens.slo_index(s)], np.int64))
             continue
-        if s.metric == "ttft":
-            v = ttft_ms(r)
-        elif s.metric == "tpot":
-            v = tpot_ms(r)
-            if math.isnan(v):
-                continue
-        elif s.metric == "e2e":
-            v = e2e_ms(r)
-        else:
-            g = itl_ms(r)
-            if not len(g):
-                continue
-            v = stats.percentile(g, s.pct)
-        if not v <= s.threshold_ms:
-            return False
-    return True
+        v = column_metric(m, s.metric)
+        good &= (v <= s.threshold_ms) | (np.isnan(v) if s.metric == "tpot" else False)
+    return good
 
 
 def latency_stats(values: ArrayLike, pcts: tuple[float, ...] = (50, 90, 95, 99)) -> dict[str, Any]:
@@ -346,16 +340,18 @@ class TokenStats:
         self.n_b = [np.zeros(blocks) for _ in self.itl_slos]
         self.k_b = [np.zeros(blocks) for _ in self.itl_slos]
         self.within = [0] * len(self.itl_slos)
-        self.unmet: list[set[int]] = [set() for _ in self.itl_slos]
+        self.unmet: list[set[int]] = [set() for _ in self.itl_slos]  # rows whose own ITL percentile misses
 
-    def add(self, r: RequestRecord, chunk_ns: Ints, chunk_tokens: Ints, in_m: bool, in_mc: bool) -> None:
-        if r.ok and self.departures and len(chunk_ns):
+    def add(self, row: int, ok: bool, cancelled: bool, chunk_ns: Ints, chunk_tokens: Ints, in_m: bool, in_mc: bool) -> None:
+        """One request (its position `row` in the run): whether it succeeded or was cancelled, its token arrays
+        and whether it is measured (in_m) or partially measured (in_mc: cancelled after its first token)."""
+        if ok and self.departures and len(chunk_ns):
             c = np.asarray(chunk_ns, dtype=np.int64)
             self.win_out += int(np.asarray(chunk_tokens, dtype=np.int64)[(c >= self.t0) & (c < self.t1)].sum())
         if not in_mc:
             return
         g = _itl(chunk_ns, chunk_tokens)
-        measured = r.ok or partial(r)  # (r.chunk_ns holds at least the first chunk on both paths)
+        measured = ok or (cancelled and len(chunk_ns) > 0)
         if measured:
             self.gaps.add(g)
         if not self.itl_slos or not len(g):
@@ -369,19 +365,25 @@ class TokenStats:
             self.k_b[j] += k_b
             if measured:
                 self.within[j] += int(g.size - np.count_nonzero(over))
-            if in_m and r.ok and not stats.percentile(g, slo.pct) <= slo.threshold_ms:
-                self.unmet[j].add(id(r))
+            if in_m and ok and not stats.percentile(g, slo.pct) <= slo.threshold_ms:
+                self.unmet[j].add(row)
 
     def slo_index(self, slo: SLO) -> int:
         return next(j for j, x in enumerate(self.itl_slos) if x.name == slo.name)
 
 
-def _membership(r: RequestRecord, t0: int, t1: int, kind: str) -> tuple[bool, bool]:
-    """(measured, measured or partially measured): sent inside the window after warmup; a cancelled
+def _membership(c: Columns, t0: int, t1: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(measured, measured or partially measured) per row: sent inside the window after warmup; a cancelled
     request counts only for what it measured before the cancel (partial)."""
-    sent_in = not r.warmup and (kind != "schedule" or t0 <= r.intended_ns < t1)
-    in_m = sent_in and r.error_kind != "cancelled"
-    return in_m, in_m or (sent_in and partial(r))
+    sent_in, cancelled = _sent_in(c, t0, t1, kind), c.error_kind == "cancelled"
+    in_m = sent_in & ~cancelled
+    return in_m, in_m | (sent_in & cancelled & (c.n_chunks > 0))
+
+
+def _sent_in(c: Columns, t0: int, t1: int, kind: str) -> np.ndarray:
+    """Sent inside the measurement window, after the warmup."""
+    out: np.ndarray = ~c.warmup & ((c.intended_ns >= t0) & (c.intended_ns < t1) if kind == "schedule" else True)
+    return out
 
 
 def partial(r: RequestRecord) -> bool:
@@ -389,23 +391,40 @@ def partial(r: RequestRecord) -> bool:
     return r.error_kind == "cancelled" and len(r.chunk_ns) > 0
 
 
-def metric_values(recs: list[RequestRecord], metric: str) -> np.ndarray:
-    """Successful requests' values; TTFT and ITL also take what a cancelled request measured before it was
-    cancelled (leaving out its TTFT would drop the longest waits of an interrupted probe)."""
-    if metric in ("ttft", "itl", "ttft_from_send"):
-        ok = [r for r in recs if r.ok or partial(r)]
-    else:
-        ok = [r for r in recs if r.ok]
-    if metric == "itl":
-        return np.concatenate([itl_ms(r) for r in ok]) if ok else _NONE
-    fn = {"ttft": ttft_ms, "tpot": tpot_ms, "e2e": e2e_ms, "ttft_from_send": ttft_from_send_ms}[metric]
-    a = np.fromiter(map(fn, ok), np.float64, len(ok))
-    return a[~np.isnan(a)]
+def metric_values(c: Columns, metric: str) -> np.ndarray:
+    """Successful requests' values (TTFT, TTFT from send, TPOT, E2E; ITL comes from TokenStats); TTFT also takes
+    what a cancelled request measured before it was cancelled (leaving out its TTFT would drop the longest waits
+    of an interrupted probe)."""
+    sel = c.ok | ((c.error_kind == "cancelled") & (c.n_chunks > 0)) if metric in ("ttft", "ttft_from_send") else c.ok
+    a = column_metric(c, metric)[sel]
+    out: np.ndarray = a[~np.isnan(a)]
+    return out
 
 
-def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offered_qps: float | None = None,
-              mode: str = "qps", expect_exact_osl: bool = True, window_ns: tuple[int, int] | None = None,
-              conf: float = 0.95, lifetimes_needed: float = 3.0, aborted: bool = False, tokens: TokenStats | None = None) -> dict[str, Any]:
+def summarize(recs: Sequence[RequestRecord], slos: list[SLO] | None = None, *, window_ns: tuple[int, int] | None = None,
+              **kw: Any) -> dict[str, Any]:
+    """summarize_columns() of records in memory: their token arrays are fed to TokenStats here (summarize_run
+    streams them from disk)."""
+    slos = slos or []
+    c = Columns.from_records(recs)
+    window = _window(c, window_ns)
+    in_m, in_mc = _membership(c, *window)
+    tokens = TokenStats(slos, window[0], window[1], window[2] in ("send", "schedule"))
+    for i, r in enumerate(recs):
+        tokens.add(i, r.ok, r.error_kind == "cancelled", r.chunk_ns, r.chunk_tokens, bool(in_m[i]), bool(in_mc[i]))
+    return summarize_columns(c, slos, tokens, window, **kw)
+
+
+def _window(c: Columns, window_ns: tuple[int, int] | None) -> tuple[int, int, str]:
+    """The runner's recorded measurement window ("schedule"), else the fallback from the sends."""
+    if window_ns is None:
+        return measurement_window_ns(c)
+    return int(window_ns[0]), int(window_ns[1]), "schedule"
+
+
+def summarize_columns(c: Columns, slos: list[SLO], tokens: TokenStats, window: tuple[int, int, str], *, offered_qps: float | None = None,
+                      mode: str = "qps", expect_exact_osl: bool = True, conf: float = 0.95, lifetimes_needed: float = 3.0,
+                      aborted: bool = False) -> dict[str, Any]:
     """Point summary over the measured requests: those sent inside the measurement window (the runner
     records it: [end of warmup, end of sending)), cancelled ones left out. `conf` is the confidence of
     each SLO decision (a sequential probe spends its 5% over its looks, see stats.look_confidence).
@@ -415,32 +434,22 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     of window ("arrivals") — both unbiased for any window length; for a closed loop (bursty sends), Little's
     law: time-average in flight / mean lifetime ("little"); the completion rate inside the window
     ("departures") once it does not keep up (saturated), where arrivals would overstate it."""
-    slos = slos or []
-    if window_ns is None:
-        t0, t1, kind = measurement_window_ns(recs)
-    else:
-        (t0, t1), kind = window_ns, "schedule"
-    member = [_membership(r, t0, t1, kind) for r in recs]
-    m = [r for r, (in_m, _) in zip(recs, member) if in_m]
-    mc = m + [r for r, (in_m, in_mc) in zip(recs, member) if in_mc and not in_m]  # + what cancelled requests measured (TTFT, gaps so far)
-    if tokens is None:  # token arrays in memory: accumulate them here (summarize_run streams them from disk)
-        tokens = TokenStats(slos, t0, t1, kind in ("send", "schedule"))
-        for r, (in_m, in_mc) in zip(recs, member):
-            tokens.add(r, r.chunk_ns, r.chunk_tokens, in_m, in_mc)
-    del member
-    ok = [r for r in m if r.ok]
+    t0, t1, kind = window
+    in_m, in_mc = _membership(c, t0, t1, kind)
+    m, mc = c.where(in_m), c.where(in_mc)  # mc: + what cancelled requests measured (TTFT, gaps so far)
+    ok = m.where(m.ok)
     window_s = (t1 - t0) / 1e9 if t1 > t0 else math.nan
-    out_tok = sum(r.output_tokens for r in ok)
-    in_tok = sum(r.prompt_tokens if r.prompt_tokens >= 0 else r.isl for r in ok)
-    dep = window_throughput(recs, t0, t1, tokens.win_out) if kind in ("send", "schedule") else {"requests": len(ok), "output_tokens": out_tok,
-                                                                                "input_tokens": in_tok}
+    out_tok = int(ok.output_tokens.sum())
+    in_tok = int(_prompt_tokens(ok).sum())
+    dep = window_throughput(c, t0, t1, tokens.win_out) if kind in ("send", "schedule") else {"requests": len(ok), "output_tokens": out_tok,
+                                                                             "input_tokens": in_tok}
     arr = arrival_throughput(m)
     if kind == "send" and len(m) > 1:  # window = first..last send: n sends span n − 1 gaps
         scale = (len(m) - 1) / len(m)
         arr = {k: v * scale for k, v in arr.items()}
-    full_s = (max(r.end_ns for r in m) - t0) / 1e9 if m else math.nan
-    st, en, meas = record_arrays(recs, {id(r) for r in m})
-    ss = (steady_state(st, en, meas, t0, t1, mode, lifetimes_needed) if window_s > 0 and recs
+    full_s = (int(m.end_ns.max()) - t0) / 1e9 if len(m) else math.nan
+    st, en = c.intended_ns, np.where(c.error_kind == "cancelled", 0, c.end_ns)  # every request sent: end 0 for a cancelled one
+    ss = (steady_state(st, en, in_m, t0, t1, mode, lifetimes_needed) if window_s > 0 and len(c)
           else {"saturated": False, "steady": False, "reason": "empty window"})
 
     def rates(c: dict[str, Any]) -> dict[str, Any]:
@@ -457,27 +466,28 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         return {"request_throughput": x, "output_tps": x * per["output_tokens"], "input_tps": x * per["input_tokens"],
                 "total_tps": x * (per["output_tokens"] + per["input_tokens"])}
 
-    if estimator == "arrivals" and mode == "concurrency" and ok and window_s > 0:
+    if estimator == "arrivals" and mode == "concurrency" and len(ok) and window_s > 0:
         # a closed loop sends when a request ends, so its sends come in bursts (a whole batch ends together
         # at the batch limit): counting the sends that fall in a short window is off by up to one burst.
         # Little's law is not: rate = time-average in flight / mean lifetime, both over the window.
-        life_s = float(np.mean([e2e_ms(r) for r in m if r.end_ns > 0])) / 1e3
+        ended = column_metric(m, "e2e")[m.end_ns > 0]
+        life_s = float(ended.mean()) / 1e3 if ended.size else math.nan
         x = time_avg_in_flight(st, en, t0, t1) / life_s * len(ok) / len(m) if life_s > 0 else math.nan
         if math.isfinite(x):
             chosen, estimator = at_rate(x), "little"
-    if estimator == "arrivals" and mode == "qps" and offered_qps and m and ok:
+    if estimator == "arrivals" and mode == "qps" and offered_qps and len(m) and len(ok):
         # a stable open loop delivers what it is offered: offered rate × share completed, with each completed
         # request's mean tokens — the realized arrival count only adds Poisson noise (±7% at 200 requests)
         chosen, estimator = at_rate(offered_qps * len(ok) / len(m)), "offered"
     s: dict[str, Any] = {
-        "n_total": len(recs),
-        "n_warmup": sum(1 for r in recs if r.warmup),
+        "n_total": len(c),
+        "n_warmup": int(c.warmup.sum()),
         "n_measured": len(m),
         "n_ok": len(ok),
         "n_failed": len(m) - len(ok),
-        "n_cancelled": sum(1 for r in recs if r.error_kind == "cancelled"),
+        "n_cancelled": int((c.error_kind == "cancelled").sum()),
         "n_cancelled_measured": len(mc) - len(m),  # cancelled after their first token: TTFT and gaps counted
-        "errors": dict(Counter(r.error_kind or "empty" for r in m if not r.ok)),
+        "errors": dict(Counter(k or "empty" for k in m.error_kind[~m.ok])),
         "window_s": window_s,
         "window_kind": kind,
         "window_ns": [t0, t1],
@@ -492,44 +502,51 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
         "input_tokens": in_tok,
         "window_tokens": {"output": dep["output_tokens"], "input": dep["input_tokens"]},
     }
-    sends = sorted(r.intended_ns for r in m)
+    sends = m.intended_ns.tolist()
+    first, last = (min(sends), max(sends)) if sends else (0, 0)
     s["achieved_send_qps"] = (len(sends) / window_s if kind == "schedule" and window_s > 0 else
-                              (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else math.nan)
+                              (len(sends) - 1) / ((last - first) / 1e9) if len(sends) > 1 and last > first else math.nan)
     lat = {k: latency_stats(metric_values(mc, k)) if k != "itl" else tokens.gaps.stats() for k in ("ttft", "ttft_from_send", "tpot", "itl", "e2e")}
-    lat["send_lag"] = latency_stats([send_lag_ms(r) for r in m if r.sent_ns])
-    waited = [slot_wait_ms(r) for r in m if r.slot_ns]
-    s["client_queue"] = {"waited": len(waited), "wait_ms": latency_stats(waited)}
+    sent = m.sent_ns != 0
+    lat["send_lag"] = latency_stats((m.sent_ns[sent] - np.maximum(m.intended_ns[sent], m.slot_ns[sent])) * NS_MS)
+    slot = m.slot_ns != 0
+    waited = np.maximum(0, m.slot_ns[slot] - m.intended_ns[slot]) * NS_MS
+    s["client_queue"] = {"waited": int(waited.size), "wait_ms": latency_stats(waited)}
     s["latency_ms"] = lat
     s["interactivity_p50"] = interactivity(lat["tpot"]["p50"])
-    s["mean_in_flight"] = time_avg_in_flight(st, en, t0, t1) if window_s > 0 and recs else math.nan
-    good = [r for r in m if request_meets(r, slos, tokens)] if slos else ok
-    s["goodput_rps"] = len(good) / window_s if window_s > 0 else math.nan
-    s["attainment"] = len(good) / len(m) if m else math.nan
-    s["attainment_ci"] = list(stats.clopper_pearson(len(good), len(m), conf))
+    s["mean_in_flight"] = time_avg_in_flight(st, en, t0, t1) if window_s > 0 and len(c) else math.nan
+    n_good = int(_meets(m, slos, tokens).sum()) if slos else len(ok)
+    s["goodput_rps"] = n_good / window_s if window_s > 0 else math.nan
+    s["attainment"] = n_good / len(m) if len(m) else math.nan
+    s["attainment_ci"] = list(stats.clopper_pearson(n_good, len(m), conf))
     s["slos"] = [slo_verdict(mc, slo, t0, t1, conf, tokens) for slo in slos]
     s["slo_met"] = all(v["met"] for v in s["slos"]) if slos else None
     s["slo_confidence"] = conf
-    cache_reported = any(r.cached_tokens >= 0 for r in ok)  # the server says per request what its prefix cache served
-    turns = sorted({r.turn for r in m if r.turn >= 0})
+    cache_reported = bool((ok.cached_tokens >= 0).any())  # the server says per request what its prefix cache served
+    turns = sorted(set(m.turn[m.turn >= 0].tolist()))
     if turns:  # multi-turn datasets: latency per turn
-        s["per_turn"] = {str(t): {"n": sum(1 for r in m if r.turn == t),
-                                  "ttft": latency_stats(metric_values([r for r in m if r.turn == t], "ttft")),
-                                  "prompt_tokens_mean": float(np.mean([float(r.prompt_tokens) for r in m
-                                                                       if r.turn == t and r.prompt_tokens >= 0] or [math.nan])),
-                                  "cached_fraction": cached_fraction([r for r in ok if r.turn == t], cache_reported)}
-                         for t in turns}
-    reported = [r for r in ok if r.prompt_tokens > 0] if cache_reported else []
-    if reported:  # the server's own count of prompt tokens served from its prefix cache
+        s["per_turn"] = {}
+        for t in turns:
+            mt = m.where(m.turn == t)
+            pt = mt.prompt_tokens[mt.prompt_tokens >= 0]
+            s["per_turn"][str(t)] = {"n": len(mt), "ttft": latency_stats(metric_values(mt, "ttft")),
+                                     "prompt_tokens_mean": float(pt.mean()) if pt.size else math.nan,
+                                     "cached_fraction": cached_fraction(ok.where(ok.turn == t), cache_reported)}
+    reported = ok.where(ok.prompt_tokens > 0) if cache_reported else None
+    if reported is not None and len(reported):  # the server's own count of prompt tokens served from its prefix cache
         s["prompt_cache"] = {"requests": len(reported), "cached_fraction": cached_fraction(reported, True),
-                             "hit_requests": sum(1 for r in reported if r.cached_tokens > 0)}
-    sessions: dict[int, list[RequestRecord]] = {}
-    for r in m:
-        if r.turn >= 0:
-            sessions.setdefault(r.index // MAX_TURNS, []).append(r)
-    if sessions:  # conversations: first send to last byte, for sessions whose every measured turn succeeded
-        done = [rs for rs in sessions.values() if all(r.ok for r in rs)]
-        s["sessions"] = {"n": len(sessions), "complete": len(done), "turns_mean": float(np.mean([len(rs) for rs in sessions.values()])),
-                         "duration_s": latency_stats([(max(r.end_ns for r in rs) - min(r.intended_ns for r in rs)) / 1e9 for rs in done])}
+                             "hit_requests": int((reported.cached_tokens > 0).sum())}
+    conv = m.where(m.turn >= 0)
+    if len(conv):  # conversations: first send to last byte, for sessions whose every measured turn succeeded
+        keys, inv = np.unique(conv.index // MAX_TURNS, return_inverse=True)
+        all_ok = np.ones(len(keys), bool)
+        np.logical_and.at(all_ok, inv, conv.ok)
+        last_end = np.full(len(keys), np.iinfo(np.int64).min)
+        np.maximum.at(last_end, inv, conv.end_ns)
+        first_send = np.full(len(keys), np.iinfo(np.int64).max)
+        np.minimum.at(first_send, inv, conv.intended_ns)
+        s["sessions"] = {"n": len(keys), "complete": int(all_ok.sum()), "turns_mean": float(np.bincount(inv).mean()),
+                         "duration_s": latency_stats((last_end[all_ok] - first_send[all_ok]) / 1e9)}
     s["token_mismatch"] = token_mismatches(m, expect_exact_osl)
     s["steady_state"] = ss
     s["saturation"] = {"saturated": bool(ss.get("saturated")), "reason": ss.get("reason", "") if ss.get("saturated") else "",
@@ -538,20 +555,17 @@ def summarize(recs: list[RequestRecord], slos: list[SLO] | None = None, *, offer
     return s
 
 
-def per_stage(recs: list[RequestRecord], pieces: list[tuple[float, float, float]], ramp: bool) -> list[dict[str, Any]]:
+def per_stage(c: Columns, pieces: list[tuple[float, float, float]], ramp: bool) -> list[dict[str, Any]]:
     """A staged (or ramped) open loop, stage by stage: the requests the schedule sent in each stretch (their
     realised rate beside the one asked for: the expected count is the rate's integral) and the latency of
     the measured ones among them (warmup excluded). ITL per stage is not split (the token arrays are
     summarised in one pass)."""
     out = []
     start = 0.0
-    by_stage: dict[int, list[RequestRecord]] = {}
-    for r in recs:  # each request's `stage` column (the send schedule's stretch it was sent in)
-        by_stage.setdefault(r.stage, []).append(r)
     for k, (dur, r0, r1) in enumerate(pieces):
-        sent = by_stage.get(-1 if ramp and k == 0 else (k - 1 if ramp else k), [])
-        m = [r for r in sent if not r.warmup and r.error_kind != "cancelled"]
-        ok = [r for r in m if r.ok]
+        sent = c.where(c.stage == (-1 if ramp and k == 0 else (k - 1 if ramp else k)))  # the send schedule's stretch of each request
+        m = _measured(sent)
+        ok = m.where(m.ok)
         expected = dur * (r0 + r1) / 2
         out.append({"stage": "ramp" if ramp and k == 0 else (k - 1 if ramp else k), "start_s": start, "duration_s": dur,
                     "qps": r1 if r0 == r1 else None, "qps_from_to": [r0, r1], "expected_requests": expected, "sent": len(sent),
@@ -561,33 +575,37 @@ def per_stage(recs: list[RequestRecord], pieces: list[tuple[float, float, float]
     return out
 
 
-def per_model(recs: list[RequestRecord], mix: dict[str, float]) -> dict[str, dict[str, Any]]:
+def _measured(c: Columns) -> Columns:
+    return c.where(~c.warmup & (c.error_kind != "cancelled"))
+
+
+def _share(m: Columns, mine: np.ndarray) -> dict[str, Any]:
+    """One part of the measured requests (a model of a mix, a replica): its share, failures and latency."""
+    part = m.where(mine)
+    ok = part.where(part.ok)
+    return {"measured": len(part), "share": len(part) / len(m) if len(m) else math.nan, "ok": len(ok), "failed": len(part) - len(ok),
+            "ttft": latency_stats(metric_values(part, "ttft")), "tpot": latency_stats(metric_values(ok, "tpot")),
+            "e2e": latency_stats(metric_values(ok, "e2e"))}
+
+
+def per_model(c: Columns, mix: dict[str, float]) -> dict[str, dict[str, Any]]:
     """A model mix, model by model: the share of measured requests each name got (beside its weight's share)
     and their latency."""
     total_w = sum(mix.values())
-    m = [r for r in recs if not r.warmup and r.error_kind != "cancelled"]
+    m = _measured(c)
     out = {}
     for name, w in mix.items():
-        mine = [r for r in m if r.model == name]
-        ok = [r for r in mine if r.ok]
-        out[name] = {"weight": w / total_w, "measured": len(mine), "share": len(mine) / len(m) if m else math.nan, "ok": len(ok),
-                     "ttft": latency_stats(metric_values(mine, "ttft")), "tpot": latency_stats(metric_values(ok, "tpot")),
-                     "e2e": latency_stats(metric_values(ok, "e2e"))}
+        d = _share(m, m.model == name)
+        del d["failed"]
+        out[name] = {"weight": w / total_w, **d}
     return out
 
 
-def per_endpoint(recs: list[RequestRecord], urls: list[str]) -> dict[str, dict[str, Any]]:
+def per_endpoint(c: Columns, urls: list[str]) -> dict[str, dict[str, Any]]:
     """Several replicas behind one target, replica by replica: the share of measured requests each got,
     their failures and latency (a replica slower than the rest shows here before it moves the fleet's tail)."""
-    m = [r for r in recs if not r.warmup and r.error_kind != "cancelled"]
-    out = {}
-    for e, url in enumerate(urls):
-        mine = [r for r in m if r.endpoint == e]
-        ok = [r for r in mine if r.ok]
-        out[url] = {"endpoint": e, "measured": len(mine), "share": len(mine) / len(m) if m else math.nan, "ok": len(ok),
-                    "failed": len(mine) - len(ok), "ttft": latency_stats(metric_values(mine, "ttft")),
-                    "tpot": latency_stats(metric_values(ok, "tpot")), "e2e": latency_stats(metric_values(ok, "e2e"))}
-    return out
+    m = _measured(c)
+    return {url: {"endpoint": e, **_share(m, m.endpoint == e)} for e, url in enumerate(urls)}
 
 
 # record fields no summary reads (identifiers for tracing a request back): left on disk by summarize_run
@@ -595,31 +613,37 @@ _NOT_SUMMARISED = ("response_id", "source", "prefix_group", "server_recv_ns", "r
 
 
 def summarize_run(run_dir: Path, slos: list[SLO] | None = None, *, window_ns: tuple[int, int] | None = None,
-                  **kw: Any) -> tuple[dict[str, Any], list[RequestRecord]]:
-    """summarize() of a run directory in bounded memory: the records' scalars are read whole (O(requests)),
-    their token arrays streamed a batch at a time into TokenStats and dropped (each record keeps its first
-    chunk: TTFT). Returns (summary, those records). Memory does not grow with the tokens of a run."""
-    from bench.records import iter_chunks, read_records
+                  **kw: Any) -> tuple[dict[str, Any], Columns]:
+    """summarize() of a run directory in bounded memory: the records' scalars are read as columns (~150 bytes a
+    request), their token arrays streamed a batch at a time into TokenStats and dropped (each request keeps its
+    first chunk's time: TTFT). Returns (summary, those columns). Memory does not grow with the tokens of a run."""
+    from bench.records import iter_chunks, read_columns
 
-    recs = read_records(run_dir, chunks=False, skip=_NOT_SUMMARISED)
+    c = read_columns(run_dir, skip=_NOT_SUMMARISED)
     slos = slos or []
-    if window_ns is None:
-        t0, t1, kind = measurement_window_ns(recs)
-    else:
-        (t0, t1), kind = window_ns, "schedule"
-    tokens = TokenStats(slos, t0, t1, kind in ("send", "schedule"))
-    it = iter(recs)
-    n = 0
+    window = _window(c, window_ns)
+    tokens = TokenStats(slos, window[0], window[1], window[2] in ("send", "schedule"))
+    n = len(c)
+    n_chunks, first_ns = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    cancelled = c.error_kind == "cancelled"
+    sent_in, ok, cancelled = _sent_in(c, *window).tolist(), c.ok.tolist(), cancelled.tolist()
+    i = seen = 0
     for ns_views, tok_views in iter_chunks(run_dir):
+        seen += len(ns_views)
+        if seen > n:
+            break
         for cn, ct in zip(ns_views, tok_views):
-            r = next(it)
-            r.chunk_ns, r.chunk_tokens = tuple(cn[:1].tolist()), tuple(ct[:1].tolist())  # the first chunk (TTFT, partial) outlives the batch
-            in_m, in_mc = _membership(r, t0, t1, kind)
-            tokens.add(r, cn, ct, in_m, in_mc)
-            n += 1
-    if n != len(recs):
-        raise RuntimeError(f"{run_dir}: {len(recs)} records but {n} token rows; the results files changed while being read")
-    return summarize(recs, slos, window_ns=window_ns, tokens=tokens, **kw), recs
+            k = len(cn)
+            n_chunks[i] = k
+            if k:
+                first_ns[i] = cn[0]
+            in_m = sent_in[i] and not cancelled[i]
+            tokens.add(i, ok[i], cancelled[i], cn, ct, in_m, in_m or (sent_in[i] and cancelled[i] and k > 0))
+            i += 1
+    if seen != n:
+        raise RuntimeError(f"{run_dir}: {n} records but {seen}{'+' if seen > n else ''} token rows; the results files changed while being read")
+    c.set_first_chunks(n_chunks, first_ns)
+    return summarize_columns(c, slos, tokens, window, **kw), c
 
 
 def over_samples(r: RequestRecord, slo: SLO) -> tuple[np.ndarray | list[int], np.ndarray | list[bool]]:
@@ -658,35 +682,40 @@ def request_value(r: RequestRecord, slo: SLO) -> float | None:
     return None if math.isnan(v) else v
 
 
-def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int | None = None, conf: float = 0.95,
+def slo_verdict(m: Columns | Sequence[RequestRecord], slo: SLO, t0: int | None = None, t1: int | None = None, conf: float = 0.95,
                 tokens: TokenStats | None = None) -> dict[str, Any]:
     """One SLO over the measured requests: the percentile's point value (failed requests count as
     infinitely slow, so it reads inf once they reach the tail), and the decision — 'pass' / 'fail' /
     'undecided' — from the exceedance count and its interval (stats.percentile_decision). An ITL SLO
-    reads its counts from `tokens` (TokenStats over the same requests and window) when given."""
-    if slo.metric == "itl" and tokens is not None and t0 is not None and t1 is not None:
+    reads its counts from `tokens` (TokenStats over the same requests and window); records given without
+    one are streamed into one here."""
+    if not isinstance(m, Columns):
+        if slo.metric == "itl" and tokens is None:
+            t0, t1, tokens = _itl_tokens(m, slo, t0, t1)
+        m = Columns.from_records(m)
+    if slo.metric == "itl":
+        if tokens is None or t0 is None or t1 is None:
+            raise ValueError("an ITL SLO is decided from the token arrays: pass the TokenStats of the same requests and window")
         j = tokens.slo_index(slo)
         decision, iv = stats.percentile_decision(tokens.n_b[j], tokens.k_b[j], slo.pct, conf)
         v = tokens.gaps.percentile(slo.pct) if tokens.gaps.n else math.nan
         n = tokens.gaps.n
         return {"slo": slo.name, "threshold_ms": slo.threshold_ms, "value_ms": v, "met": bool(v <= slo.threshold_ms),
                 "decision": decision, "exceed": iv, "fraction_within": tokens.within[j] / n if n else math.nan, "n": n}
-    vals = metric_values(m, slo.metric)
-    n_fail = sum(1 for r in m if not r.ok and r.error_kind != "cancelled")
-    if slo.metric != "itl":
-        vals = np.concatenate([vals, np.full(n_fail, math.inf)])
+    cancelled = m.error_kind == "cancelled"
+    failed = ~m.ok & ~cancelled
+    vals = np.concatenate([metric_values(m, slo.metric), np.full(int(failed.sum()), math.inf)])
     v = stats.percentile_inf(vals, slo.pct)
-    pairs = [over_samples(r, slo) for r in m]
-    ts = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in pairs]) if pairs else np.empty(0, np.int64)
-    over = np.concatenate([np.asarray(p[1], dtype=bool) for p in pairs]) if pairs else np.empty(0, bool)
-    del pairs
+    # each request's sample at its intended send (request_value): inf when it failed; a cancelled one adds only a TTFT it measured
+    per_req = np.where(failed, math.inf, column_metric(m, slo.metric))
+    has = ~np.isnan(per_req) & (~cancelled if slo.metric != "ttft" else True)
+    ts, x = m.intended_ns[has], per_req[has]
     if t0 is None or t1 is None or t1 <= t0:
         t0, t1 = (int(ts.min()), int(ts.max()) + 1) if ts.size else (0, 1)
-    n_b, k_b = stats.block_counts(ts / 1e9, over, t0 / 1e9, t1 / 1e9)
+    n_b, k_b = stats.block_counts(ts / 1e9, x > slo.threshold_ms, t0 / 1e9, t1 / 1e9)
     tau = 1.0
     if slo.metric in SERIES_DEFF:  # one value per request: their autocorrelation in send order floors the design effect
-        tv = [(r.intended_ns, x) for r in m if (x := request_value(r, slo)) is not None]
-        tau = stats.autocorr_time([x for _, x in sorted(tv, key=lambda p: p[0])], clip_at=slo.threshold_ms)
+        tau = stats.autocorr_time(x[np.argsort(ts, kind="stable")], clip_at=slo.threshold_ms)
     decision, iv = stats.percentile_decision(n_b, k_b, slo.pct, conf, tau)
     within = int(np.count_nonzero(vals <= slo.threshold_ms))
     return {
@@ -701,22 +730,35 @@ def slo_verdict(m: list[RequestRecord], slo: SLO, t0: int | None = None, t1: int
     }
 
 
-def cached_fraction(recs: Sequence[RequestRecord], absent_is_zero: bool = False) -> float | None:
+def _itl_tokens(recs: Sequence[RequestRecord], slo: SLO, t0: int | None, t1: int | None) -> tuple[int, int, TokenStats]:
+    """TokenStats of one ITL SLO over records in memory, every request measured; the window defaults to the span of their gaps."""
+    if t0 is None or t1 is None or t1 <= t0:
+        times = [int(r.chunk_ns[k]) for r in recs for k in (1, len(r.chunk_ns) - 1) if len(r.chunk_ns) > 1]
+        t0, t1 = (min(times), max(times) + 1) if times else (0, 1)
+    tokens = TokenStats([slo], t0, t1, False)
+    for i, r in enumerate(recs):
+        tokens.add(i, r.ok, r.error_kind == "cancelled", r.chunk_ns, r.chunk_tokens, False, True)
+    return t0, t1, tokens
+
+
+def cached_fraction(recs: Columns | Sequence[RequestRecord], absent_is_zero: bool = False) -> float | None:
     """Prompt tokens the server served from its prefix cache over its prompt tokens, over the requests that
     reported usage.prompt_tokens_details.cached_tokens (None: none did). `absent_is_zero`: the server reports
     the field only on a hit (vLLM and SGLang leave the details out when nothing was cached), so once any request
     of the run carried it, a request whose usage lacks it counts as 0 cached."""
-    rep = [r for r in recs if (r.cached_tokens >= 0 or absent_is_zero) and r.prompt_tokens > 0]
-    return sum(max(r.cached_tokens, 0) for r in rep) / sum(r.prompt_tokens for r in rep) if rep else None
+    c = recs if isinstance(recs, Columns) else Columns.from_records(recs)
+    rep = ((c.cached_tokens >= 0) | absent_is_zero) & (c.prompt_tokens > 0)
+    return int(np.maximum(c.cached_tokens[rep], 0).sum()) / int(c.prompt_tokens[rep].sum()) if rep.any() else None
 
 
-def token_mismatches(m: list[RequestRecord], expect_exact_osl: bool) -> dict[str, Any]:
-    ok = [r for r in m if r.ok]
+def token_mismatches(m: Columns, expect_exact_osl: bool) -> dict[str, Any]:
+    ok = m.where(m.ok)
+    served = ok.prompt_tokens >= 0
     return {
-        "prompt": sum(1 for r in ok if r.prompt_tokens >= 0 and r.prompt_tokens_local >= 0 and r.prompt_tokens != r.prompt_tokens_local),
-        "prompt_vs_requested": sum(1 for r in ok if r.prompt_tokens >= 0 and r.isl > 0 and r.prompt_tokens != r.isl),
-        "output": sum(1 for r in ok if expect_exact_osl and r.output_tokens != r.osl),
-        "client_counted": sum(1 for r in ok if not r.tokens_from_usage),
+        "prompt": int((served & (ok.prompt_tokens_local >= 0) & (ok.prompt_tokens != ok.prompt_tokens_local)).sum()),
+        "prompt_vs_requested": int((served & (ok.isl > 0) & (ok.prompt_tokens != ok.isl)).sum()),
+        "output": int((ok.output_tokens != ok.osl).sum()) if expect_exact_osl else 0,
+        "client_counted": int((~ok.tokens_from_usage).sum()),
     }
 
 
@@ -740,7 +782,7 @@ def send_lag_confidently_over(lag: dict[str, Any], limit_ms: float) -> bool:
     return bool(value > limit_ms)
 
 
-def warnings_for(s: dict[str, Any], m: list[RequestRecord], slos: list[SLO]) -> list[dict[str, Any]]:
+def warnings_for(s: dict[str, Any], m: Columns, slos: list[SLO]) -> list[dict[str, Any]]:
     """The fixed set of warnings (bench.warn: code, message, remedy, values); each names its remedy."""
     w = []
     lag = s["latency_ms"]["send_lag"]
@@ -754,7 +796,7 @@ def warnings_for(s: dict[str, Any], m: list[RequestRecord], slos: list[SLO]) -> 
         w.append(warning("error_rate", f"error rate: {s['n_failed']}/{s['n_measured']} requests failed ({kinds})",
                          "check the server log by response id, lower the load, or raise --timeout",
                          failed=s["n_failed"], measured=s["n_measured"], errors=dict(s["errors"])))
-    limited = sum(1 for r in m if not r.ok and r.status == 429)
+    limited = int((~m.ok & (m.status == 429)).sum())
     if limited:  # a quota or gateway throttled the client: refused, not served slowly
         w.append(warning("rate_limited", f"rate limited: {limited} requests were refused with HTTP 429 (a rate limit or quota "
                          "of the server or a gateway in front of it), not served slowly", "raise the key's rate limit or quota, "

@@ -27,7 +27,7 @@ from array import array
 from typing import Any
 
 from bench import client as cl
-from bench.records import RequestRecord
+from bench.records import Columns, RequestRecord
 from bench.workers import FILLED, LoopStalls, sleep_until, worker_health
 
 perf_ns = time.perf_counter_ns
@@ -200,9 +200,9 @@ class RayPool:
     async def _get(ref: Any) -> Any:
         return await ref
 
-    def per_worker(self, recs: list[RequestRecord]) -> list[dict]:
+    def per_worker(self, cols: Columns) -> list[dict]:
         """Per-actor client health (workers.worker_health) with where each ran and its clock offset."""
-        return [worker_health(recs, w, self.stalls[w], self.dead.get(w), pid=self.pids[w], host=self.where[w].get("host"),
+        return [worker_health(cols, w, self.stalls[w], self.dead.get(w), pid=self.pids[w], host=self.where[w].get("host"),
                               node_id=self.where[w].get("node_id"), clock_offset_ns=self.offset_ns[w], clock_rtt_ns=self.rtt_ns[w])
                 for w in range(self.n)]
 

@@ -243,14 +243,31 @@ def read_table(run_dir: Path) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default") if tables else records_to_table([])
 
 
+def _column_values(col: pa.Array) -> list[Any]:
+    """A scalar column as Python values; a string column's repeats share one str (a model name is one
+    object, not one per request: ~80 bytes a request on a long run)."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        enc = col.dictionary_encode()
+        words = enc.dictionary.to_pylist()
+        return [None if i is None else words[i] for i in enc.indices.to_pylist()]
+    return list(col.to_pylist())
+
+
+# the per-token fields a compact record was not given: one shared empty tuple, not three fresh arrays each
+_NO_INTS: tuple[int, ...] = ()
+_SEQ_FIELDS = tuple(f.name for f in fields(RequestRecord) if SCHEMA.field(f.name).type == _INT_LIST)
+
+
 def compact_records(b: pa.RecordBatch) -> list[RequestRecord]:
     """Records whose chunk lists are numpy views into the batch's own buffers (8 bytes a token, not the
-    ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory."""
+    ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory. Per-token
+    fields the batch lacks share one empty tuple."""
     lists = [n for n in ("chunk_ns", "chunk_tokens") if n in b.schema.names]
-    scalars = {n: b.column(n).to_pylist() for n in b.schema.names if n not in lists}
+    scalars = {n: _column_values(b.column(n)) for n in b.schema.names if n not in lists}
     views = {n: _list_views(b.column(n)) for n in lists}
     cols: dict[str, Any] = {**scalars, **views}
-    return [RequestRecord(**{n: v[i] for n, v in cols.items()}) for i in range(b.num_rows)]
+    empty: dict[str, Any] = {n: _NO_INTS for n in _SEQ_FIELDS if n not in cols}
+    return [RequestRecord(**{n: v[i] for n, v in cols.items()}, **empty) for i in range(b.num_rows)]
 
 
 def read_records(run_dir: Path, compact: bool = True, chunks: bool = True, skip: tuple[str, ...] = ()) -> list[RequestRecord]:
@@ -272,6 +289,105 @@ def read_records(run_dir: Path, compact: bool = True, chunks: bool = True, skip:
         for b in pf.iter_batches(batch_size=2048, columns=[c for c in cols if c in have], use_threads=False):
             out += compact_records(b)
     return out
+
+
+class Columns:
+    """Records as one numpy array per scalar field, plus each request's first token-bearing chunk (`first_ns`;
+    `n_chunks` 0: none) and its position `row`: what a summary reads, ~150 bytes a request. A list of
+    RequestRecord costs ~700 (boxed values) and leaves its decoding temporaries fragmenting the heap: measured
+    ~2.5x that in RSS, so a 5x longer run peaked higher (scripts/memory_check.py). Strings are object arrays
+    sharing one str per distinct value."""
+
+    def __init__(self, data: dict[str, np.ndarray], rows: np.ndarray | None = None) -> None:
+        self._d: dict[str, np.ndarray] = data
+        self._rows = rows  # a subset: the positions it holds (None: every row); its columns are gathered when read
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            col: np.ndarray = self.__dict__["_d"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+        rows = self.__dict__["_rows"]
+        return col if rows is None else col[rows]
+
+    def __len__(self) -> int:
+        return len(self._d["row"]) if self._rows is None else len(self._rows)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._d)
+
+    def where(self, mask: np.ndarray) -> Columns:
+        """The rows where `mask` is true (their `row` keeps each one's position in the run). A subset holds only
+        their positions, not copies of the columns: a summary's several subsets of a long run cost ~8 bytes a row each."""
+        at = np.flatnonzero(mask)
+        return Columns(self._d, at if self._rows is None else self._rows[at])
+
+    def set_first_chunks(self, n_chunks: np.ndarray, first_ns: np.ndarray) -> None:
+        self._d.update(n_chunks=n_chunks, first_ns=first_ns)
+
+    @classmethod
+    def from_records(cls, recs: Sequence[RequestRecord]) -> Columns:
+        n = len(recs)
+        d = {f: np.array([getattr(r, f) for r in recs], dtype=dt) if n else np.empty(0, dt) for f, dt in _SCALARS.items()}
+        d["n_chunks"] = np.fromiter((len(r.chunk_ns) for r in recs), np.int64, n)
+        d["first_ns"] = np.fromiter((r.chunk_ns[0] if len(r.chunk_ns) else 0 for r in recs), np.int64, n)
+        d["row"] = np.arange(n)
+        return cls(d)
+
+
+_DTYPES = {pa.int64(): np.dtype(np.int64), pa.bool_(): np.dtype(bool), pa.string(): np.dtype(object)}
+_SCALARS = {f.name: _DTYPES[SCHEMA.field(f.name).type] for f in fields(RequestRecord) if SCHEMA.field(f.name).type != _INT_LIST}
+
+
+def _numpy_column(col: pa.Array, dtype: np.dtype) -> np.ndarray:
+    """One scalar column as numpy, read from the Arrow buffers (as _list_views: pyarrow's to_numpy left ~40 MB behind
+    in the process over a 45 k-request run's columns, scripts/memory_check.py); strings share one str per distinct value."""
+    if dtype.kind == "O":  # read as a dictionary column (read_columns): each distinct value once
+        words = np.array([w or "" for w in col.dictionary.to_pylist()] + [""], dtype=object)
+        idx = col.indices
+        at = np.frombuffer(idx.buffers()[1], dtype=np.int32, count=idx.offset + len(idx))[idx.offset:] if len(col) else np.empty(0, np.int32)
+        if idx.null_count:  # a null reads as "" (the last word)
+            valid = np.unpackbits(np.frombuffer(idx.buffers()[0], dtype=np.uint8), bitorder="little")[idx.offset:idx.offset + len(idx)]
+            at = np.where(valid.astype(bool), at, len(words) - 1)
+        return words[at]
+    want = pa.bool_() if dtype.kind == "b" else pa.int64()
+    if col.type != want:  # (a file written by an older version)
+        col = col.cast(want)
+    if col.null_count:
+        col = col.fill_null(False if dtype.kind == "b" else 0)
+    buf = col.buffers()[1]
+    if dtype.kind == "b":  # bit-packed, least significant bit first
+        bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+        return bits[col.offset:col.offset + len(col)].astype(bool)
+    out: np.ndarray = np.frombuffer(buf, dtype=np.int64, count=col.offset + len(col))[col.offset:]
+    return out
+
+
+def read_columns(run_dir: Path, skip: tuple[str, ...] = ()) -> Columns:
+    """A run's scalar fields as Columns (read_records' row order), `skip`ped ones left out; the first-chunk
+    columns are zero until the caller streams the token arrays (iter_chunks) and sets them. Each column is
+    allocated once at the run's size and filled a batch at a time."""
+    import pyarrow.parquet as pq
+
+    want = {n: dt for n, dt in _SCALARS.items() if n not in skip and n not in _HEAVY}
+    defaults = {f.name: f.default for f in fields(RequestRecord)}
+    strings = [n for n, dt in want.items() if dt.kind == "O"]
+    files = [pq.ParquetFile(f, pre_buffer=False, read_dictionary=strings) for f in _files(run_dir)]
+    for f, pf in zip(_files(run_dir), files):
+        check_record_schema(f, pf.schema_arrow)
+    rows = sum(pf.metadata.num_rows for pf in files)
+    d = {n: np.empty(rows, dt) for n, dt in want.items()}
+    i = 0
+    for pf in files:
+        have = [n for n in want if n in pf.schema_arrow.names]
+        for b in pf.iter_batches(batch_size=8192, columns=have, use_threads=False):
+            j = i + b.num_rows
+            for n, dt in want.items():
+                d[n][i:j] = _numpy_column(b.column(n), dt) if n in have else defaults[n]
+            i = j
+    d.update(row=np.arange(rows), n_chunks=np.zeros(rows, np.int64), first_ns=np.zeros(rows, np.int64))
+    return Columns(d)
 
 
 def iter_chunks(run_dir: Path, batch_size: int = 256) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:

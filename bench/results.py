@@ -169,10 +169,10 @@ def settle(run_dir: Path, doc: dict) -> dict:
         return doc
     spec = RunSpec.model_validate(doc["spec"])
     ld = spec.load
-    s, recs = summarize_run(Path(run_dir), spec.slos, offered_qps=ld.qps,
+    s, cols = summarize_run(Path(run_dir), spec.slos, offered_qps=ld.qps,
                             mode="qps" if ld.open_loop else "concurrency",
                             expect_exact_osl=spec.target.ignore_eos, window_ns=tuple(doc["window_ns"]) if doc.get("window_ns") else None)
-    if not recs:
+    if not len(cols):
         return doc
     s["warnings"].append(warning("interrupted", "interrupted: the process was killed; this summary was rebuilt from the requests "
                                  "saved before it", "measure the point again for a complete result"))

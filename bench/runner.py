@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
+
 from bench import client as cl
 from bench.config import RunSpec, SpecError
 from bench.datasets import WorkItem
@@ -510,22 +512,24 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             window = probe_mon.window_ns(perf_ns())
             doc["window_ns"] = list(window)
         await asyncio.to_thread(writer.close, window[0] if window else None)
-        summary, recs = await asyncio.to_thread(
+        summary, cols = await asyncio.to_thread(
             summarize_run, run_dir, spec.slos, offered_qps=spec.load.qps,
             mode="qps" if load.open_loop else "concurrency",
             expect_exact_osl=tgt.ignore_eos, window_ns=window, conf=probe_mon.conf,
             lifetimes_needed=spec.probe.window_lifetimes if spec.probe else 3.0, aborted=probe_mon.aborted)
-        sent = {r.index for r in recs}
-        n_clipped, n_reused = len(wl.clipped_idx & sent), len(wl.reused & sent)  # requests sent, not prompts built
+        def sent(idx: set[int]) -> int:  # requests sent, not prompts built
+            return int(np.isin(np.fromiter(idx, np.int64, len(idx)), cols.index).sum())
+
+        n_clipped, n_reused = sent(wl.clipped_idx), sent(wl.reused)
         doc["workload"]["clipped_to_max_model_len"] = n_clipped
         if wl.size is not None and not load.replay:
             doc["workload"]["dataset_rows_reused"] = n_reused
         if load.stages or load.ramp_up_s:
-            summary["per_stage"] = per_stage(recs, load.rate_pieces(), bool(load.ramp_up_s))
+            summary["per_stage"] = per_stage(cols, load.rate_pieces(), bool(load.ramp_up_s))
         if tgt.model_mix:
-            summary["per_model"] = per_model(recs, tgt.model_mix)
+            summary["per_model"] = per_model(cols, tgt.model_mix)
         if len(endpoints) > 1:
-            summary["per_endpoint"] = per_endpoint(recs, [cl.redact_url(u) for u in endpoints])
+            summary["per_endpoint"] = per_endpoint(cols, [cl.redact_url(u) for u in endpoints])
             kinds = {(e["server_kind"], e["server_version"]) for e in doc["target"]["endpoints"]}
             if len(kinds) > 1:
                 summary["warnings"].append(warning(
@@ -557,7 +561,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             summary["warnings"].append(stalls.warning("the scheduler's event loop" if pool else "the event loop"))
         summary["client"] = {"workers": n_workers, **({"auto_why": doc["client"].get("why")} if spec.workers == "auto" else {})}
         if pool is not None:  # each worker's health; the run is judged by the worst
-            per = pool.per_worker(recs)
+            per = pool.per_worker(cols)
             doc["client_health"]["workers"] = per
             lags = [(x["send_lag_ms"]["p99"], x["worker"]) for x in per if x["send_lag_ms"]["p99"] is not None]
             summary["client"].update(per_worker_requests=[x["requests"] for x in per],
@@ -568,7 +572,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                 if x.get("died"):
                     summary["warnings"].append(warning("worker_died", f"worker died: {x['died']}; its in-flight requests are recorded "
                                                        "as failed", "measure the point again", worker=x["worker"]))
-        summary["streams_without_done"] = sum(1 for r in recs if r.ok and not r.done_marker)
+        summary["streams_without_done"] = int((cols.ok & ~cols.done_marker).sum())
         if n_clipped:
             summary["warnings"].append(warning(
                 "clipped", f"clipped: {n_clipped} requests were shortened to fit max_model_len={wspec.max_model_len}",
@@ -588,11 +592,12 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                 "server_busy", f"server busy: {idle['busy']} requests still running/waiting from earlier work after "
                 f"{idle['waited_s']:.0f} s; this point started behind them", "rerun it when the server is idle",
                 busy=idle["busy"], waited_s=idle["waited_s"]))
-        if recs and summary["n_ok"] == 0 and status == "complete" and not probe_mon.aborted:
+        if len(cols) and summary["n_ok"] == 0 and status == "complete" and not probe_mon.aborted:
             status = "failed"
             kinds = summary["errors"]
-            first = next((r.error for r in recs if r.error), "")
-            error = f"all {len(recs)} requests failed ({', '.join(f'{k}={v}' for k, v in kinds.items())}): {first}"
+            said = cols.error[cols.error != ""]
+            first = said[0] if len(said) else ""
+            error = f"all {len(cols)} requests failed ({', '.join(f'{k}={v}' for k, v in kinds.items())}): {first}"
         doc.update(status=status, error=error, summary=summary, ended_at=time.time())
         results.write_run_doc(run_dir, doc)
     return doc

@@ -33,7 +33,7 @@ from dataclasses import fields
 from typing import Any
 
 from bench import client as cl
-from bench.records import RequestRecord
+from bench.records import Columns, RequestRecord
 from bench.warn import warning
 
 perf_ns = time.perf_counter_ns
@@ -244,12 +244,14 @@ async def _serve(w: int, urls: list[str], api_key: str | None, timeout_s: float,
 
 # ---- the scheduler's side -------------------------------------------------------------------------------
 
-def worker_health(recs: list[RequestRecord], w: int, stalls: dict | None, died: str | None, **where: Any) -> dict:
+def worker_health(c: Columns, w: int, stalls: dict | None, died: str | None, **where: Any) -> dict:
     """One worker's share of a point and how it kept time: requests, send lag p50/p99 (measured requests), loop stalls."""
     import numpy as np
 
-    lag = np.array([(r.sent_ns - r.intended_ns) / 1e6 for r in recs if r.worker == w and r.sent_ns and not r.warmup])
-    return {"worker": w, **where, "requests": int(sum(1 for r in recs if r.worker == w)),
+    mine = c.worker == w
+    sent = mine & (c.sent_ns != 0) & ~c.warmup
+    lag = (c.sent_ns[sent] - c.intended_ns[sent]) / 1e6
+    return {"worker": w, **where, "requests": int(mine.sum()),
             "send_lag_ms": {"p50": float(np.percentile(lag, 50)) if lag.size else None,
                             "p99": float(np.percentile(lag, 99)) if lag.size else None},
             "loop_stalls": stalls, **({"died": died} if died else {})}
@@ -410,9 +412,9 @@ class WorkerPool:
                     pass
             raise
 
-    def per_worker(self, recs: list[RequestRecord]) -> list[dict]:
+    def per_worker(self, cols: Columns) -> list[dict]:
         """Per-worker client health: requests, send lag, loop stalls."""
-        return [worker_health(recs, w, self.stalls[w], self.dead.get(w), pid=self.pids[w]) for w in range(self.n)]
+        return [worker_health(cols, w, self.stalls[w], self.dead.get(w), pid=self.pids[w]) for w in range(self.n)]
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop every worker (after its in-flight requests were cancelled or ended) and wait for them."""

@@ -14,16 +14,21 @@
 Budgets (issues): a 9 k-request run (qps 150, OSL 256) peaks below 400 MB and a 5x longer one not higher;
 `compare` of vllm-regression-sized results stays below 500 MB.
 
-Each row says whether the server kept up (delivered req/s, saturated). The summary's memory does not grow
-with the run's tokens (token arrays are streamed from disk; ~0.3 KB of scalars per request remain). Each
-request in flight costs ~10 KB and a socket; past the server's capacity (the h100 profile delivers ~55 req/s
-at ISL 128 / OSL 256, so qps 150 is far past it) an open loop's backlog would grow with the run, so an open
-loop holds at most runner.DEFAULT_MAX_IN_FLIGHT (4096) in flight and the rest wait at the client.
-Measured on the 2-core development box: 60 s → 9,058 requests, peak 324 MB; 300 s → 45,021 requests, all ok,
-peak 337 MB (1.04x for 5x the requests). Again on 2026-12-05: 322 MB and 377 MB (1.17x; the simulator delivered
-87-89 req/s): the summary still holds one RequestRecord of scalars per request (~1.2 KB each, 45 k requests
-≈ 55 MB), so the peak grows with the request count, not with tokens; a columnar summary is the step left.
-Before the cap: 342 MB and 854 MB, and the 300 s run lost 8,132 requests to the 20,000-descriptor limit (connect errors) and was reported as not saturated.
+Each row says whether the server kept up (delivered req/s, saturated). The summary holds no per-token data
+(token arrays are streamed from disk) and no object per request: numpy columns, ~200 bytes a request
+(records.Columns). Each request in flight costs ~10 KB and a socket; past the server's capacity (the h100
+profile delivers ~55-90 req/s at ISL 128 / OSL 256 here, so qps 150 is far past it) an open loop's backlog
+would grow with the run, so an open loop holds at most runner.DEFAULT_MAX_IN_FLIGHT (4096) in flight and the
+rest wait at the client.
+Measured on the 2-core development box (60 s → 9,058 requests; 300 s → 45,021, all ok):
+- 2026-12-06, columnar summary: 312 MB and 348 MB (1.12x). The summary alone (`summary` mode): 197 bytes held
+  a request, its peak under the imports' at both sizes (187 / 197 MB). The rest of the growth is the sending
+  phase: RSS sampled every 0.25 s rose 251 → 275 MB between the in-flight cap filling (~65 s) and the end of
+  sending (~510 s), with no Python container growing with it (gc object counts: +33 k objects, ~2 MB, over
+  180 s) and no change from MALLOC_ARENA_MAX=2 or a periodic malloc_trim: not found yet.
+- 2026-12-05, one RequestRecord per request in the summary: 322 MB and 377 MB (1.17x); 2026-12-04: 324 / 337 MB.
+- Before the cap: 342 MB and 854 MB, and the 300 s run lost 8,132 requests to the 20,000-descriptor limit
+  (connect errors) and was reported as not saturated.
 """
 
 from __future__ import annotations
@@ -77,15 +82,15 @@ import resource, sys, tracemalloc
 from pathlib import Path
 from bench.config import parse_slos
 from bench.metrics import _NOT_SUMMARISED, summarize_run
-from bench.records import read_records
-import bench.cli  # the imports a run has loaded by then
+from bench.records import read_columns
+import bench.cli, pyarrow.compute, scipy.stats  # the imports a run has loaded by then (compaction, the summary's statistics)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 s, recs = summarize_run(Path(sys.argv[1]), parse_slos("ttft_p99=500ms,itl_p99=50ms"), offered_qps=150.0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 n = len(recs)
 del s, recs
 tracemalloc.start()  # after the peak is read: its own bookkeeping is not counted in it
-recs = read_records(Path(sys.argv[1]), chunks=False, skip=_NOT_SUMMARISED)  # what summarize_run holds
+recs = read_columns(Path(sys.argv[1]), skip=_NOT_SUMMARISED)  # what summarize_run holds
 held = tracemalloc.get_traced_memory()[0] / max(1, len(recs))
 print(n, base, peak, held)
 """

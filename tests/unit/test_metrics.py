@@ -63,10 +63,13 @@ def test_slo_verdict_counts_failed_requests_as_slow():
     assert v["met"] and v["value_ms"] == pytest.approx(50.0) and v["decision"] == "undecided"
 
 
-def test_request_meets_itl_uses_own_percentile():
-    slow = rec(chunks=(50, 60, 200), toks=(1, 1, 1), end=200)
-    assert not metrics.request_meets(slow, parse_slos("itl_p99=50ms"))
-    assert metrics.request_meets(rec(), parse_slos("itl_p99=50ms,ttft_p99=60ms"))
+def test_attainment_tests_each_requests_own_itl_percentile():
+    slow = rec(0, chunks=(50, 60, 200), toks=(1, 1, 1), end=200)  # its own ITL p99 is ~139 ms
+    fast = [rec(i, intended=i * 10 * MS) for i in range(1, 10)]  # gaps of 10 ms, TTFT 50 ms
+    w = (0, 100 * MS)
+    assert metrics.summarize([slow, *fast], parse_slos("itl_p99=50ms"), window_ns=w)["attainment"] == pytest.approx(0.9)
+    assert metrics.summarize([slow, *fast], parse_slos("itl_p99=50ms,ttft_p99=60ms"), window_ns=w)["attainment"] == pytest.approx(0.9)
+    assert metrics.summarize([slow, *fast], parse_slos("ttft_p99=40ms"), window_ns=w)["attainment"] == 0
 
 
 def test_warnings_name_their_remedy():

@@ -45,7 +45,10 @@ def test_streamed_summary_equals_the_in_memory_one(tmp_path, window):
     streamed, light = metrics.summarize_run(tmp_path, SLOS, offered_qps=20.0, window_ns=w)
     assert _same(full, streamed), (full["latency_ms"]["itl"], streamed["latency_ms"]["itl"])
     assert full["n_cancelled_measured"] == 5 and full["window_tokens"]["output"] > 0
-    assert all(len(r.chunk_ns) <= 1 for r in light)  # the token arrays were not kept
+    # what is kept: one value per request and field, no token arrays; each request's first chunk time (its TTFT)
+    assert not {"chunk_ns", "chunk_tokens", "server_chunk_ns", "output_text"} & set(light.names)
+    assert len(light) == len(recs) and all(v.ndim == 1 and len(v) == len(recs) for v in map(light.__getattr__, light.names))
+    assert light.first_ns.tolist() == [r.chunk_ns[0] if len(r.chunk_ns) else 0 for r in recs]
 
 
 def test_past_the_exact_cap_gaps_are_binned_within_their_stated_error(tmp_path, monkeypatch):
@@ -74,3 +77,22 @@ def test_gap_stats_memory_does_not_grow_past_the_cap():
     exact = np.random.default_rng(0)
     allv = np.concatenate([exact.lognormal(3.0, 0.5, 100_000) for _ in range(30)])
     assert abs(g.stats()["p99"] / np.percentile(allv, 99) - 1) <= 5e-4 and math.isclose(g.stats()["max"], allv.max())
+
+
+def test_columns_hold_what_the_records_hold(tmp_path):
+    from bench.records import read_columns
+
+    recs = _run(tmp_path)
+    recs[3].model, recs[4].error = "m-a", "boom"
+    w = IncrementalWriter(tmp_path)  # a live run's part file beside the compacted results (an interrupted rerun)
+    w.add(recs[3])
+    w.add(recs[4])
+    w.flush()
+    back = read_records(tmp_path)
+    cols = read_columns(tmp_path)
+    assert len(cols) == len(back) == 602
+    for name in set(cols.names) - {"row", "n_chunks", "first_ns"}:
+        assert getattr(cols, name).tolist() == [getattr(r, name) for r in back], name
+    sub = cols.where(cols.ok & (cols.index % 2 == 0))
+    assert sub.row.tolist() == [i for i, r in enumerate(back) if r.ok and r.index % 2 == 0]
+    assert sub.where(sub.index % 4 == 0).index.tolist() == [r.index for r in back if r.ok and r.index % 4 == 0]
