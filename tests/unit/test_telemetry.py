@@ -144,3 +144,46 @@ def test_energy_folds_into_per_token_figures():
     e = s["energy"]
     assert e["j_per_output_token"] == pytest.approx(0.4) and e["j_per_token"] == pytest.approx(0.1)
     assert e["output_tokens_per_kwh"] == pytest.approx(1000 / (400 / 3.6e6))
+
+
+def test_scrapes_leave_no_response_for_the_cyclic_collector():
+    """A run raises the collector's thresholds and freezes it (runner.execute_run): a scrape whose response waits
+    for the cyclic collector keeps its /metrics body for the whole run. Scrapes with the collector off leave none."""
+    import gc
+    import http.server
+    import threading
+
+    import httpx
+
+    from bench.telemetry.prometheus import MetricsScraper
+
+    body = (FIXTURES / "vllm-0.32.0-metrics.txt").read_bytes()
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    sc = MetricsScraper(f"http://127.0.0.1:{srv.server_address[1]}/metrics")
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            assert sc.scrape_once()["engine"] == "vllm"
+        alive = sum(1 for o in gc.get_objects() if isinstance(o, httpx.Response))
+    finally:
+        gc.enable()
+        sc.http.close()
+        srv.shutdown()
+        srv.server_close()
+    assert sc.errors == 0 and len(sc.rows) == 20
+    assert alive == 0, f"{alive} responses (each holding a {len(body):,}-byte body) wait for the cyclic collector"
