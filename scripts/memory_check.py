@@ -21,11 +21,14 @@ profile delivers ~55-90 req/s at ISL 128 / OSL 256 here, so qps 150 is far past 
 would grow with the run, so an open loop holds at most runner.DEFAULT_MAX_IN_FLIGHT (4096) in flight and the
 rest wait at the client.
 Measured on the 2-core development box (60 s → 9,058 requests; 300 s → 45,021, all ok):
-- 2026-12-06, columnar summary: 312 MB and 348 MB (1.12x). The summary alone (`summary` mode): 197 bytes held
-  a request, its peak under the imports' at both sizes (187 / 197 MB). The rest of the growth is the sending
-  phase: RSS sampled every 0.25 s rose 251 → 275 MB between the in-flight cap filling (~65 s) and the end of
-  sending (~510 s), with no Python container growing with it (gc object counts: +33 k objects, ~2 MB, over
-  180 s) and no change from MALLOC_ARENA_MAX=2 or a periodic malloc_trim: not found yet.
+- 2026-12-06, columnar summary and scrapes released at once: 320 MB and 332 MB (1.04x). The summary alone
+  (`summary` mode): 197 bytes held a request, its peak under the imports' at both sizes (187 / 197 MB).
+- 2026-12-06, columnar summary only: 312 MB and 348 MB (1.12x). Each /metrics scrape's httpx response (11 KB
+  from the simulator) waited for the cyclic collector, which a run holds off: one body a second for the whole
+  run (prometheus.fetch_text). What is left of the growth is in the sending phase: RSS sampled every 0.25 s
+  rose ~12 MB more between the in-flight cap filling (~65 s) and the end of sending (~510 s) than the scrapes
+  explain, with no Python container growing with it and no change from MALLOC_ARENA_MAX=2 or a periodic
+  malloc_trim: not found yet. The 60 s run's peak moved by 8 MB between two runs (312 / 320 MB).
 - 2026-12-05, one RequestRecord per request in the summary: 322 MB and 377 MB (1.17x); 2026-12-04: 324 / 337 MB.
 - Before the cap: 342 MB and 854 MB, and the 300 s run lost 8,132 requests to the 20,000-descriptor limit
   (connect errors) and was reported as not saturated.
