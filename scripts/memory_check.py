@@ -23,6 +23,10 @@ rest wait at the client.
 Measured on the 2-core development box (60 s → 9,058 requests; 300 s → 45,021, all ok):
 - 2026-12-06, columnar summary and scrapes released at once: 320 MB and 332 MB (1.04x). The summary alone
   (`summary` mode): 197 bytes held a request, its peak under the imports' at both sizes (187 / 197 MB).
+- 2026-12-06, the same below the server's capacity (`--qps 60`, delivered 60 req/s, not saturated): 3,524
+  requests → 273 MB, 18,113 → 257 MB (0.94x): with no backlog, the longer run does not peak higher. At qps 150
+  the rest of the difference is the in-flight state at the cap (the tuples added between two instants of a run
+  were the in-flight responses' headers and timed reads), full for longer in the longer run.
 - 2026-12-06, columnar summary only: 312 MB and 348 MB (1.12x). Each /metrics scrape's httpx response (11 KB
   from the simulator) waited for the cyclic collector, which a run holds off: one body a second for the whole
   run (prometheus.fetch_text). What is left of the growth is in the sending phase: RSS sampled every 0.25 s
