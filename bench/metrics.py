@@ -375,20 +375,18 @@ class TokenStats:
 def _membership(c: Columns, t0: int, t1: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(measured, measured or partially measured) per row: sent inside the window after warmup; a cancelled
     request counts only for what it measured before the cancel (partial)."""
-    sent_in, cancelled = _sent_in(c, t0, t1, kind), c.error_kind == "cancelled"
+    return _measured_masks(_sent_in(c, t0, t1, kind), c.error_kind == "cancelled", c.n_chunks)
+
+
+def _measured_masks(sent_in: np.ndarray, cancelled: np.ndarray, n_chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     in_m = sent_in & ~cancelled
-    return in_m, in_m | (sent_in & cancelled & (c.n_chunks > 0))
+    return in_m, in_m | (sent_in & cancelled & (n_chunks > 0))
 
 
 def _sent_in(c: Columns, t0: int, t1: int, kind: str) -> np.ndarray:
     """Sent inside the measurement window, after the warmup."""
     out: np.ndarray = ~c.warmup & ((c.intended_ns >= t0) & (c.intended_ns < t1) if kind == "schedule" else True)
     return out
-
-
-def partial(r: RequestRecord) -> bool:
-    """Cancelled (interrupt, aborted probe) after its first token: its TTFT and the gaps so far are measured."""
-    return r.error_kind == "cancelled" and len(r.chunk_ns) > 0
 
 
 def metric_values(c: Columns, metric: str) -> np.ndarray:
@@ -625,21 +623,21 @@ def summarize_run(run_dir: Path, slos: list[SLO] | None = None, *, window_ns: tu
     tokens = TokenStats(slos, window[0], window[1], window[2] in ("send", "schedule"))
     n = len(c)
     n_chunks, first_ns = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    cancelled = c.error_kind == "cancelled"
-    sent_in, ok, cancelled = _sent_in(c, *window).tolist(), c.ok.tolist(), cancelled.tolist()
+    sent_in, ok, cancelled = _sent_in(c, *window), c.ok, c.error_kind == "cancelled"
     i = seen = 0
     for ns_views, tok_views in iter_chunks(run_dir):
         seen += len(ns_views)
         if seen > n:
             break
-        for cn, ct in zip(ns_views, tok_views):
-            k = len(cn)
-            n_chunks[i] = k
-            if k:
-                first_ns[i] = cn[0]
-            in_m = sent_in[i] and not cancelled[i]
-            tokens.add(i, ok[i], cancelled[i], cn, ct, in_m, in_m or (sent_in[i] and cancelled[i] and k > 0))
-            i += 1
+        j = i + len(ns_views)
+        n_chunks[i:j] = [len(v) for v in ns_views]
+        in_m, in_mc = _measured_masks(sent_in[i:j], cancelled[i:j], n_chunks[i:j])  # a batch's rows: each needs its chunk count
+        for k, (cn, ct, ok_k, canc_k, m_k, mc_k) in enumerate(zip(ns_views, tok_views, ok[i:j].tolist(), cancelled[i:j].tolist(),
+                                                                 in_m.tolist(), in_mc.tolist())):
+            if len(cn):
+                first_ns[i + k] = cn[0]
+            tokens.add(i + k, ok_k, canc_k, cn, ct, m_k, mc_k)
+        i = j
     if seen != n:
         raise RuntimeError(f"{run_dir}: {n} records but {seen}{'+' if seen > n else ''} token rows; the results files changed while being read")
     c.set_first_chunks(n_chunks, first_ns)

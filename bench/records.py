@@ -243,31 +243,14 @@ def read_table(run_dir: Path) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default") if tables else records_to_table([])
 
 
-def _column_values(col: pa.Array) -> list[Any]:
-    """A scalar column as Python values; a string column's repeats share one str (a model name is one
-    object, not one per request: ~80 bytes a request on a long run)."""
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        enc = col.dictionary_encode()
-        words = enc.dictionary.to_pylist()
-        return [None if i is None else words[i] for i in enc.indices.to_pylist()]
-    return list(col.to_pylist())
-
-
-# the per-token fields a compact record was not given: one shared empty tuple, not three fresh arrays each
-_NO_INTS: tuple[int, ...] = ()
-_SEQ_FIELDS = tuple(f.name for f in fields(RequestRecord) if SCHEMA.field(f.name).type == _INT_LIST)
-
-
 def compact_records(b: pa.RecordBatch) -> list[RequestRecord]:
     """Records whose chunk lists are numpy views into the batch's own buffers (8 bytes a token, not the
-    ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory. Per-token
-    fields the batch lacks share one empty tuple."""
+    ~36 of a Python int in a list): what summaries, knee and compare read, in bounded memory."""
     lists = [n for n in ("chunk_ns", "chunk_tokens") if n in b.schema.names]
-    scalars = {n: _column_values(b.column(n)) for n in b.schema.names if n not in lists}
+    scalars = {n: b.column(n).to_pylist() for n in b.schema.names if n not in lists}
     views = {n: _list_views(b.column(n)) for n in lists}
     cols: dict[str, Any] = {**scalars, **views}
-    empty: dict[str, Any] = {n: _NO_INTS for n in _SEQ_FIELDS if n not in cols}
-    return [RequestRecord(**{n: v[i] for n, v in cols.items()}, **empty) for i in range(b.num_rows)]
+    return [RequestRecord(**{n: v[i] for n, v in cols.items()}) for i in range(b.num_rows)]
 
 
 def read_records(run_dir: Path, compact: bool = True, chunks: bool = True, skip: tuple[str, ...] = ()) -> list[RequestRecord]:
@@ -293,7 +276,7 @@ def read_records(run_dir: Path, compact: bool = True, chunks: bool = True, skip:
 
 class Columns:
     """Records as one numpy array per scalar field, plus each request's first token-bearing chunk (`first_ns`;
-    `n_chunks` 0: none) and its position `row`: what a summary reads, ~150 bytes a request. A list of
+    `n_chunks` 0: none) and its position `row`: what a summary reads, ~200 bytes a request. A list of
     RequestRecord costs ~700 (boxed values) and leaves its decoding temporaries fragmenting the heap: measured
     ~2.5x that in RSS, so a 5x longer run peaked higher (scripts/memory_check.py). Strings are object arrays
     sharing one str per distinct value."""
