@@ -11,6 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from bench.cost import CostModel
+    from bench.summary import RunDoc
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark LLM serving engines; find the SLO knee; price the tokens.")
@@ -188,17 +189,18 @@ def run(
         finally:
             server.stop()
     print_summary(doc)
-    if doc["status"] == "failed":
-        fail(doc.get("error") or "the run failed; see run.json", 1)
-    if doc["status"] == "interrupted":
+    if doc.status == "failed":
+        fail(doc.error or "the run failed; see run.json", 1)
+    if doc.status == "interrupted":
         raise typer.Exit(130)
 
 
-def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = "all", extra: dict | None = None) -> dict:
+def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = "all", extra: dict | None = None) -> RunDoc:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.results import new_run_id
     from bench.runner import execute_run
+    from bench.summary import RunDoc
     from bench.telemetry import telemetry_for
 
     run_dir = out / (name or new_run_id(spec))
@@ -212,7 +214,7 @@ def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = 
 
         doc = execute_run(spec, run_dir, api_key, on_progress, tel, extra=extra)
     typer.echo(f"results: {run_dir}", err=True)
-    return doc
+    return RunDoc.model_validate(doc)
 
 
 

@@ -20,8 +20,10 @@ from functools import partial
 from typing import Awaitable, Callable, Iterable, cast
 
 import httpx
+from pydantic import ValidationError
 
 from bench.records import RequestRecord
+from bench.wire import ModelList, ServerInfo, SGLangInfo, SimInfo, VersionInfo, error_message, parse_event
 
 perf_ns = time.perf_counter_ns
 
@@ -85,50 +87,42 @@ def interpret_events(events: list[tuple[int, str]], rec: RequestRecord) -> bool:
         if data == "[DONE]":
             done = True
             continue
-        try:
-            obj = json.loads(data)
-        except json.JSONDecodeError:
-            rec.error_kind, rec.error = "malformed", f"unparseable SSE event: {data[:120]!r}"
+        ev = parse_event(data)
+        if isinstance(ev, str):
+            rec.error_kind, rec.error = "malformed", ev
             continue
-        if not isinstance(obj, dict):
-            rec.error_kind, rec.error = "malformed", f"SSE event is not an object: {data[:120]!r}"
+        if ev.is_error:
+            rec.error_kind, rec.error = "server_error_event", ev.error_text()[:300]
             continue
-        if "error" in obj or obj.get("object") == "error":
-            err = obj.get("error", obj)
-            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            rec.error_kind, rec.error = "server_error_event", str(msg)[:300]
-            continue
-        if not rec.response_id and obj.get("id"):
-            rec.response_id = str(obj["id"])
-        if "sim_recv_ns" in obj:
-            rec.server_recv_ns = int(obj["sim_recv_ns"])
-        usage = obj.get("usage")
+        if not rec.response_id and ev.id:
+            rec.response_id = str(ev.id)
+        if ev.sim_recv_ns is not None:
+            rec.server_recv_ns = ev.sim_recv_ns
+        usage = ev.usage
         ntok = None
-        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-            ct = int(usage["completion_tokens"])
+        if usage is not None and usage.completion_tokens is not None:
+            ct = usage.completion_tokens
             ntok, prev, usage_total = ct - prev, ct, ct
-            if usage.get("prompt_tokens") is not None:
-                rec.prompt_tokens = int(usage["prompt_tokens"])
-            details = usage.get("prompt_tokens_details")  # OpenAI's field; vLLM --enable-prompt-tokens-details, SGLang --enable-cache-report
-            if isinstance(details, dict) and details.get("cached_tokens") is not None:
-                rec.cached_tokens = int(details["cached_tokens"])
-        choices = obj.get("choices") or []
-        if not choices:
+            if usage.prompt_tokens is not None:
+                rec.prompt_tokens = usage.prompt_tokens
+            details = usage.prompt_tokens_details  # OpenAI's field; vLLM --enable-prompt-tokens-details, SGLang --enable-cache-report
+            if details is not None and details.cached_tokens is not None:
+                rec.cached_tokens = details.cached_tokens
+        if not ev.choices:
             continue
         text = ""
-        for c in choices:
-            delta = c.get("delta") or {}
-            text += c.get("text") or delta.get("content") or delta.get("reasoning_content") or ""
-            if c.get("finish_reason"):
-                rec.finish_reason = str(c["finish_reason"])
+        for c in ev.choices:
+            text += c.content
+            if c.finish_reason:
+                rec.finish_reason = c.finish_reason
         if ntok is None:
             ntok = 1 if text else 0
             client_counted = client_counted or ntok > 0
         if ntok > 0:
             chunk_ns.append(t)
             chunk_tokens.append(ntok)
-            if "sim_t_ns" in obj:
-                server_ns.append(int(obj["sim_t_ns"]))
+            if ev.sim_t_ns is not None:
+                server_ns.append(ev.sim_t_ns)
         if text:
             text_parts.append(text)
     rec.output_text = "".join(text_parts)
@@ -238,7 +232,7 @@ async def send_streaming(client: StreamClient, req: Prepared, rec: RequestRecord
                         body = await resp.read()
                         rec.end_ns = perf_ns()
                         rec.error_kind = "http"
-                        rec.error = f"HTTP {resp.status}: {_error_message(body)}"
+                        rec.error = f"HTTP {resp.status}: {error_message(body)}"
                         return
                     async for chunk in resp.content.iter_any():
                         append((perf_ns(), chunk))
@@ -280,19 +274,6 @@ async def send_streaming(client: StreamClient, req: Prepared, rec: RequestRecord
     if rec.error:
         rec.error = redact(rec.error, client.secrets)
     rec.ok = not rec.error_kind and rec.output_tokens > 0
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        obj = json.loads(body)
-        if isinstance(obj, dict):
-            err = obj.get("error", obj)
-            if isinstance(err, dict):
-                return str(err.get("message") or err.get("detail") or err)[:300]
-            return str(obj.get("message") or obj.get("detail") or err)[:300]
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
-    return body[:300].decode("utf-8", "replace").strip()
 
 
 # ------------------------------------------------------------------ control plane
@@ -352,10 +333,8 @@ async def acontrol_call(call: str, base_url: str, send: Callable[[], Awaitable[h
 
 
 # ------------------------------------------------------------------ target discovery
-async def discover(base_url: str, headers: dict) -> dict:
-    """GET /v1/models (required), /version and SGLang's /get_server_info (optional).
-
-    Returns {models, default_model, max_model_len, server_version, server_kind, simulated, server_info}."""
+async def discover(base_url: str, headers: dict) -> ServerInfo:
+    """GET /v1/models (required), /version and SGLang's /get_server_info (optional)."""
     url = redact_url(base_url)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as c:
         r = await acontrol_call("GET /v1/models", base_url, lambda: c.get("/v1/models"), 10)
@@ -364,39 +343,32 @@ async def discover(base_url: str, headers: dict) -> dict:
         if r.status_code != 200:
             raise TargetError(f"{url}/v1/models answered HTTP {r.status_code}; is this an OpenAI-compatible server? check --url")
         try:
-            data = r.json().get("data", [])
-        except (ValueError, AttributeError):
+            cards = ModelList.model_validate_json(r.content).cards
+        except ValidationError:
             raise TargetError(f"{url}/v1/models did not return JSON; is this an OpenAI-compatible server? check --url") from None
-        models = [m.get("id") for m in data if isinstance(m, dict)]
-        out: dict = {"models": models, "default_model": models[0] if len(models) == 1 else None}
-        mx = next((m.get("max_model_len") for m in data if isinstance(m, dict) and m.get("max_model_len")), None)
-        out["max_model_len"] = mx
-        out["server_version"] = None
-        out["server_kind"] = "openai-compatible"
-        out["simulated"] = False
+        models = [m.id for m in cards if m.id is not None]
+        out = ServerInfo(models=models, default_model=models[0] if len(models) == 1 else None,
+                         max_model_len=next((m.max_model_len for m in cards if m.max_model_len), None))
         try:  # optional endpoints: a server without them is still usable
             v = await acontrol_call("GET /version", base_url, lambda: c.get("/version"), 10)
             if v.status_code == 200:
-                vj = v.json()
-                out["server_version"] = vj.get("version")
-                if vj.get("simulated"):
-                    out["simulated"] = True
-                    out["server_kind"] = "trilemma-sim"
-                    out["sim"] = {k: vj[k] for k in ("profile", "deterministic", "max_num_seqs", "max_num_batched_tokens",
-                                                     "kv_capacity_tokens") if k in vj}
-                else:
-                    out["server_kind"] = "vllm" if out["server_version"] else out["server_kind"]
-        except (ControlPlaneError, ValueError, AttributeError):
+                vj = VersionInfo.model_validate_json(v.content)
+                out.server_version = vj.version
+                if vj.simulated:
+                    out.simulated, out.server_kind = True, "trilemma-sim"
+                    out.sim = SimInfo.model_validate_json(v.content)
+                elif out.server_version:
+                    out.server_kind = "vllm"
+        except (ControlPlaneError, ValidationError):
             pass
         try:
             si = await acontrol_call("GET /get_server_info", base_url, lambda: c.get("/get_server_info"), 10)
-            if si.status_code == 200 and isinstance(si.json(), dict):
-                info = si.json()
-                out["server_kind"] = "sglang"
-                out["server_version"] = info.get("version", out["server_version"])
-                out["server_info"] = {k: info[k] for k in ("tp_size", "dp_size", "max_total_num_tokens", "chunked_prefill_size",
-                                                          "max_running_requests", "context_length", "disable_radix_cache") if k in info}
-        except (ControlPlaneError, ValueError):
+            if si.status_code == 200:
+                info = SGLangInfo.model_validate_json(si.content)
+                out.server_kind = "sglang"
+                out.server_version = info.version if "version" in info.model_fields_set else out.server_version
+                out.server_info = info
+        except (ControlPlaneError, ValidationError):
             pass
     return out
 

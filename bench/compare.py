@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics, stats
-from bench.knee import interrupted_points, knee_table, load_points, workload_key
+from bench.knee import KneeRow, interrupted_points, knee_table, load_points
 from bench.records import read_records
-from bench.results import read_run_doc
+from bench.results import read_run
 from bench.summary import RunDoc
 
 LATENCY = [("ttft", 50.0), ("ttft", 99.0), ("tpot", 50.0), ("itl", 50.0), ("itl", 99.0), ("e2e", 50.0)]
@@ -48,15 +48,15 @@ def setup_of(run_doc: RunDoc | dict, mode: str) -> dict[str, str]:
     doc = run_doc if isinstance(run_doc, RunDoc) else RunDoc.model_validate(run_doc)
     w, load, tgt = doc.spec.workload, doc.spec.load, doc.spec.target
     return {
-        "workload": workload_key(w) + "".join(f" {k}={w[k]}" for k in ("max_model_len", "window_s") if w.get(k) is not None)
-                    + (f" speedup={w['speedup']}" if w.get("speedup", 1.0) != 1.0 else ""),
-        "output length": f"osl={w.get('osl')} ignore_eos={tgt.get('ignore_eos', True)}",
-        "arrival": str(load.get("arrival", "poisson")) + (" (trace replay)" if load.get("replay") else ""),
+        "workload": w.key() + "".join(f" {k}={v}" for k, v in (("max_model_len", w.max_model_len), ("window_s", w.window_s)) if v is not None)
+                    + (f" speedup={w.speedup}" if w.speedup != 1.0 else ""),
+        "output length": f"osl={w.osl} ignore_eos={tgt.ignore_eos}",
+        "arrival": str(load.arrival) + (" (trace replay)" if load.replay else ""),
         "load unit": "req/s" if mode == "qps" else "concurrency",
-        "max concurrency": str(load.get("max_concurrency")),
+        "max concurrency": str(load.max_concurrency),
         "SLOs": ", ".join(sorted(str(x) for x in doc.slo_specs)) or "none",
-        "model": str(doc.target.model or tgt.get("model")),
-        "API": str(tgt.get("api")),
+        "model": str(doc.target.model or tgt.model),
+        "API": str(tgt.api),
     }
 
 
@@ -64,7 +64,7 @@ def setup_differences(b: pd.DataFrame, n: pd.DataFrame) -> list[dict]:
     def side(df):
         out: dict[str, set] = {}
         for d, mode in zip(df["run_dir"], df["mode"]):
-            for k, v in setup_of(read_run_doc(Path(d)), mode).items():
+            for k, v in setup_of(read_run(Path(d)), mode).items():
                 out.setdefault(k, set()).add(v)
         return out
 
@@ -218,15 +218,15 @@ def _throughput_row(cell, mode, load, tb: list[float], tn: list[float], thr: flo
 def _knee_row(cell: str, mode: str, rb: pd.Series | None, rn: pd.Series | None, thr: float) -> dict:
     unit = "req/s" if mode == "qps" else "concurrency"
     k = {"cell": cell, "mode": mode, "unit": unit, "rule": "knee", "metric": f"knee ({unit})", "base": None, "new": None,
-         "delta": math.nan, "bracket_hi_base": None, "bracket_hi_new": None}
+         "delta": math.nan, "bracket_hi_base": None, "bracket_hi_new": None, "base_row": None, "new_row": None}
     if rb is None or rn is None:
         k.update(verdict=UNDECIDED, why=f"measured in {unit} on one side only: knees in different units are not compared")
         return k
 
-    def hi(r):
-        return float(r["bracket_hi"]) if r.get("bracket_hi") is not None and pd.notna(r.get("bracket_hi")) else None
+    def hi(r: pd.Series) -> float | None:
+        return KneeRow.of(r.to_dict()).bracket_hi
 
-    k.update(base=rb.get("knee") if rb["feasible"] else None, new=rn.get("knee") if rn["feasible"] else None,
+    k.update(base=rb["knee"] if rb["feasible"] else None, new=rn["knee"] if rn["feasible"] else None,
              bracket_hi_base=hi(rb), bracket_hi_new=hi(rn), base_row=rb.to_dict(), new_row=rn.to_dict())
     if rb["feasible"] and not rn["feasible"]:
         nh = hi(rn)  # the new side's lowest load with a decided FAIL
@@ -301,7 +301,7 @@ def compare(base_paths: list, new_paths: list, threshold: float = 0.05, n_boot: 
             "base": [str(p) for p in base_paths], "new": [str(p) for p in new_paths],
             "interrupted": [f"{side}: {x}" for side, df in (("base", b), ("new", n)) for x in interrupted_points(df)],
             # one run a side: latency intervals hold request-to-request variation, not the server's run-to-run drift
-            "single_run": any(r.get("runs_base") == 1 or r.get("runs_new") == 1 for r in rows if r.get("rule") == "latency")}
+            "single_run": any(r["runs_base"] == 1 or r["runs_new"] == 1 for r in rows if r["rule"] == "latency")}
 
 
 def check_label(r: dict) -> str:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CATALOG = Path(__file__).parent / "catalog" / "gpus.yaml"
 HOURS_PER_MONTH = 730.0
@@ -160,21 +160,52 @@ GPUS_UNKNOWN = ("GPUs per replica unknown: label the run gpus=N or pass --gpus-p
                 "($/M and $/1k requests need it; assuming 1 would under-price a multi-GPU replica)")
 
 
-def gpus_known(knee: dict[str, Any]) -> bool:
-    g = knee.get("gpus")
-    return g is not None and isinstance(g, (int, float)) and math.isfinite(g) and g > 0
+_K = TypeVar("_K", bound="KneeLoad")
 
 
-def cost_at_knee(knee: dict[str, Any], sku: Sku, cm: CostModel) -> dict[str, Any]:
+class KneeLoad(BaseModel):
+    """What pricing reads from a knee row (knee.knee_table): GPUs per replica, and what the server delivered and
+    drew at the knee. A row's other columns are kept; pandas' missing value (NaN) reads as None."""
+
+    model_config = ConfigDict(extra="allow")
+    gpus: float | None = None
+    avg_power_w: float | None = None
+    input_tps: float | None = None
+    output_tps: float | None = None
+    knee_qps: float | None = None
+    j_per_token: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nan_is_none(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in data.items()}
+        return data
+
+    @classmethod
+    def of(cls: type[_K], row: Any) -> _K:
+        return row if isinstance(row, cls) else cls.model_validate(row)
+
+    @property
+    def gpus_known(self) -> bool:
+        return self.gpus is not None and math.isfinite(self.gpus) and self.gpus > 0
+
+
+def gpus_known(knee: KneeLoad | dict[str, Any]) -> bool:
+    return KneeLoad.of(knee).gpus_known
+
+
+def cost_at_knee(row: KneeLoad | dict[str, Any], sku: Sku, cm: CostModel) -> dict[str, Any]:
     """All cost figures for one knee row (knee.knee_table). The row must say its GPUs per replica (G)."""
-    if not gpus_known(knee):
+    knee = KneeLoad.of(row)
+    if knee.gpus is None or not knee.gpus_known:
         raise ValueError(GPUS_UNKNOWN)
-    g = float(knee["gpus"])
-    power = knee.get("avg_power_w")
+    g = knee.gpus
+    power = knee.avg_power_w
     power_per_gpu = power / g if power else None
     hc = gpu_hour_cost(sku, cm, power_per_gpu)
     h = hc["usd_per_gpu_hour"]
-    tc = token_costs(h, g, knee.get("input_tps") or 0.0, knee.get("output_tps") or 0.0, knee.get("knee_qps") or 0.0, cm)
-    ec = energy_costs(knee.get("j_per_token"), cm, tc["usd_per_m_total"])
-    plan = capacity_plan(knee["knee_qps"], h * g, cm) if knee.get("knee_qps") else {}
+    tc = token_costs(h, g, knee.input_tps or 0.0, knee.output_tps or 0.0, knee.knee_qps or 0.0, cm)
+    ec = energy_costs(knee.j_per_token, cm, tc["usd_per_m_total"])
+    plan = capacity_plan(knee.knee_qps, h * g, cm) if knee.knee_qps else {}
     return {"sku": sku.name, "pricing": cm.pricing, "gpus_per_replica": g, **hc, **tc, **ec, **plan}

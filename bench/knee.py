@@ -16,15 +16,11 @@ from typing import Any
 import pandas as pd
 
 from bench.config import CellSpec, WorkloadSpec
-from bench.results import find_run_dirs, read_run_doc, read_sweep_doc, settle
-from bench.summary import PointSummary, RunDoc, SteadyState
+from bench.cost import KneeLoad
+from bench.results import find_run_dirs, read_run, read_sweep_doc
+from bench.summary import LaunchDoc, PointSummary, RunDoc, SteadyState
 from bench.verdict import PASS, binding_slo, knee_rule, verdict
-
-
-def workload_key(w: dict[str, Any]) -> str:
-    """What must match for two results to be comparable."""
-    keys = ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups", "columns")
-    return " ".join(f"{k}={w.get(k)}" for k in keys if w.get(k) not in (None, 0, ""))
+from bench.wire import SGLangInfo, SimInfo
 
 
 def gpus_per_replica(run_doc: RunDoc | dict[str, Any]) -> tuple[float | None, str]:
@@ -32,7 +28,7 @@ def gpus_per_replica(run_doc: RunDoc | dict[str, Any]) -> tuple[float | None, st
     saw a compute process during the run (environment.gpus[].compute_processes, a single replica on this
     host); else unknown (None) — never assumed 1, which would price a multi-GPU replica G times too low."""
     doc = run_doc if isinstance(run_doc, RunDoc) else RunDoc.model_validate(run_doc)
-    lab = doc.labels.get("gpus")
+    lab = doc.labels.get("gpus")  # labels are the user's key=value pairs
     if lab not in (None, ""):
         try:
             g = float(lab)
@@ -40,8 +36,7 @@ def gpus_per_replica(run_doc: RunDoc | dict[str, Any]) -> tuple[float | None, st
             raise ValueError(f"{doc.run_id}: label gpus='{lab}' is not a number; label gpus=N (GPUs per replica)") from None
         if g > 0:
             return g, "label"
-    inv = [g for g in doc.environment.get("gpus") or [] if "compute_processes" in g]
-    busy = sum(1 for g in inv if g["compute_processes"])
+    busy = sum(1 for g in doc.environment.gpus if g.compute_processes)
     if busy:
         return float(busy), "nvml processes"
     return None, "unknown"
@@ -56,14 +51,13 @@ def serve_limits(doc: RunDoc) -> dict[str, float]:
     """The server's batch cap and KV size where it says them: the simulator's /version, SGLang's server info,
     or the serve config trilemma launched it with (vLLM flags)."""
     out: dict[str, float] = {}
-    sim = doc.target.sim or {}
-    info = getattr(doc.target, "server_info", None) or {}
-    launch = ((doc.point.target if doc.point else {}).get("launch") or {}).get("config") or {}
-    for key, value in (("batch_cap", sim.get("max_num_seqs")), ("batch_cap", info.get("max_running_requests")),
-                       ("batch_cap", launch.get("max_num_seqs") or launch.get("max-num-seqs")),
-                       ("chunk_budget", sim.get("max_num_batched_tokens")), ("chunk_budget", info.get("chunked_prefill_size")),
-                       ("chunk_budget", launch.get("max_num_batched_tokens") or launch.get("max-num-batched-tokens")),
-                       ("kv_tokens", sim.get("kv_capacity_tokens")), ("kv_tokens", info.get("max_total_num_tokens"))):
+    sim, info = doc.target.sim or SimInfo(), doc.target.server_info or SGLangInfo()
+    launch = doc.point.target.launch if doc.point is not None and doc.point.target.launch is not None else LaunchDoc()
+    flags = launch.flags
+    for key, value in (("batch_cap", sim.max_num_seqs), ("batch_cap", info.max_running_requests), ("batch_cap", flags.max_num_seqs),
+                       ("chunk_budget", sim.max_num_batched_tokens), ("chunk_budget", info.chunked_prefill_size),
+                       ("chunk_budget", flags.max_num_batched_tokens),
+                       ("kv_tokens", sim.kv_capacity_tokens), ("kv_tokens", info.max_total_num_tokens)):
         if key not in out and isinstance(value, (int, float, str)) and str(value).replace(".", "", 1).isdigit():
             out[key] = float(value)
     return out
@@ -78,7 +72,7 @@ def bottleneck(at_knee: PointSummary, above: PointSummary | None, binding: str |
     failed = binding_slo(above) or binding  # the SLO that broke at the failing load
     metric = (failed or "").split("_p")[0]
     srv = above.server
-    lag = above.latency_ms.get("send_lag")
+    lag = above.latency("send_lag")
     queued = (above.server is not None and bool(above.server.waiting_max)) or above.saturation.saturated
     # a client that fell behind binds only where the engine shows no queue: a queue is the server's own limit
     if not queued and any(w.code in ("client_stalls", "send_lag", "worker_died") for w in above.warnings):
@@ -110,7 +104,7 @@ def bottleneck(at_knee: PointSummary, above: PointSummary | None, binding: str |
         return ("queueing (engine throughput)", f"up to {fmt(waiting, 0)} requests waiting at the failing load "
                 f"({fmt(running)} running on average, below the batch cap), {metric or 'latency'} grows with the queue",
                 "a faster engine step (GPU, quantisation) or more replicas")
-    ttft, itl = above.latency_ms.get("ttft"), above.latency_ms.get("itl")
+    ttft, itl = above.latency("ttft"), above.latency("itl")
     if metric in ("itl", "tpot") and itl is not None and itl.p50 and itl.p99 and itl.p99 >= 2 * itl.p50:
         return ("prefill interference in ITL", f"ITL p99 {itl.p99:.1f} ms vs p50 {itl.p50:.1f} ms at the failing load: steps that "
                 "carry a prompt chunk stretch the decodes riding in them; no queue",
@@ -118,7 +112,7 @@ def bottleneck(at_knee: PointSummary, above: PointSummary | None, binding: str |
                 "per-request TPOT SLO instead of a pooled ITL p99")
     if metric in ("itl", "tpot", "e2e"):
         return ("decode step time", f"ITL p50 {fmt(itl.p50 if itl else None)} ms at the failing load vs "
-                f"{fmt((at_knee.latency_ms.get('itl') or itl).p50 if itl else None)} ms at the knee: the batch's weight and "
+                f"{fmt((at_knee.latency('itl') or itl).p50 if itl else None)} ms at the knee: the batch's weight and "
                 f"KV reads ({fmt(running)} running); no queue", "a GPU with more memory bandwidth, quantised weights or KV, "
                 "or fewer sequences per replica")
     if metric == "ttft":
@@ -138,7 +132,7 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
         base_cell = CellSpec(**pt.cell).label() if pt.cell else cell
         mode, value = pt.mode, pt.value
     else:
-        cell = WorkloadSpec(**{k: w[k] for k in ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups") if k in w}).label()
+        cell = WorkloadSpec(**w.model_dump(include={"isl", "osl", "dataset", "prefix_tokens", "prefix_groups"}, exclude_unset=True)).label()
         mode, value = doc.spec.load_point()
     tgt, e, ss = doc.target, s.energy, s.steady_state or SteadyState()
     sweep = run_dir.parent.parent.name if run_dir.parent.name == "points" else run_dir.name
@@ -148,10 +142,10 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
            for p in ps}
     return {
         "sweep": sweep, "cell": cell, "base_cell": base_cell or cell, "serve_config": pt.serve_config() if pt else "",
-        "mode": mode, "workload": workload_key(w), "load": value,
+        "mode": mode, "workload": w.key(), "load": value,
         "role": pt.role if pt else "run", "repeat": pt.repeat if pt else 0,
         "seed": doc.seed, "status": doc.status, "run_dir": str(run_dir),
-        "gpu": doc.labels.get("gpu") or (tgt.sim or {}).get("profile") or "", "gpus": gpus if gpus is not None else math.nan,
+        "gpu": doc.labels.get("gpu") or (tgt.sim.profile if tgt.sim else None) or "", "gpus": gpus if gpus is not None else math.nan,
         "gpus_source": gpus_source,
         "server_kind": tgt.server_kind, "server_version": tgt.server_version, "simulated": tgt.simulated,
         "model": tgt.model, "request_throughput": s.request_throughput, "output_tps": s.output_tps,
@@ -166,7 +160,7 @@ def point_row(run_dir: Path, doc: RunDoc) -> dict[str, Any]:
         "prefix_hit_rate": s.prefix_cache.hit_rate, "throughput_estimator": s.throughput.estimator,
         # the server's own clocks (vLLM /metrics): engine TTFT, queue and prefill means over the window
         **{k: getattr(s.server, k, None) if s.server else None for k in ("server_ttft_mean_ms", "server_queue_mean_ms", "server_prefill_mean_ms")},
-        "api": doc.spec.target.get("api"), "harness": doc.harness.get("version"),
+        "api": doc.spec.target.api, "harness": doc.harness.version,
         "slos": [str(x) for x in doc.slo_specs], "_summary": s, "_slos": doc.slo_specs, "_limits": serve_limits(doc),
     }
 
@@ -182,7 +176,8 @@ def current_points(paths: Sequence[str | Path]) -> list[Path]:
         if d.parent.name != "points" or not (sweep / "sweep.json").is_file():
             return True
         if sweep not in listed:
-            pts = (read_sweep_doc(sweep) or {}).get("points")
+            sj = read_sweep_doc(sweep)
+            pts = sj.points if sj is not None else None
             listed[sweep] = None if pts is None else set(pts)
         keep = listed[sweep]
         return keep is None or d.name in keep
@@ -195,7 +190,7 @@ def load_points(paths: Sequence[str | Path], gpus_per_replica: float | None = No
     (the --gpus-per-replica flag) fills in points whose run does not say it (label, NVML)."""
     rows = []
     for d in current_points(paths):
-        doc = RunDoc.model_validate(settle(d, read_run_doc(d)))  # a killed run: interrupted, its summary rebuilt from the saved requests
+        doc = read_run(d, settled=True)  # a killed run: interrupted, its summary rebuilt from the saved requests
         if doc.superseded_by or doc.summary is None:
             continue
         # interrupted points are read and marked (never a PASS: the probe did not run as planned); failed ones are not
@@ -213,8 +208,7 @@ def load_points(paths: Sequence[str | Path], gpus_per_replica: float | None = No
     for p in paths:
         sj = read_sweep_doc(Path(p))
         if sj is not None:
-            att = sj["spec"].get("attainment", {})
-            rules[Path(p).name] = (att.get("rule", "percentile"), att.get("target", 0.99))
+            rules[Path(p).name] = (sj.spec.attainment.rule, sj.spec.attainment.target)
     verdicts = [verdict(summ, slos, *rules.get(sw, ("percentile", 0.99))) if slos else ("PASS", "no SLOs")
                 for summ, slos, sw in zip(df["_summary"], df["_slos"], df["sweep"])]
     # undecided (and client-unhealthy) points are neither PASS nor FAIL: never the knee, never its bound
@@ -242,6 +236,21 @@ def interrupted_points(df: pd.DataFrame, why: bool = False) -> list[str]:
     """'sweep / cell at 5 req/s' for each interrupted point (with its verdict's reason if `why`)."""
     return [f"{r.sweep} / {r.cell} at {r.load:g} {'req/s' if r.mode == 'qps' else 'concurrent'}" + (f": {r.why}" if why else "")
             for r in df[df["status"] == "interrupted"].sort_values(["sweep", "cell", "load"]).itertuples()]
+
+
+class KneeRow(KneeLoad):
+    """One row of knee_table, typed for those who read it row by row (report, compare); its other columns kept."""
+
+    sweep: str = ""
+    cell: str = ""
+    mode: str = "qps"
+    gpu: str = ""
+    feasible: bool = False
+    knee: float | None = None
+    bracket_hi: float | None = None
+    note: str | None = None
+    knee_run_dir: str | None = None
+    cost_note: str | None = None
 
 
 def knee_table(df: pd.DataFrame) -> pd.DataFrame:

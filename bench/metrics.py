@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike
 from bench import stats
 from bench.config import SLO
 from bench.records import MAX_TURNS, Columns, RequestRecord
+from bench.summary import Latency
 from bench.warn import warning
 
 NS_MS = 1e-6
@@ -456,7 +457,7 @@ def summarize_columns(c: Columns, slos: list[SLO], tokens: TokenStats, window: t
                 "input_tps": c["input_tokens"] / window_s if window_s > 0 else math.nan,
                 "total_tps": (c["input_tokens"] + c["output_tokens"]) / window_s if window_s > 0 else math.nan}
 
-    estimator = "departures" if ss.get("saturated") or aborted else "arrivals"
+    estimator = "departures" if ss["saturated"] or aborted else "arrivals"
     chosen = rates(dep if estimator == "departures" else arr)
 
     def at_rate(x: float) -> dict[str, Any]:  # a request rate, with the completed requests' mean tokens
@@ -547,7 +548,7 @@ def summarize_columns(c: Columns, slos: list[SLO], tokens: TokenStats, window: t
                          "duration_s": latency_stats((last_end[all_ok] - first_send[all_ok]) / 1e9)}
     s["token_mismatch"] = token_mismatches(m, expect_exact_osl)
     s["steady_state"] = ss
-    s["saturation"] = {"saturated": bool(ss.get("saturated")), "reason": ss.get("reason", "") if ss.get("saturated") else "",
+    s["saturation"] = {"saturated": bool(ss["saturated"]), "reason": ss["reason"] if ss["saturated"] else "",
                        "completed_fraction": len(ok) / len(m) if m else None}
     s["warnings"] = warnings_for(s, m, slos)
     return s
@@ -766,18 +767,19 @@ def send_lag_limit_ms(slos: list[SLO]) -> float:
     return max(5.0, 0.01 * ttft_slo) if math.isfinite(ttft_slo) else 5.0
 
 
-def send_lag_confidently_over(lag: dict[str, Any], limit_ms: float) -> bool:
+def send_lag_confidently_over(lag: Latency | dict[str, Any], limit_ms: float) -> bool:
     """True when the send lag's p99 is above `limit_ms` beyond sampling noise: the lower end of its 95%
     order-statistic interval is above the limit.
 
     A short probe has ~100 sends, where the p99 is close to the single largest lag; one 6 ms scheduler hiccup
     on a 2-core box would otherwise mark a healthy client unhealthy. With thousands of sends the interval is
     tight and this is the plain p99 > limit test."""
-    if not lag or not lag.get("n"):
+    lat = lag if isinstance(lag, Latency) else Latency.model_validate(lag)
+    if not lat.n:
         return False
-    lo = (lag.get("p99_ci") or [None, None])[0]
-    value = lo if lo is not None and not (isinstance(lo, float) and math.isnan(lo)) else lag["p99"]
-    return bool(value > limit_ms)
+    lo = lat.p99_ci[0]
+    value = lo if lo is not None and not math.isnan(lo) else lat.p99
+    return value is not None and value > limit_ms
 
 
 def warnings_for(s: dict[str, Any], m: Columns, slos: list[SLO]) -> list[dict[str, Any]]:
@@ -799,7 +801,7 @@ def warnings_for(s: dict[str, Any], m: Columns, slos: list[SLO]) -> list[dict[st
         w.append(warning("rate_limited", f"rate limited: {limited} requests were refused with HTTP 429 (a rate limit or quota "
                          "of the server or a gateway in front of it), not served slowly", "raise the key's rate limit or quota, "
                          "lower --qps, or measure the engine directly rather than through the gateway", n=limited))
-    undecided = [v for v in s.get("slos", []) if v.get("decision") == "undecided"]
+    undecided = [v for v in s["slos"] if v["decision"] == "undecided"]
     if undecided:
         v = undecided[0]
         iv = v["exceed"]
@@ -820,11 +822,11 @@ def warnings_for(s: dict[str, Any], m: Columns, slos: list[SLO]) -> list[dict[st
         w.append(warning("client_counted_tokens", f"client-counted tokens: {tm['client_counted']} requests had no streamed usage; token "
                          "counts are client estimates", "use a server that supports stream_options.include_usage/continuous_usage_stats",
                          n=tm["client_counted"]))
-    ss = s.get("steady_state") or {}
-    if ss.get("saturated"):
+    ss = s["steady_state"]
+    if ss["saturated"]:
         w.append(warning("unstable", f"unstable run: {ss['reason']} — the server is past its capacity at this load",
                          "lower --qps/--concurrency (or find the knee with `trilemma sweep` and load: auto)", reason=ss["reason"]))
-    elif ss.get("reason"):
+    elif ss["reason"]:
         w.append(warning("not_steady", f"not steady: {ss['reason']}; latencies and rates may not hold for a longer run",
                          "raise --duration and --warmup", reason=ss["reason"]))
     return w

@@ -27,7 +27,7 @@ sweep.json schema history (SWEEP_SCHEMA_VERSION):
      updated_at, servers[] (launched serve configs: params, command, log, pid, status, deaths)
   JSON has no nan/inf: both are written as null. The one field that can be infinite is an SLO's
   aggregate value, `summary.slos[].value_ms` (failed requests count as infinitely slow, so a p99.9 with
-  one failure in 200 is inf); `read_run_doc` reads a null there with n > 0 back as inf (nan needs n = 0).
+  one failure in 200 is inf); `read_run` (summary.SloResult) reads a null there with n > 0 back as inf (nan needs n = 0).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._version import __version__
+from bench.summary import PointSummary, RunDoc, SweepDoc
 from bench.warn import warning
 
 RUN_SCHEMA_VERSION = 2
@@ -72,7 +73,7 @@ def new_run_doc(spec, run_id: str) -> dict:
 
     spec_doc = spec.model_dump(mode="json")
     spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])  # a password in the URL is never stored
-    spec_doc["target"]["endpoints"] = [redact_url(u) for u in spec_doc["target"].get("endpoints", [])]
+    spec_doc["target"]["endpoints"] = [redact_url(u) for u in spec_doc["target"]["endpoints"]]
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "kind": "run",
@@ -126,24 +127,21 @@ def read_run_doc(run_dir: Path) -> dict:
     p = Path(run_dir) / "run.json"
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir}: no run.json here; give a directory written by `trilemma run` or `trilemma sweep`")
-    doc = _read_versioned(p, "run.json", RUN_SCHEMA_VERSION, "; the run was cut while writing — measure it again")
-    restore_infinite(doc)
-    return doc
+    return _read_versioned(p, "run.json", RUN_SCHEMA_VERSION, "; the run was cut while writing — measure it again")
 
 
-def read_sweep_doc(sweep_dir: Path) -> dict | None:
+def read_sweep_doc(sweep_dir: Path) -> SweepDoc | None:
     """A sweep's sweep.json (None where there is none); one line for a broken or newer-schema file."""
     p = Path(sweep_dir) / "sweep.json"
-    return _read_versioned(p, "sweep.json", SWEEP_SCHEMA_VERSION) if p.is_file() else None
+    return SweepDoc.model_validate(_read_versioned(p, "sweep.json", SWEEP_SCHEMA_VERSION)) if p.is_file() else None
 
 
-def _process_gone(doc: dict, run_dir: Path, quiet_s: float = 60.0) -> bool:
+def _process_gone(doc: RunDoc, run_dir: Path, quiet_s: float = 60.0) -> bool:
     """A `running` run whose process is gone: same host and its pid no longer alive; elsewhere (or no pid
     recorded), nothing written for `quiet_s` (a live run flushes its requests every second)."""
-    pid = doc.get("pid")
-    if pid and doc.get("host") == socket.gethostname():
+    if doc.pid and doc.host == socket.gethostname():
         try:
-            os.kill(int(pid), 0)
+            os.kill(doc.pid, 0)
         except ProcessLookupError:
             return True
         except PermissionError:
@@ -153,39 +151,36 @@ def _process_gone(doc: dict, run_dir: Path, quiet_s: float = 60.0) -> bool:
     return time.time() - newest > quiet_s
 
 
-def settle(run_dir: Path, doc: dict) -> dict:
+def settle(run_dir: Path, doc: RunDoc) -> RunDoc:
     """The run document as `knee`, `report` and `compare` take it. A run left `running` by a process that
     died (kill -9, OOM kill, power loss) is `interrupted`, its summary rebuilt from the requests saved
     before the kill (at most the last second is lost); the document on disk is not changed."""
-    if doc.get("status") != "running" or doc.get("summary") or not _process_gone(doc, run_dir):
+    if doc.status != "running" or doc.summary is not None or not _process_gone(doc, run_dir):
         return doc
     from bench.config import RunSpec
     from bench.metrics import summarize_run
     from bench.records import _files
 
-    doc = dict(doc, status="interrupted", error="the run's process was killed; summary rebuilt from the requests saved before it",
-               recovered=True)
+    doc = doc.model_copy(update={"status": "interrupted", "recovered": True,
+                                 "error": "the run's process was killed; summary rebuilt from the requests saved before it"})
     if not _files(Path(run_dir)):
         return doc
-    spec = RunSpec.model_validate(doc["spec"])
+    spec = RunSpec.model_validate(doc.spec.model_dump(exclude_unset=True))
     ld = spec.load
     s, cols = summarize_run(Path(run_dir), spec.slos, offered_qps=ld.qps,
                             mode="qps" if ld.open_loop else "concurrency",
-                            expect_exact_osl=spec.target.ignore_eos, window_ns=tuple(doc["window_ns"]) if doc.get("window_ns") else None)
+                            expect_exact_osl=spec.target.ignore_eos, window_ns=doc.window_ns)
     if not len(cols):
         return doc
     s["warnings"].append(warning("interrupted", "interrupted: the process was killed; this summary was rebuilt from the requests "
                                  "saved before it", "measure the point again for a complete result"))
-    doc["summary"] = s
-    return doc
+    return doc.model_copy(update={"summary": PointSummary.model_validate(s)})
 
 
-def restore_infinite(doc: dict) -> dict:
-    """Undo write_json's inf → null where a value can only be infinite: an SLO value over n > 0 requests."""
-    for v in (doc.get("summary") or {}).get("slos") or []:
-        if v.get("value_ms") is None and (v.get("n") or 0) > 0:
-            v["value_ms"] = math.inf
-    return doc
+def read_run(run_dir: Path, settled: bool = False) -> RunDoc:
+    """run.json as the typed RunDoc; `settled`: a killed run read as interrupted, its summary rebuilt (settle)."""
+    doc = RunDoc.model_validate(read_run_doc(run_dir))
+    return settle(Path(run_dir), doc) if settled else doc
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, list]:

@@ -23,7 +23,9 @@ from bench.config import RunSpec, SpecError
 from bench.datasets import WorkItem
 from bench.probe import ProbeMonitor
 from bench.records import IncrementalWriter, RequestRecord
+from bench.summary import IdleCheck, ServerStats
 from bench.warn import warning
+from bench.wire import ServerInfo
 from bench.workers import HANDOFF_NS, LoopStalls, Spreader, WorkerPool, new_event_loop, sleep_until
 from bench.workload import PromptBuilder, Workload, make_tokenizer
 
@@ -303,13 +305,13 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
     try:
         return await _run_point(spec, run_dir, doc, api_key, on_progress, telemetry)
     except asyncio.CancelledError:
-        if doc.get("status") == "running":
+        if doc["status"] == "running":
             doc.update(status="interrupted", error="interrupted (Ctrl-C or signal) before the load started", ended_at=time.time())
             results.write_run_doc(run_dir, doc)
         raise
     except Exception as e:
         msg = cl.redact(one_line(e), [api_key, *cl.url_secrets(spec.target.url)])
-        if doc.get("status") in ("running", "complete"):
+        if doc["status"] in ("running", "complete"):
             doc.update(status="failed", error=msg, ended_at=time.time())
             results.write_run_doc(run_dir, doc)
         if isinstance(e, RunFailed):
@@ -331,8 +333,8 @@ def resolve_workers(spec: RunSpec, items: list[WorkItem]) -> tuple[int, str]:
     return n, f"auto: {n} ({why})"
 
 
-def _replica(url: str, info: dict) -> dict:
-    return {"url": cl.redact_url(url), **{k: info.get(k) for k in ("server_kind", "server_version", "max_model_len")}}
+def _replica(url: str, info: ServerInfo) -> dict:
+    return {"url": cl.redact_url(url), "server_kind": info.server_kind, "server_version": info.server_version, "max_model_len": info.max_model_len}
 
 
 def model_picker(mix: dict[str, float], seed: int) -> Callable[[WorkItem], str]:
@@ -361,22 +363,22 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
                              "give only one (drop user:password@ from --url, or unset --api-key / the key's env var)")
     headers = {**tgt.headers, **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     info = await cl.discover(tgt.url, headers)
-    model = tgt.model or info.get("default_model")
+    model = tgt.model or info.default_model
     if not model:
-        msg = f"{tgt.url} serves {len(info.get('models', []))} models ({', '.join(info.get('models', [])[:5])}); pick one with --model"
+        msg = f"{tgt.url} serves {len(info.models)} models ({', '.join(info.models[:5])}); pick one with --model"
         doc.update(status="failed", error=msg)
         results.write_run_doc(run_dir, doc)
         raise RunFailed(msg)
-    def must_serve(where: dict, url: str, which: str) -> None:
-        missing = [m for m in (tgt.model_mix or [model]) if where.get("models") and m not in where["models"]]
+    def must_serve(where: ServerInfo, url: str, which: str) -> None:
+        missing = [m for m in (tgt.model_mix or [model]) if where.models and m not in where.models]
         if missing:
-            msg = f"model '{missing[0]}' is not served at {url}{which}; it serves: {', '.join(where['models'][:5])} (fix --model)"
+            msg = f"model '{missing[0]}' is not served at {url}{which}; it serves: {', '.join(where.models[:5])} (fix --model)"
             doc.update(status="failed", error=msg)
             results.write_run_doc(run_dir, doc)
             raise RunFailed(msg)
 
     must_serve(info, tgt.url, "")
-    doc["target"] = {"url": cl.redact_url(tgt.url), "model": model, "api": tgt.api, **{k: v for k, v in info.items() if k != "default_model"}}
+    doc["target"] = {"url": cl.redact_url(tgt.url), "model": model, "api": tgt.api, **info.record()}
     endpoints = tgt.endpoints or [tgt.url]
     if len(endpoints) > 1:  # several replicas: each must serve the model(s); what each runs is recorded
         described = [_replica(tgt.url, info)]
@@ -386,23 +388,27 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             described.append(_replica(u, other))
         doc["target"]["endpoints"] = described
         doc["target"]["spread"] = tgt.spread
+    idle_before: IdleCheck | None = None
+    cache_reset = "off"
     if spec.scrape_metrics:  # never start behind an earlier point's queue (cancelled requests still being served)
         from bench.telemetry.prometheus import wait_idle
 
         waits = [await asyncio.to_thread(wait_idle, u, headers) for u in endpoints]
-        doc["target"]["idle_before"] = next((x for x in waits if x.get("idle") is False), waits[0])
+        idle_before = next((x for x in waits if x.idle is False), waits[0])
+        doc["target"]["idle_before"] = idle_before.model_dump(exclude_none=True)
     if spec.reset_prefix_cache:
         resets = [await cl.reset_prefix_cache(u, headers) for u in endpoints]
-        doc["target"]["prefix_cache_reset"] = resets[0] if len(set(resets)) == 1 else "; ".join(resets)
+        cache_reset = resets[0] if len(set(resets)) == 1 else "; ".join(resets)
+        doc["target"]["prefix_cache_reset"] = cache_reset
     # workload
-    key = (tgt.url, model, tgt.api, tgt.tokenizer, info.get("server_version"))
+    key = (tgt.url, model, tgt.api, tgt.tokenizer, info.server_version)
     if key not in _BUILDERS:  # a sweep's points share one server: find the prompt pieces once
         tok, tok_kind = await asyncio.to_thread(make_tokenizer, tgt.tokenizer, tgt.url, model, headers)
         _BUILDERS[key] = (tok, tok_kind, await asyncio.to_thread(PromptBuilder, tok, tgt.api))
     tok, tok_kind, builder = _BUILDERS[key]
     wspec = spec.workload
     if wspec.max_model_len is None:
-        mx = info.get("max_model_len") or getattr(tok, "max_model_len", None)
+        mx = info.max_model_len or getattr(tok, "max_model_len", None)
         if mx:
             wspec = wspec.model_copy(update={"max_model_len": int(mx)})
     wl = Workload(wspec, builder, spec.seed, tgt.api)
@@ -559,7 +565,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         doc["client_health"] = {"loop_stalls": stalls.report()}
         if stalls.n:
             summary["warnings"].append(stalls.warning("the scheduler's event loop" if pool else "the event loop"))
-        summary["client"] = {"workers": n_workers, **({"auto_why": doc["client"].get("why")} if spec.workers == "auto" else {})}
+        summary["client"] = {"workers": n_workers, **({"auto_why": doc["client"]["why"]} if spec.workers == "auto" else {})}
         if pool is not None:  # each worker's health; the run is judged by the worst
             per = pool.per_worker(cols)
             doc["client_health"]["workers"] = per
@@ -569,7 +575,7 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             for x in per:
                 if x["loop_stalls"] and x["loop_stalls"]["n"]:
                     summary["warnings"].append(LoopStalls.from_report(x["loop_stalls"]).warning(f"worker {x['worker']}'s event loop"))
-                if x.get("died"):
+                if "died" in x:
                     summary["warnings"].append(warning("worker_died", f"worker died: {x['died']}; its in-flight requests are recorded "
                                                        "as failed", "measure the point again", worker=x["worker"]))
         summary["streams_without_done"] = int((cols.ok & ~cols.done_marker).sum())
@@ -581,17 +587,16 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
             summary["warnings"].append(warning(
                 "dataset_wrapped", f"dataset wrapped around: it has {wl.size} rows and {n_reused} requests reused rows from the start",
                 "give a longer dataset or fewer --requests/--duration for distinct prompts", rows=wl.size, reused=n_reused))
-        if telemetry is not None and doc.get("telemetry"):
+        if telemetry is not None and "telemetry" in doc:
             from bench.telemetry import attach_to_summary
 
             attach_to_summary(summary, doc["telemetry"], run_dir, _wall_window(doc, summary))
-        _prefix_cache_check(summary, spec, doc)
-        idle = (doc.get("target") or {}).get("idle_before") or {}
-        if idle.get("idle") is False:
+        _prefix_cache_check(summary, spec, cache_reset)
+        if idle_before is not None and idle_before.idle is False:
             summary["warnings"].append(warning(
-                "server_busy", f"server busy: {idle['busy']} requests still running/waiting from earlier work after "
-                f"{idle['waited_s']:.0f} s; this point started behind them", "rerun it when the server is idle",
-                busy=idle["busy"], waited_s=idle["waited_s"]))
+                "server_busy", f"server busy: {idle_before.busy} requests still running/waiting from earlier work after "
+                f"{idle_before.waited_s:.0f} s; this point started behind them", "rerun it when the server is idle",
+                busy=idle_before.busy, waited_s=idle_before.waited_s))
         if len(cols) and summary["n_ok"] == 0 and status == "complete" and not probe_mon.aborted:
             status = "failed"
             kinds = summary["errors"]
@@ -605,22 +610,22 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
 
 def _wall_window(doc: dict, summary: dict) -> tuple[float, float] | None:
     """The measurement window in wall-clock seconds (telemetry timelines are stamped with time.time())."""
-    a, w = doc.get("anchor") or {}, summary.get("window_ns")
+    a, w = doc["anchor"], summary["window_ns"]
     if not a or not w or w[1] <= w[0]:
         return None
     return tuple((a["wall_ns"] + (t - a["perf_ns"])) / 1e9 for t in w)
 
 
-def _prefix_cache_check(summary: dict, spec: RunSpec, doc: dict) -> None:
+def _prefix_cache_check(summary: dict, spec: RunSpec, cache_reset: str) -> None:
     """Record the server's prefix-cache hit rate over the point, and warn when it is more than the
     workload's declared sharing explains (a cache serving an earlier probe's prompts inflates the knee)."""
-    rate = (summary.get("server") or {}).get("prefix_cache_hit_rate")
+    rate = ServerStats.model_validate(summary["server"]).prefix_cache_hit_rate if "server" in summary else None
     w = spec.workload
     expected = None
     if not w.dataset and w.isl.kind != "trace":
         expected = min(1.0, w.prefix_tokens / max(1.0, w.isl.mean)) if w.prefix_groups else 0.0
     summary["prefix_cache"] = {"hit_rate": rate, "declared_sharing": expected,
-                               "reset": (doc.get("target") or {}).get("prefix_cache_reset", "off")}
+                               "reset": cache_reset}
     if rate is not None and expected is not None and rate > expected + 0.05:
         summary["warnings"].append(warning(
             "prefix_cache_reuse", f"prefix cache: the server served {100 * rate:.0f}% of prompt tokens from its cache, but the workload "

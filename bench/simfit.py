@@ -66,19 +66,19 @@ def probes_from_results(paths: list[Path]) -> list[Probe]:
     """Measured points under the given results (complete, decided or not: the fit uses latencies, not verdicts)."""
     df = load_points(paths)
     out = []
-    from bench.results import read_run_doc
+    from bench.results import read_run
 
     # saturated probes are left out: past capacity a queue grows with the run's length, which no replay matches
     for _, r in df[(df["status"] == "complete") & (df["mode"].isin(["qps", "concurrency"])) & (~df["saturated"].astype(bool))].iterrows():
-        w = read_run_doc(Path(r["run_dir"])).get("spec", {}).get("workload", {})
-        if w.get("dataset") or w.get("isl") is None or w.get("osl") is None:
+        w = read_run(Path(r["run_dir"])).spec.workload
+        if w.dataset or w.isl is None or w.osl is None:
             continue
         where = f"{r['sweep']} / {r['cell']} at {r['load']:g}"
         meas = {"tpot_p50": r["tpot_p50"], "itl_p50": r["itl_p50"], "ttft_p50": r["ttft_p50"], "output_tps": r["output_tps"],
                 "server_prefill_mean_ms": r["server_prefill_mean_ms"]}
         meas = {k: float(v) for k, v in meas.items() if v is not None and not (isinstance(v, float) and math.isnan(v)) and v > 0}
         if meas:
-            out.append(Probe(_fixed_len(w["isl"], "isl", where), _fixed_len(w["osl"], "osl", where), r["mode"],
+            out.append(Probe(_fixed_len(w.isl, "isl", where), _fixed_len(w.osl, "osl", where), r["mode"],
                              float(r["load"]), meas, where))
     if not out:
         raise FileNotFoundError(f"no complete, unsaturated fixed-length probes under {', '.join(map(str, paths))}; "

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from bench.config import SLO
 from bench.warn import as_warning
+from bench.wire import SGLangInfo, SimInfo
 
 
 class _Doc(BaseModel):
@@ -70,6 +71,14 @@ class SloResult(_Doc):
     exceed: Exceedance | None = None
     fraction_within: float | None = None
     n: int | None = None
+
+    @model_validator(mode="after")
+    def _infinite(self) -> SloResult:
+        """JSON holds inf as null: an SLO value over n > 0 requests can only be missing because it was infinite
+        (failed requests count as infinitely slow); nan needs n = 0."""
+        if self.value_ms is None and (self.n or 0) > 0:
+            self.value_ms = math.inf
+        return self
 
     @property
     def spec(self) -> SLO:
@@ -308,6 +317,10 @@ class PointSummary(_Doc):
     client_queue: ClientQueue = ClientQueue()
     client: ClientInfo = ClientInfo()
 
+    def latency(self, metric: str) -> Latency | None:
+        """One metric's statistics (None where it was not measured)."""
+        return self.latency_ms.get(metric)
+
     def lat(self, metric: str, key: str) -> float | None:
         """A latency figure, e.g. lat("ttft", "p99"); None where the metric was not measured."""
         d = self.latency_ms.get(metric)
@@ -318,14 +331,68 @@ class PointSummary(_Doc):
         return self.n_failed / self.n_measured if self.n_measured else math.nan
 
 
+class IdleCheck(_Doc):
+    """run.json `target.idle_before` (telemetry.prometheus.wait_idle): whether the server's own gauges said it was
+    idle before the point started (None: it has no such gauges), how long that took, and what was still busy."""
+
+    waited_s: float = 0.0
+    idle: bool | None = None
+    busy: dict[str, float | None] | None = None
+
+
+class GpuEnergy(_Doc):
+    """run.json `telemetry.gpu`: the GPUs' energy over the whole run (NVML, DCGM, or the server's DCGM names)."""
+
+    energy_j: float | None = None
+    window_s: float | None = None
+    source: str | None = None
+    avg_power_w: float | None = None
+    gpus: Any = None
+
+
+class TelemetryDoc(_Doc):
+    """run.json `telemetry`: what the run captured beside the requests (timelines are parquet files)."""
+
+    notices: list[str] = []
+    gpu: GpuEnergy | None = None
+    server: dict[str, Any] = {}
+
+
 class Target(_Doc):
+    """run.json `target`: what discovery found at the URL (bench.wire.ServerInfo) and what the run sent it."""
+
     url: str | None = None
     model: str | None = None
     api: str | None = None
     server_kind: str | None = None
     server_version: str | None = None
     simulated: bool = False
-    sim: dict[str, Any] | None = None
+    sim: SimInfo | None = None
+    server_info: SGLangInfo | None = None
+
+
+class ServeFlags(_Doc):
+    """A launched server's config (sweep `serve:`), the flags that set its capacity, however they were spelled."""
+
+    max_num_seqs: Any = None
+    max_num_batched_tokens: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _underscores(cls, data: Any) -> Any:
+        return {str(k).replace("-", "_"): v for k, v in data.items()} if isinstance(data, dict) else data
+
+
+class LaunchDoc(_Doc):
+    config: dict[str, Any] = {}
+
+    @property
+    def flags(self) -> ServeFlags:
+        return ServeFlags.model_validate(self.config)
+
+
+class PointTarget(_Doc):
+    launch: LaunchDoc | None = None
 
 
 class PointKey(_Doc):
@@ -338,27 +405,93 @@ class PointKey(_Doc):
     role: str = "run"
     repeat: int = 0
     stages: list[dict[str, float]] | None = None
-    target: dict[str, Any] = {}
+    target: PointTarget = PointTarget()
 
     def serve_config(self) -> str:
         """The launched server's config this point ran against ('' when trilemma did not launch it)."""
-        cfg = (self.target.get("launch") or {}).get("config")
+        cfg = self.target.launch.config if self.target.launch else {}
         return " ".join(f"{k}={v}" for k, v in sorted(cfg.items())) if cfg else ""
+
+
+class TargetSpecDoc(_Doc):
+    """run.json `spec.target` (a TargetSpec as written)."""
+
+    url: str | None = None
+    model: str | None = None
+    api: str | None = None
+    ignore_eos: bool = True
+    endpoints: list[str] = []
+
+
+class WorkloadSpecDoc(_Doc):
+    """run.json `spec.workload` (a WorkloadSpec as written): the fields that make two results comparable."""
+
+    isl: Any = None
+    osl: Any = None
+    dataset: str | None = None
+    prefix_tokens: int | None = None
+    prefix_groups: int | None = None
+    columns: Any = None
+    max_model_len: int | None = None
+    window_s: Any = None  # trace replay: [start, end) seconds
+    speedup: float = 1.0
+
+    def key(self) -> str:
+        """What must match for two results to be comparable."""
+        vals = ((k, getattr(self, k)) for k in ("isl", "osl", "dataset", "prefix_tokens", "prefix_groups", "columns"))
+        return " ".join(f"{k}={v}" for k, v in vals if v not in (None, 0, ""))
+
+
+class LoadSpecDoc(_Doc):
+    qps: float | None = None
+    concurrency: int | None = None
+    arrival: Any = "poisson"  # an Arrival as written
+    replay: bool = False
+    max_concurrency: int | None = None
 
 
 class SpecDoc(_Doc):
     """run.json `spec`: the RunSpec as written (validated as a RunSpec only where a run is rebuilt from it)."""
 
-    target: dict[str, Any] = {}
-    workload: dict[str, Any] = {}
-    load: dict[str, Any] = {}
+    target: TargetSpecDoc = TargetSpecDoc()
+    workload: WorkloadSpecDoc = WorkloadSpecDoc()
+    load: LoadSpecDoc = LoadSpecDoc()
     slos: list[dict[str, Any]] = []
 
     def load_point(self) -> tuple[str, float | None]:
         """(mode, value) of a plain run: its --qps or --concurrency."""
-        if self.load.get("qps") is not None:
-            return "qps", self.load["qps"]
-        return "concurrency", self.load.get("concurrency")
+        if self.load.qps is not None:
+            return "qps", self.load.qps
+        return "concurrency", self.load.concurrency
+
+
+class Harness(_Doc):
+    version: str | None = None
+    git_sha: str | None = None
+
+
+class CpuDoc(_Doc):
+    model: str | None = None
+    cores: int | None = None
+
+
+class GpuDoc(_Doc):
+    """One GPU NVML saw (telemetry.nvml.gpu_inventory); `compute_processes` where NVML could list them."""
+
+    name: str = "?"
+    compute_processes: int | None = None  # how many processes NVML saw computing on it
+
+
+class EnvironmentDoc(_Doc):
+    cpu: CpuDoc = CpuDoc()
+    gpus: list[GpuDoc] = []
+
+
+class RunWorkload(_Doc):
+    """run.json `workload`: what the run built (tokenizer used, the dataset's figures)."""
+
+    tokenizer: str = ""
+    dataset: str | None = None
 
 
 class RunDoc(_Doc):
@@ -369,17 +502,20 @@ class RunDoc(_Doc):
     run_id: str | None = None
     status: str | None = None
     error: str | None = None
-    harness: dict[str, Any] = {}
+    harness: Harness = Harness()
     spec: SpecDoc = SpecDoc()
     seed: int | None = None
     labels: dict[str, str] = {}
     target: Target = Target()
     point: PointKey | None = None
-    workload: dict[str, Any] = {}
-    environment: dict[str, Any] = {}
+    workload: RunWorkload = RunWorkload()
+    environment: EnvironmentDoc = EnvironmentDoc()
     summary: PointSummary | None = None
-    telemetry: dict[str, Any] = {}
+    telemetry: TelemetryDoc = TelemetryDoc()
     superseded_by: str | None = None
+    host: str | None = None  # with pid: tells a run still measuring from one whose process was killed
+    pid: int | None = None
+    window_ns: tuple[int, int] | None = None
 
     @property
     def slo_specs(self) -> list[SLO]:
@@ -391,3 +527,35 @@ def as_summary(s: PointSummary | dict[str, Any] | None) -> PointSummary:
     if isinstance(s, PointSummary):
         return s
     return PointSummary.model_validate(s or {})
+
+
+class AttainmentDoc(_Doc):
+    rule: str = "percentile"
+    target: float = 0.99
+
+
+class SweepSpecDoc(_Doc):
+    """sweep.json `spec`: the SweepSpec as written; the fields the analysis reads are typed, the rest kept."""
+
+    attainment: AttainmentDoc = AttainmentDoc()
+
+
+class SweepDoc(_Doc):
+    """sweep.json: the sweep's spec, its status, and which points it measured or reused (`points`: None in
+    sweeps written before that list existed, which are read whole)."""
+
+    schema_version: int = 0
+    kind: str = "sweep"
+    name: str | None = None
+    status: str | None = None
+    error: str | None = None
+    harness: dict[str, Any] = {}
+    spec: SweepSpecDoc = SweepSpecDoc()
+    updated_at: float | None = None
+    points: list[str] | None = None
+    server_version: str | None = None
+    servers: list[dict[str, Any]] = []
+
+    def spec_as_written(self) -> dict[str, Any]:
+        return self.spec.model_dump(exclude_unset=True)
+

@@ -156,7 +156,7 @@ def point_key(spec: SweepSpec, cell_idx: int, mode: str, value: float, repeat: i
     for k in ("request", "headers", "model_mix"):  # part of the identity only when given (header values are never stored)
         if not tgt.get(k):
             tgt.pop(k, None)
-    if not tgt.get("endpoints"):  # several replicas: their addresses and how requests are spread are part of it
+    if not tgt["endpoints"]:  # several replicas: their addresses and how requests are spread are part of it
         tgt.pop("endpoints", None)
         tgt.pop("spread", None)
     else:
@@ -191,8 +191,8 @@ def make_run_spec(spec: SweepSpec, url: str, key: dict, lifetime_hint_s: float |
     previous probe of its cell measured them (the monitor extends it further when needed)."""
     w, unit = parse_amount(spec.warmup, "warmup")
     c = spec.cells[[x.identity() for x in spec.cells].index(key["cell"])]
-    scale = 2 ** key.get("extend", 0)
-    rule = ProbeRule(**key["probe"]) if key.get("probe") else None
+    scale = 2 ** key["extend"]
+    rule = ProbeRule(**key["probe"]) if key["probe"] else None
     if rule is not None and unit == "s" and lifetime_hint_s:
         w = max(w, rule.warmup_lifetimes * lifetime_hint_s)
     load = {"arrival": spec.load.arrival, "warmup": w, "warmup_unit": unit,
@@ -248,15 +248,15 @@ class SweepRunner:
             prev = read_sweep_doc(self.dir)
         except ValueError:
             prev = None
-        if prev is not None and prev.get("spec") == self._spec_doc():
-            self.points = list(prev.get("points") or [])
-            self.servers = list(prev.get("servers") or [])
-            self.listed_version = prev.get("server_version")
+        if prev is not None and prev.spec_as_written() == self._spec_doc():
+            self.points = list(prev.points or [])
+            self.servers = list(prev.servers)
+            self.listed_version = prev.server_version
 
     def _spec_doc(self) -> dict:
         spec_doc = self.spec.model_dump(mode="json")
         spec_doc["target"]["url"] = redact_url(spec_doc["target"]["url"])
-        spec_doc["target"]["endpoints"] = [redact_url(u) for u in spec_doc["target"].get("endpoints", [])]
+        spec_doc["target"]["endpoints"] = [redact_url(u) for u in spec_doc["target"]["endpoints"]]
         return spec_doc
 
     def _doc(self, status: str, extra: dict | None = None) -> None:
@@ -282,7 +282,7 @@ class SweepRunner:
 
         key = point_key(self.spec, cell_idx, mode, value, repeat, seed_offset, role=role, serve=self.serve)
         s = self._measure_key(key, role, execute_run, results)
-        rule = key.get("probe")
+        rule = key["probe"]
         extend = self.spec.load.auto.extend_inconclusive if self.spec.load.auto else True
         if self.spec.slos and extend and not (rule and rule["sequential"]) and role.split("+")[0] not in SCREENING_ROLES \
                 and mode != "stages":  # stages are a fixed schedule: not re-measured longer
@@ -312,7 +312,7 @@ class SweepRunner:
         pdir = self.points_dir / h
         self._touch(h)
         if (pdir / "run.json").is_file():
-            old = RunDoc.model_validate(results.read_run_doc(pdir))
+            old = results.read_run(pdir)
             was = old.target.server_version
             if self.server_version and was and was != self.server_version and old.status == "complete":
                 kept = pdir.with_name(f"{h}.server-{re.sub(r'[^A-Za-z0-9._+-]', '_', was)}")  # kept, never read as this spec's result
@@ -395,7 +395,7 @@ class SweepRunner:
             return  # a started server: checked once started (launch), or its profile is in every point's identity (sim)
         headers = {**self.spec.target.headers, **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
         try:
-            self.server_version = asyncio.run(cl.discover(self.url, headers)).get("server_version")
+            self.server_version = asyncio.run(cl.discover(self.url, headers)).server_version
         except Exception:  # noqa: BLE001 - an unreachable or odd server is reported by the first point measured
             self.server_version = None
         if self.server_version and self.listed_version and self.server_version != self.listed_version:
@@ -431,9 +431,10 @@ class SweepRunner:
                     self.on_event("note", why=f"serve config {config_label(serve) or '(default)'} failed: {e}")
                 finally:
                     self._stop_server()
-            if any(x.get("status") == "failed" for x in self.servers):
+            failed = [x for x in self.servers if x["status"] == "failed"]
+            if failed:
                 status = "failed"
-                error = "; ".join(f"{x['config'] or 'default'}: {x['error']}" for x in self.servers if x.get("status") == "failed")
+                error = "; ".join(f"{x['config'] or 'default'}: {x['error']}" for x in failed)
         except (Interrupted, KeyboardInterrupt):
             status = "interrupted"
         except Exception as e:  # e.g. the target is unreachable: the sweep did not measure what it set out to
@@ -476,7 +477,7 @@ class SweepRunner:
         launch = self.spec.target.launch
         assert launch is not None
         self.server = LaunchedServer(launch, serve, self.dir / "servers" / config_hash(launch.cmd, serve))
-        self.servers = [x for x in self.servers if x.get("params") != serve]  # a rerun's start replaces that config's record
+        self.servers = [x for x in self.servers if x["params"] != serve]  # a rerun's start replaces that config's record
         self.servers.append({"config": config_label(serve), "params": serve, "status": "starting"})
         self.on_event("note", why=f"starting the server for serve config {config_label(serve) or '(default)'}")
         try:

@@ -30,9 +30,9 @@ def verdict(summary: PointSummary | dict[str, Any], slos: list[SLO], rule: str =
         return FAIL, "no requests measured"
     if s.n_failed / n > 0.01:
         return FAIL, f"{s.n_failed}/{n} requests failed"
-    lag = s.latency_ms.get("send_lag")
+    lag = s.latency("send_lag")
     lag_limit = send_lag_limit_ms(slos)
-    if lag is not None and send_lag_confidently_over(lag.model_dump(), lag_limit):
+    if lag is not None and send_lag_confidently_over(lag, lag_limit):
         return INVALID, f"client fell behind (send lag p99 {lag.p99:.1f} ms, 95% CI above {lag_limit:g} ms)"
     if s.saturation.saturated:
         return FAIL, f"saturated: {s.saturation.reason}"

@@ -79,9 +79,9 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
         c.print(f"sessions: {ss.n} ({ss.complete} complete) · {ss.turns_mean:.1f} turns on average · duration p50 "
                 f"{_f(ss.duration_s.p50, 1)} s · p90 {_f(ss.duration_s.p90, 1)} s")
     w = doc.workload
-    if w.get("dataset"):
-        c.print(f"dataset {w['dataset']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in w.items()
-                                                        if k not in ("dataset", "tokenizer") and v not in (None, 0)))
+    if w.dataset:
+        c.print(f"dataset {w.dataset}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in w.model_dump().items()
+                                                     if k not in ("dataset", "tokenizer") and v not in (None, 0)))
     if s.errors:
         c.print("[red]errors:[/] " + ", ".join(f"{k}={v}" for k, v in s.errors.items()))
     if s.slos:
@@ -100,7 +100,7 @@ def print_summary(run_doc: dict | RunDoc, console: Console | None = None) -> Non
                 f"prefix hit {_f(100 * sv.prefix_cache_hit_rate) + '%' if sv.prefix_cache_hit_rate is not None else '—'}"
                 + (f" · client−server TTFT mean {_f(ttft_mean - sv.server_ttft_mean_ms, 2)} ms"
                    if sv.server_ttft_mean_ms and ttft_mean is not None else ""))
-    for n in doc.telemetry.get("notices", []):
+    for n in doc.telemetry.notices:
         c.print(f"[dim]note: {n}[/]")
     for warning in s.warnings:
         c.print(f"[yellow]warning:[/] {warning.text}")
@@ -117,18 +117,18 @@ def print_compare(res: dict, title: str, cm, c: Console) -> None:
     """compare.compare's result: intended differences, every check with its samples and interval, the knees,
     the cost at each knee (with the load it is priced at), and which regression rules fired."""
     from bench.compare import check_label
-    from bench.cost import GPUS_UNKNOWN, cost_at_knee, find_sku, gpus_known, load_catalog
-    from bench.knee import fmt
+    from bench.cost import GPUS_UNKNOWN, cost_at_knee, find_sku, load_catalog
+    from bench.knee import KneeRow, fmt
 
     thr = res["threshold"]
     for e in res["env"]:
         c.print(f"[cyan]differs (compared for):[/] {e['field']}: {e['base']}  →  {e['new']}")
     for e in res["mismatch"]:
         c.print(f"[red]setup differs (--allow-mismatch):[/] {e['field']}: {e['base']}  →  {e['new']}")
-    if res.get("interrupted"):
+    if res["interrupted"]:
         c.print(f"[yellow]INTERRUPTED points included (read as measured, never a PASS):[/] {'; '.join(res['interrupted'])}")
     rows = res["rows"].to_dict("records") if len(res["rows"]) else []
-    if res.get("single_run"):
+    if res["single_run"]:
         c.print("[yellow]one run per side:[/] the latency intervals cover request-to-request variation, not a server's run-to-run "
                 "drift (back-to-back runs of one server can differ by more than 10%); for a gate, run `repeats: 3` "
                 "and keep the threshold above the drift your servers show")
@@ -155,22 +155,22 @@ def print_compare(res: dict, title: str, cm, c: Console) -> None:
     cat = load_catalog()
     for k in res["knees"]:
         col = _COLOUR.get(k["verdict"], "")
-        side = {s: "none" if k.get(f"{s}_row") and not k[f"{s}_row"].get("feasible") else fmt(k[s], 2) for s in ("base", "new")}
+        rows_of = {s: KneeRow.of(k[f"{s}_row"]) if k[f"{s}_row"] else None for s in ("base", "new")}
+        side = {s: "none" if r is not None and not r.feasible else fmt(k[s], 2) for s, r in rows_of.items()}
         c.print(f"knee {k['cell']} ({k['unit']}): {side['base']} → {side['new']} ({_pct(k['delta'])}) — "
                 + (f"[{col}]{k['verdict']}[/]" if col else k["verdict"]) + f": {k['why']}")
-        for which in ("base_row", "new_row"):
-            row = k.get(which)
-            if not row or not row.get("feasible"):
+        for row in rows_of.values():
+            if row is None or not row.feasible:
                 continue
-            sku = find_sku(cat, row.get("gpu") or "")
-            at = f"at knee {fmt(row['knee'], 2)} {k['unit']} ({fmt(row.get('knee_qps'), 2)} req/s, {fmt(row.get('output_tps'))} out tok/s measured)"
+            sku = find_sku(cat, row.gpu)
+            at = f"at knee {fmt(row.knee, 2)} {k['unit']} ({fmt(row.knee_qps, 2)} req/s, {fmt(row.output_tps)} out tok/s measured)"
             if sku is None:
-                c.print(f"   {row['sweep']}: no cost — no SKU in the catalog for GPU label '{row.get('gpu') or ''}'")
-            elif not gpus_known(row):
-                c.print(f"   {row['sweep']} ({row['gpu']}) {at}: no $/M — {GPUS_UNKNOWN}")
+                c.print(f"   {row.sweep}: no cost — no SKU in the catalog for GPU label '{row.gpu}'")
+            elif not row.gpus_known:
+                c.print(f"   {row.sweep} ({row.gpu}) {at}: no $/M — {GPUS_UNKNOWN}")
             else:
                 x = cost_at_knee(row, sku, cm)
-                c.print(f"   {row['sweep']} ({row['gpu']}, {x['gpus_per_replica']:g} GPUs/replica) {at}: ${x['usd_per_gpu_hour']:.2f}/GPU-h → "
+                c.print(f"   {row.sweep} ({row.gpu}, {x['gpus_per_replica']:g} GPUs/replica) {at}: ${x['usd_per_gpu_hour']:.2f}/GPU-h → "
                         f"${x['usd_per_m_output']:.3f}/M output, ${x['usd_per_m_blended']:.3f}/M blended, "
                         f"${x['usd_per_1k_requests']:.4f}/1k requests ({cm.pricing}, utilisation {cm.utilization:.0%})")
     for r in res["regressions"]:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, gpus_known, load_catalog
-from bench.knee import current_points, interrupted_points, knee_table, load_points, stage_rows
-from bench.results import read_run_doc, read_sweep_doc
-from bench.summary import RunDoc
+from bench.cost import GPUS_UNKNOWN, CostModel, cost_at_knee, find_sku, load_catalog
+from bench.knee import KneeRow, current_points, interrupted_points, knee_table, load_points, stage_rows
+from bench.results import read_run, read_sweep_doc
 
 METHODS = [
     ("TTFT", "first token-bearing chunk − scheduled (intended) send; the schedule is computed up front, so client lag cannot hide queueing"),
@@ -52,20 +51,21 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
     catalog = load_catalog(catalog_path)
     cost_rows = []
     for r in knees.to_dict("records"):
-        gpu = r.get("gpu") or ""
+        row = KneeRow.of(r)
+        gpu = row.gpu
         sku = find_sku(catalog, gpu)
-        if not r.get("feasible"):
+        if not row.feasible:
             cost_rows.append({**r, "cost_note": "no knee: no load was decided PASS, so there is no cost at the SLO"})
         elif not gpu:
             cost_rows.append({**r, "cost_note": "no GPU label on these results: rerun with --label gpu=SKU (a name in the catalog) to price them"})
         elif sku is None:
             where = catalog_path or "bench/catalog/gpus.yaml"
             cost_rows.append({**r, "cost_note": f"no price for GPU '{gpu}' in the catalog: add it to {where} or pass --catalog"})
-        elif not gpus_known(r):
+        elif not row.gpus_known:
             cost_rows.append({**r, "cost_note": GPUS_UNKNOWN})
         else:
             try:
-                cost_rows.append({**r, **cost_at_knee(r, sku, cm), "utilization": cm.utilization, "cost_note": ""})
+                cost_rows.append({**r, **cost_at_knee(row, sku, cm), "utilization": cm.utilization, "cost_note": ""})
             except ValueError as e:  # the SKU lacks the chosen pricing tier
                 cost_rows.append({**r, "cost_note": str(e)})
     knees_cost = pd.DataFrame(cost_rows, columns=None if cost_rows else list(knees.columns))
@@ -78,31 +78,31 @@ def report_data(paths: list[Path], cm: CostModel, catalog_path: Path | None = No
         dirs = current_points([p])
         if not dirs:
             continue
-        doc = RunDoc.model_validate(read_run_doc(dirs[0]))
+        doc = read_run(dirs[0])
         env, t = doc.environment, doc.target
         name = Path(p).name
         envs.append({"results": name, "gpu label": doc.labels.get("gpu", ""),
                      "server": f"{t.server_kind} {t.server_version or ''}",
                      "model": t.model, "simulated": "yes" if t.simulated else "no",
-                     "GPUs seen by NVML": ", ".join(g["name"] for g in env.get("gpus") or []) or "none (client host)",
-                     "client CPU": f"{(env.get('cpu') or {}).get('model')} ×{(env.get('cpu') or {}).get('cores')}",
-                     "harness": f"{doc.harness.get('version')} ({doc.harness.get('git_sha') or 'no git'})"})
-        workloads.append({"results": name, "workload": doc.workload.get("tokenizer", ""),
+                     "GPUs seen by NVML": ", ".join(g.name for g in env.gpus) or "none (client host)",
+                     "client CPU": f"{env.cpu.model} ×{env.cpu.cores}",
+                     "harness": f"{doc.harness.version} ({doc.harness.git_sha or 'no git'})"})
+        workloads.append({"results": name, "workload": doc.workload.tokenizer,
                           "slos": ", ".join(f"{x.name} ≤ {x.threshold_ms:g} ms" for x in doc.slo_specs),
-                          "api": doc.spec.target.get("api"), "arrival": doc.spec.load.get("arrival")})
-    for r in knees.to_dict("records"):
-        if isinstance(r.get("knee_run_dir"), str):  # NaN in rows without a knee
-            ks = RunDoc.model_validate(read_run_doc(Path(r["knee_run_dir"]))).summary
-            warnings += [f"{r['sweep']} / {r['cell']} at the knee: {w.text}" for w in (ks.warnings if ks else [])]
-        if r.get("note"):
-            warnings.append(f"{r['sweep']} / {r['cell']}: {r['note']}")
+                          "api": doc.spec.target.api, "arrival": doc.spec.load.arrival})
+    for row in map(KneeRow.of, knees.to_dict("records")):
+        if row.knee_run_dir:
+            ks = read_run(Path(row.knee_run_dir)).summary
+            warnings += [f"{row.sweep} / {row.cell} at the knee: {w.text}" for w in (ks.warnings if ks else [])]
+        if row.note:
+            warnings.append(f"{row.sweep} / {row.cell}: {row.note}")
     interrupted = interrupted_points(df, why=True)
     for p in paths:
         sj = read_sweep_doc(Path(p))
-        if sj is not None and sj.get("status") == "interrupted":
+        if sj is not None and sj.status == "interrupted":
             interrupted.insert(0, f"sweep {Path(p).name} was interrupted before it ended: its knee rests on the points it finished "
                                   "(run the same `trilemma sweep` command again to resume)")
-    notes = [f"{r['sweep']} / {r['cell']}: {r['cost_note']}" for r in knees_cost.to_dict("records") if r.get("cost_note")]
+    notes = [f"{r.sweep} / {r.cell}: {r.cost_note}" for r in map(KneeRow.of, knees_cost.to_dict("records")) if r.cost_note]
     best = best_serve_configs(knees_cost)
     if not cm.peak_qps:
         notes.append("replicas: pass --peak-qps (peak traffic in req/s) or set peak_qps in --cost to size the fleet")

@@ -24,6 +24,7 @@ import zlib
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bench._version import __version__
 from bench.sim.engine import BLOCK, Engine, Profile, SimRequest
@@ -70,12 +71,46 @@ def count_words(text: str) -> int:
     return len(text.split())
 
 
-def chat_tokens(messages: list) -> int:
-    return sum(3 + count_words(str(m.get("content") or "")) for m in messages) + 1
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    content: Any = None
+
+    @property
+    def text(self) -> str:
+        return str(self.content or "")
 
 
-def chat_text(messages: list) -> str:
-    return " ".join(str(m.get("content") or "") for m in messages)
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage on every chunk
+
+
+class GenerateRequest(BaseModel):
+    """The body of /v1/completions or /v1/chat/completions, the fields the simulator acts on."""
+
+    model_config = ConfigDict(extra="allow")
+    model: Any = None
+    prompt: Any = None  # a string or a list of token ids (checked where it is used)
+    messages: list[Message] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+def chat_tokens(messages: list[Message]) -> int:
+    return sum(3 + count_words(m.text) for m in messages) + 1
+
+
+def chat_text(messages: list[Message]) -> str:
+    return " ".join(m.text for m in messages)
+
+
+def bad_request(e: ValidationError) -> web.Response:
+    first = e.errors()[0]
+    if first["type"] == "json_invalid":
+        return error(400, "request body is not valid JSON")
+    return error(400, f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}")
 
 
 def error(status: int, message: str, kind: str = "BadRequestError") -> web.Response:
@@ -144,11 +179,11 @@ class SimServer:
         return web.Response(text="")
 
     async def tokenize(self, request) -> web.Response:
-        body = await request.json()
-        if body.get("messages") is not None:
-            n = chat_tokens(body["messages"])
-        else:
-            n = count_words(str(body.get("prompt", "")))
+        try:
+            body = GenerateRequest.model_validate_json(await request.read())
+        except ValidationError as e:
+            return bad_request(e)
+        n = chat_tokens(body.messages) if body.messages is not None else count_words(str(body.prompt or ""))
         return web.json_response({"count": n, "max_model_len": self.p.max_model_len, "tokens": list(range(n))})
 
     async def metrics(self, request) -> web.Response:
@@ -204,27 +239,27 @@ class SimServer:
         proto = id(request.protocol)
         recv_ns = _RX.pop(proto, None) or time.perf_counter_ns()
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "request body is not valid JSON")
+            body = GenerateRequest.model_validate_json(await request.read())
+        except ValidationError as e:
+            return bad_request(e)
         finally:
             _RX.pop(proto, None)  # body read: later bytes belong to the next request
-        if body.get("model") not in (None, *self.names):
-            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        if body.model not in (None, *self.names):
+            return error(404, f"The model `{body.model}` does not exist.", "NotFoundError")
         if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs:
+            msgs = body.messages
+            if not msgs:
                 return error(400, "messages must be a non-empty list")
             n_prompt, text = chat_tokens(msgs), chat_text(msgs)
         else:
-            prompt = body.get("prompt")
+            prompt = body.prompt
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
                 n_prompt, text = len(prompt), " ".join(map(str, prompt))
             elif isinstance(prompt, str):
                 n_prompt, text = count_words(prompt), prompt
             else:
                 return error(400, "prompt must be a string or a list of token ids")
-        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+        max_tokens = body.max_completion_tokens or body.max_tokens or 16
         if n_prompt + max_tokens > self.p.max_model_len:
             return error(400, f"This model's maximum context length is {self.p.max_model_len} tokens. However, you requested "
                               f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion).")
@@ -237,9 +272,9 @@ class SimServer:
         self.seq += 1
         seq = self.seq
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        stream = bool(body.get("stream"))
-        so = body.get("stream_options") or {}
-        include_usage, continuous = bool(so.get("include_usage")), bool(so.get("continuous_usage_stats"))
+        stream = bool(body.stream)
+        so = body.stream_options or StreamOptions()
+        include_usage, continuous = so.include_usage, so.continuous_usage_stats
         created = int(time.time())
 
         def chunk(text: str, n_gen: int, finish: str | None, first: bool, extra: dict | None = None) -> dict:
@@ -409,7 +444,7 @@ def serve(profile: Profile, host: str = "127.0.0.1", port: int = 8000, **kw) -> 
     exit_with_parent()
     _stamp_arrivals()
     srv = SimServer(profile, **kw)
-    mode = "deterministic calibration mode" if kw.get("deterministic") else f"profile {profile.name} ({profile.gpu})"
+    mode = "deterministic calibration mode" if srv.deterministic else f"profile {profile.name} ({profile.gpu})"
     print(f"trilemma sim: SIMULATED OpenAI-compatible server, {mode}, model '{srv.model}', http://{host}:{port}", flush=True)
     try:
         import uvloop

@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from bench.sim.engine import Profile, load_profile
 from bench.sim.virtual import simulate
@@ -61,24 +63,46 @@ def gemm_ms(p: Profile, m: int) -> float:
     return max(t_mem, t_cmp) * 1e3
 
 
-def predict_point(pt: dict) -> tuple[Profile, str, dict[str, float]]:
-    prof = load_profile(pt["profile"])
-    if pt.get("serve"):
-        prof = prof.model_copy(update=pt["serve"])
-    if "gemm_tokens" in pt:
-        m = int(pt["gemm_tokens"])
+class Point(BaseModel):
+    """One entry of validation.yaml's `points` (other keys, e.g. `how` and `date`, are for the reader)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | int
+    profile: str
+    serve: dict[str, Any] | None = None  # profile fields set to the measured setup
+    gemm_tokens: int | None = None  # a gemm point
+    isl: int | None = None
+    osl: int | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    requests: int | None = None
+    published: dict[str, float]
+    tolerance: dict[str, float] = {}
+    kind: str = "primary"
+    source: str = ""
+    calibrated_on: str | None = None
+
+
+def predict_point(pt: Point) -> tuple[Profile, str, dict[str, float]]:
+    prof = load_profile(pt.profile)
+    if pt.serve:
+        prof = prof.model_copy(update=pt.serve)
+    if pt.gemm_tokens is not None:
+        m = pt.gemm_tokens
         return prof, f"GEMMs of M={m} tokens", {"gemm_ms": gemm_ms(prof, m)}
-    isl, osl = int(pt["isl"]), int(pt["osl"])
-    if pt.get("concurrency") is not None:
-        c = int(pt["concurrency"])
-        v = simulate(prof, isl, osl, concurrency=c, n_requests=pt.get("requests") or max(200, 20 * c))
+    if pt.isl is None or pt.osl is None or (pt.concurrency is None and pt.rate is None):
+        raise ValueError(f"point {pt.id}: a serving point needs isl, osl and a concurrency or a rate")
+    isl, osl = pt.isl, pt.osl
+    if pt.concurrency is not None:
+        c = pt.concurrency
+        v = simulate(prof, isl, osl, concurrency=c, n_requests=pt.requests or max(200, 20 * c))
         setup = f"{isl}/{osl} at concurrency {c}"
-        if "gain_over_concurrency_1" in pt["published"]:
+        if "gain_over_concurrency_1" in pt.published:
             one = simulate(prof, isl, osl, concurrency=1, n_requests=20)
             return prof, setup, {**v.figures(), "gain_over_concurrency_1": v.output_tps / one.output_tps}
     else:
-        r = float(pt["rate"])
-        v = simulate(prof, isl, osl, rate=r, n_requests=pt.get("requests") or max(300, int(r * 60)))
+        r = float(cast(float, pt.rate))
+        v = simulate(prof, isl, osl, rate=r, n_requests=pt.requests or max(300, int(r * 60)))
         setup = f"{isl}/{osl} at {r:g} req/s"
     return prof, setup, v.figures()
 
@@ -86,14 +110,14 @@ def predict_point(pt: dict) -> tuple[Profile, str, dict[str, float]]:
 def run_validation(path: Path = VALIDATION_FILE) -> list[Check]:
     doc = yaml.safe_load(path.read_text())
     out = []
-    for pt in doc["points"]:
+    for raw in doc["points"]:
+        pt = Point.model_validate(raw)
         prof, setup, pred = predict_point(pt)
-        for fig, pub in pt["published"].items():
+        for fig, pub in pt.published.items():
             if fig not in pred:
-                raise ValueError(f"{path}: point {pt['id']}: figure '{fig}' is not predicted; use one of {', '.join(pred)}")
-            tol = (pt.get("tolerance") or {}).get(fig, TOLERANCE[fig])
-            out.append(Check(str(pt["id"]), prof.name, setup, fig, float(pub), pred[fig], tol, pt.get("kind", "primary"),
-                             pt.get("source", ""), bool(pt.get("calibrated_on"))))
+                raise ValueError(f"{path}: point {pt.id}: figure '{fig}' is not predicted; use one of {', '.join(pred)}")
+            tol = pt.tolerance.get(fig, TOLERANCE[fig])
+            out.append(Check(str(pt.id), prof.name, setup, fig, pub, pred[fig], tol, pt.kind, pt.source, bool(pt.calibrated_on)))
     return out
 
 

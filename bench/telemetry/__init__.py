@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bench.summary import TelemetryDoc
+
 if TYPE_CHECKING:
     from bench.telemetry.nvml import NvmlSampler
     from bench.telemetry.prometheus import MetricsScraper
@@ -50,15 +52,16 @@ def window_energy(rows, t0: float, t1: float) -> dict | None:
     return {"energy_j": total, "window_s": t1 - t0, "source": source, "covered": covered}
 
 
-def attach_to_summary(summary: dict, telemetry: dict, run_dir=None, window_wall: tuple[float, float] | None = None) -> None:
+def attach_to_summary(summary: dict, telemetry: dict | None, run_dir=None, window_wall: tuple[float, float] | None = None) -> None:
     """Fold per-point telemetry (energy, server metrics) into a point summary.
 
     J/token divides the energy of the measurement window (from the saved counter timeline) by the
     tokens produced in that same window (summary["window_tokens"]); energy over the whole run, warmup
     and drain included, is kept as `run_energy_j` for reference only."""
-    energy = (telemetry or {}).get("gpu") or {}
-    if energy.get("energy_j") is not None:
-        e_run = energy["energy_j"]
+    t = TelemetryDoc.model_validate(telemetry or {})
+    energy = t.gpu
+    if energy is not None and energy.energy_j is not None:
+        e_run = energy.energy_j
         win = None
         if run_dir is not None and window_wall is not None:
             from pathlib import Path
@@ -71,32 +74,30 @@ def attach_to_summary(summary: dict, telemetry: dict, run_dir=None, window_wall:
                     win = window_energy(pd.read_parquet(f), *window_wall)
                     if win is not None:
                         break
-        tok = summary.get("window_tokens") or {}
         if win is not None:
             e, src, dt = win["energy_j"], win["source"], win["window_s"]
-            out_tok, in_tok = tok.get("output") or 0, tok.get("input") or 0
+            out_tok, in_tok = summary["window_tokens"]["output"], summary["window_tokens"]["input"]
         else:  # no timeline: the whole run's energy over its tokens (flagged by the source name)
-            e, src, dt = e_run, f"{energy.get('source')} (whole run)", energy.get("window_s")
-            out_tok, in_tok = summary.get("output_tokens") or 0, summary.get("input_tokens") or 0
+            e, src, dt = e_run, f"{energy.source} (whole run)", energy.window_s
+            out_tok, in_tok = summary["output_tokens"], summary["input_tokens"]
         all_tok = out_tok + in_tok
         summary["energy"] = {
             "energy_j": e,
             "source": src,
             "window_s": dt,
-            "avg_power_w": e / dt if dt else energy.get("avg_power_w"),
+            "avg_power_w": e / dt if dt else energy.avg_power_w,
             "output_tokens": out_tok,
             "j_per_output_token": e / out_tok if out_tok else None,
             "j_per_token": e / all_tok if all_tok else None,
             "output_tokens_per_kwh": out_tok / (e / 3.6e6) if e else None,
             "run_energy_j": e_run,
-            "run_source": energy.get("source"),
-            "gpus": energy.get("gpus"),
+            "run_source": energy.source,
+            "gpus": energy.gpus,
         }
         if win is not None and not win["covered"]:
             summary["energy"]["note"] = "the telemetry samples do not cover the whole window; edges are clamped"
-    server = (telemetry or {}).get("server") or {}
-    if server:
-        summary["server"] = server
+    if t.server:
+        summary["server"] = t.server
 
 
 def telemetry_for(spec, gpus: str = "all", api_key: str | None = None) -> "RunTelemetry | None":

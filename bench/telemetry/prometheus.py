@@ -14,6 +14,8 @@ import time
 
 import httpx
 
+from bench.summary import IdleCheck
+
 # canonical name -> accepted metric sample names (first found wins), per engine
 GAUGES = {
     "running": ("vllm:num_requests_running", "sglang:num_running_reqs"),
@@ -152,10 +154,10 @@ def fetch_text(http: httpx.Client, url: str) -> tuple[int, str]:
         r.stream = httpx.ByteStream(b"")  # the body was read: the stream that refers back to the response goes
 
 
-def wait_idle(base_url: str, headers: dict | None = None, timeout_s: float = 120.0, poll_s: float = 0.25) -> dict:
+def wait_idle(base_url: str, headers: dict | None = None, timeout_s: float = 120.0, poll_s: float = 0.25) -> IdleCheck:
     """Wait until the server's own gauges say no request is running or waiting (vLLM / SGLang / the
     simulator): a load point must not start behind the queue an earlier one left (a cancelled request
-    the engine is still serving). Returns {"waited_s", "idle": True/False/None (no gauges)}."""
+    the engine is still serving). `idle` is None where the server has no such gauges."""
     t0 = time.monotonic()
     with httpx.Client(timeout=5, headers=headers or {}) as c:
         while True:
@@ -164,13 +166,14 @@ def wait_idle(base_url: str, headers: dict | None = None, timeout_s: float = 120
                 m = parse_metrics(text) if status == 200 else {}
             except (httpx.HTTPError, ValueError):
                 m = {}
-            if "running" not in m and "waiting" not in m:
-                return {"waited_s": round(time.monotonic() - t0, 2), "idle": None}
-            if (m.get("running") or 0) + (m.get("waiting") or 0) == 0:
-                return {"waited_s": round(time.monotonic() - t0, 2), "idle": True}
+            waited = round(time.monotonic() - t0, 2)
+            busy = {k: m[k] for k in ("running", "waiting") if k in m}
+            if not busy:
+                return IdleCheck(waited_s=waited)
+            if sum(v or 0 for v in busy.values()) == 0:
+                return IdleCheck(waited_s=waited, idle=True)
             if time.monotonic() - t0 > timeout_s:
-                return {"waited_s": round(time.monotonic() - t0, 2), "idle": False,
-                        "busy": {"running": m.get("running"), "waiting": m.get("waiting")}}
+                return IdleCheck(waited_s=waited, idle=False, busy={"running": None, "waiting": None} | busy)
             time.sleep(poll_s)
 
 

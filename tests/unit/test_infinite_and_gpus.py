@@ -7,7 +7,7 @@ import pytest
 from bench import cost, metrics
 from bench.config import SLO
 from bench.knee import fmt, gpus_per_replica
-from bench.results import read_run_doc, write_run_doc
+from bench.results import read_run, write_run_doc
 from tests.synthetic import synth_records
 
 
@@ -25,10 +25,10 @@ def test_an_infinite_slo_value_round_trips_through_run_json(tmp_path):
     assert s["slos"][0]["value_ms"] == math.inf
     write_run_doc(tmp_path, {"schema_version": 1, "summary": s})
     assert '"value_ms": null' in (tmp_path / "run.json").read_text()  # strict JSON on disk
-    back = read_run_doc(tmp_path)["summary"]
-    assert back["slos"][0]["value_ms"] == math.inf
-    assert back["latency_ms"]["ttft"]["p99_ci"][1] is None  # a nan (no bound) stays missing, not infinite
-    assert fmt(back["slos"][0]["value_ms"]) == "∞ (failures)" and fmt(None) == "—"
+    back = read_run(tmp_path).summary
+    assert back is not None and back.slos[0].value_ms == math.inf
+    assert back.latency_ms["ttft"].p99_ci[1] is None  # a nan (no bound) stays missing, not infinite
+    assert fmt(back.slos[0].value_ms) == "∞ (failures)" and fmt(None) == "—"
 
 
 def test_gpus_per_replica_comes_from_the_label_then_nvml_else_unknown():
