@@ -133,3 +133,23 @@ def median_rows(runs: list[dict]) -> list[dict]:
         row["tokens_exact"] = all(g["tokens_exact"] for g in group)
         out.append(row)
     return out
+
+
+def parse_ladder(rates: str, workers: str, sims: int) -> tuple[list[float], list[int]]:
+    """`calibrate --rates 25,50 --workers 1,2,4 --sims N` as (rates, worker counts). Bad input: SpecError, one line."""
+    from bench.config import SpecError, parse_workers
+
+    try:
+        rs = [float(x) for x in rates.split(",") if x.strip()]
+    except ValueError:
+        raise SpecError(f"--rates '{rates}': give numbers like 25,50,100") from None
+    counts = []
+    for w in workers.split(","):
+        n = parse_workers(w.strip(), "--workers")
+        if n == "auto":
+            raise SpecError("--workers: calibrate measures given counts; write 1 or a list like 1,2,4,8")
+        counts.append(int(n))
+    if not 1 <= sims <= 64:
+        raise SpecError(f"--sims {sims}: give 1 to 64 simulator processes")
+    return rs, counts
+

@@ -167,32 +167,38 @@ def run(
     if launch is None:
         doc = run_one(spec, out_dir, run_name, env_api_key(spec, api_key), gpus)
     else:
-        from pydantic import ValidationError
-
-        from bench.config import LaunchSpec, validation_message
-        from bench.launch import LaunchedServer, LaunchError
-        from bench.results import new_run_id
-
         if len(url) > 1:
             fail("--launch starts one server and measures it: give no --url (or one), not several")
-        run_dir = out_dir / (run_name or new_run_id(spec))
-        try:
-            server = LaunchedServer(LaunchSpec(cmd=launch, startup_timeout_s=launch_timeout), {}, run_dir)
-        except ValidationError as e:
-            fail(f"--launch: {validation_message(e)}")
-        typer.echo(f"starting the server: {launch}", err=True)
-        try:
-            spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": server.start()})})
-            doc = run_one(spec, out_dir, run_dir.name, env_api_key(spec, api_key), gpus, extra={"launch": server.record()})
-        except LaunchError as e:
-            fail(f"--launch: {e}", 1)
-        finally:
-            server.stop()
+        doc = _run_launched(spec, launch, launch_timeout, out_dir, run_name, api_key, gpus)
     print_summary(doc)
     if doc.status == "failed":
         fail(doc.error or "the run failed; see run.json", 1)
     if doc.status == "interrupted":
         raise typer.Exit(130)
+
+
+def _run_launched(spec, launch: str, timeout_s: float, out_dir: Path, run_name: str | None, api_key: str | None, gpus: str) -> RunDoc:
+    """`run --launch CMD`: start the server, measure the point against it, stop it (its command and log in the run directory)."""
+    from pydantic import ValidationError
+
+    from bench.config import LaunchSpec, validation_message
+    from bench.launch import LaunchedServer, LaunchError
+    from bench.results import new_run_id
+    from bench.runner import env_api_key
+
+    run_dir = out_dir / (run_name or new_run_id(spec))
+    try:
+        server = LaunchedServer(LaunchSpec(cmd=launch, startup_timeout_s=timeout_s), {}, run_dir)
+    except ValidationError as e:
+        fail(f"--launch: {validation_message(e)}")
+    typer.echo(f"starting the server: {launch}", err=True)
+    try:
+        spec = spec.model_copy(update={"target": spec.target.model_copy(update={"url": server.start()})})
+        return run_one(spec, out_dir, run_dir.name, env_api_key(spec, api_key), gpus, extra={"launch": server.record()})
+    except LaunchError as e:
+        fail(f"--launch: {e}", 1)
+    finally:
+        server.stop()
 
 
 def run_one(spec, out: Path, name: str | None, api_key: str | None, gpus: str = "all", extra: dict | None = None) -> RunDoc:
@@ -284,23 +290,13 @@ def sim_fit(
     Then `trilemma sweep` with `target: {sim: {profile: fitted.yaml}}` predicts other cells and SLOs."""
     from bench.config import parse_slos
     from bench.sim.engine import load_profile
-    from bench.simfit import fit, predict_knee, print_fit, print_predicted_knee, probes_batch, probes_from_results
+    from bench.simfit import fit, parse_predict, predict_knee, print_fit, print_predicted_knee, probes_batch, probes_from_results
 
     for r in results:
         if not r.exists():
             fail(f"{r}: no such results directory; give a `trilemma sweep` output, e.g. results/<sweep>")
     slos = parse_slos(slo) if slo else []
-    cell = None
-    if predict is not None:
-        try:
-            isl_s, osl_s = predict.split("/")
-            cell = (int(isl_s), int(osl_s))
-        except ValueError:
-            fail(f"--predict '{predict}': write ISL/OSL in tokens, e.g. --predict 256/64")
-        if not slos:
-            fail("--predict needs --slo, e.g. --slo ttft_p99=500ms,itl_p99=50ms")
-        if cell[0] < 1 or cell[1] < 2:
-            fail(f"--predict {predict}: give at least 1 prompt token and 2 output tokens (TPOT needs two), e.g. 256/64")
+    cell = parse_predict(predict, slos)
     if out.is_dir() or not out.parent.is_dir():
         fail(f"--out {out}: give a file path in an existing directory, e.g. --out fitted.yaml")
     probes = probes_from_results(results)
@@ -331,22 +327,10 @@ def calibrate(
     """Measure this client's timing bias against the simulator's ground truth; print the safe rate range.
     With one process, the safe chunk rate (safe req/s × OSL) is cached for this host: `--workers auto` reads it."""
     from rich.console import Console
-    from rich.table import Table
 
-    try:
-        rs = [float(x) for x in rates.split(",") if x.strip()]
-    except ValueError:
-        fail(f"--rates '{rates}': give numbers like 25,50,100")
-    from bench.config import parse_workers
+    from bench.calibrate import parse_ladder
 
-    counts = []
-    for w in workers.split(","):
-        n = parse_workers(w.strip(), "--workers")
-        if n == "auto":
-            fail("--workers: calibrate measures given counts; write 1 or a list like 1,2,4,8")
-        counts.append(int(n))
-    if not 1 <= sims <= 64:
-        fail(f"--sims {sims}: give 1 to 64 simulator processes")
+    rs, counts = parse_ladder(rates, workers, sims)
     con = Console(width=max(150, Console().width))
     safe_by: dict[int, float | None] = {}
     for n_w in counts:
@@ -358,52 +342,28 @@ def calibrate(
         save_safe_rate(one * osl, {"isl": isl, "osl": osl, "duration_s": duration, "safe_qps": one})
     if len(counts) > 1:
         from bench.calibrate import scaling_table
+        from bench.report.console import print_scaling
 
-        t = Table(title=f"client scaling (safe rate: TTFT bias p50 < 1 ms with exact tokens; ladder tops at {max(rs):g} req/s, "
-                        f"where a safe rate is only a lower bound)", title_justify="left")
-        for c in ("workers", "safe req/s", "safe chunks/s", "efficiency vs 1"):
-            t.add_column(c, justify="right")
-        table = scaling_table(safe_by, osl, max(rs))
-        for r in table:
-            ge = "≥ " if r["capped"] else ""
-            t.add_row(str(r["workers"]), f"{ge}{r['safe_qps']:g}" if r["safe_qps"] else "none",
-                      f"{ge}{r['safe_chunks_per_s']:,.0f}" if r["safe_chunks_per_s"] else "-",
-                      ("≥ " if r["efficiency_is_lower_bound"] else "") + f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-")
-        con.print(t)
-        if table[0]["workers"] == 1 and table[0]["capped"]:
-            con.print(f"one process is still safe at the ladder's top ({max(rs):g} req/s): raise --rates until it is not, "
-                      "or no efficiency can be measured")
+        print_scaling(con, scaling_table(safe_by, osl, max(rs)), max(rs))
 
 
 def _calibrate_ladder(con, rs: list[float], isl: int, osl: int, duration: float, repeats: int, seed: int, n_w: int,
                       sims: int = 1) -> float | None:
     """One calibration ladder with `n_w` client processes: its table, and the safe rate it found."""
-    from rich.table import Table
-
     from bench.calibrate import calibrate as run_cal
     from bench.calibrate import median_rows, safe_rate
+    from bench.report.console import print_calibration
 
     runs = []
     for k in range(repeats):
         runs.append(run_cal(rs, isl, osl, duration, seed + 1000 * k, workers=n_w, sims=sims,
                             on_row=lambda r: con.print(f"[dim]{r['offered_qps']:g} req/s: TTFT bias p50 {r['ttft_bias_p50']:.3f} ms[/]")))
     rows = median_rows(runs)
-    t = Table(title=f"client calibration vs simulator ground truth (ISL {isl}, OSL {osl}, Poisson, {duration:g} s/rate, "
-                    f"median of {repeats}, {n_w} client process{'es' if n_w > 1 else ''}"
-                    f"{f', {sims} simulators' if sims > 1 else ''})", title_justify="left")
-    for c in ("offered/s", "achieved/s", "TTFT bias p50", "p99", "ITL bias p50", "p99", "send lag p50", "p99", "client CPU",
-              "multi-tok chunks", "exact"):
-        t.add_column(c, justify="right")
-    for r in rows:
-        t.add_row(f"{r['offered_qps']:g}", f"{r['achieved_qps']:.1f}", f"{r['ttft_bias_p50']:.3f} ms", f"{r['ttft_bias_p99']:.3f}",
-                  f"{r['itl_bias_p50']:.3f} ms", f"{r['itl_bias_p99']:.3f}", f"{r['send_lag_p50']:.3f} ms", f"{r['send_lag_p99']:.3f}",
-                  f"{r['client_cpu_pct']:.0f}%", f"{r['multi_token_chunks']:.0f}", "yes" if r["tokens_exact"] else "NO")
-    con.print(t)
     safe = safe_rate(rows)
-    con.print(f"safe operating range of this client: up to [bold]{safe:g} req/s[/] (TTFT bias p50 < 1 ms)" if safe
-              else "[red]even the lowest rate shows > 1 ms bias: this client machine is too loaded for latency measurements[/]")
+    print_calibration(con, rows, safe, f"client calibration vs simulator ground truth (ISL {isl}, OSL {osl}, Poisson, {duration:g} s/rate, "
+                                       f"median of {repeats}, {n_w} client process{'es' if n_w > 1 else ''}"
+                                       f"{f', {sims} simulators' if sims > 1 else ''})")
     return safe
-
 
 
 @app.command()
@@ -423,46 +383,15 @@ def sweep(
     from rich.console import Console
 
     from bench.config import load_sweep_spec
+    from bench.report.console import SweepProgress
     from bench.sim.launch import start_sim
     from bench.sweep import SweepRunner
 
     _out_dir(out)
-    spec = load_sweep_spec(spec_file)
-    if url:
-        tgt = spec.target.model_dump(exclude={"sim", "launch", "url", "endpoints"}) | {"url": url if len(url) > 1 else url[0]}
-        spec = spec.model_copy(update={"target": type(spec.target).model_validate(tgt)})
-    if workers is not None:
-        from bench.config import parse_workers
-
-        spec = spec.model_copy(update={"workers": parse_workers(workers, "--workers")})
-    if ray:
-        spec = spec.model_copy(update={"ray": ray})
+    spec = load_sweep_spec(spec_file).with_overrides(url=url, workers=workers, ray=ray)
     key = api_key or os.environ.get(spec.target.api_key_env)
     con = Console(stderr=True)
-    t0 = __import__("time").time()
-    counter = {"n": 0}
-
-    def event(kind, key=None, role=None, summary=None, verdict=None, why=None):
-        el = __import__("time").time() - t0
-        if kind == "start":
-            counter["n"] += 1
-            what = ("stages " + ",".join(f"{st['qps']:g}:{st['duration_s']:g}" for st in key["stages"]) if key.get("stages")
-                    else f"{key['mode']}={key['value']:g}")
-            con.print(f"[dim]{el:6.0f}s[/] point {counter['n']}: {key['cell'].get('name') or ''} {what} ({role}) ...")
-        elif kind == "skip":
-            con.print(f"[dim]{el:6.0f}s   already measured: {key['mode']}={key['value']:g} ({role}) — skipped[/]")
-        elif kind == "note":
-            con.print(f"[dim]{el:6.0f}s   {why}[/]")
-        elif kind == "done":
-            pr = summary.probe
-            con.print(f"[dim]{el:6.0f}s   {summary.n_measured} requests measured over {summary.window_s or 0:.1f} s "
-                      f"after {pr.warmup_s or 0:.1f} s warmup; stopped: {pr.stopped or '?'}"
-                      f"{' — ' + pr.why if pr.why else ''}[/]")
-        elif kind == "verdict":
-            col = {"PASS": "green", "FAIL": "red"}.get(verdict, "yellow")
-            label = "UNDECIDED" if verdict == "INCONCLUSIVE" else verdict
-            con.print(f"[dim]{el:6.0f}s[/]   [{col}]{label}[/] {key['mode']}={key['value']:.3g}: {why}")
-    res = SweepRunner(spec, out, key, event, start_sim=start_sim).run()
+    res = SweepRunner(spec, out, key, SweepProgress(con), start_sim=start_sim).run()
     con.print(f"sweep {spec.name}: {res['status']} — {res['measured']} points measured, {res['skipped']} reused from disk — {res['dir']}")
     if res["status"] == "interrupted":
         con.print("stopped; run the same command again to resume (finished points are kept)")
@@ -479,61 +408,20 @@ def sweep(
 
 def knee_cmd(results: list[Path], plots: bool = True, gpus_per_replica: float | None = None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    from bench.knee import fmt, knee_table, load_points, stage_rows, write_knee
+    from bench.knee import knee_table, load_points, stage_rows, write_knee
+    from bench.report.console import print_knees
 
     df = load_points(results, gpus_per_replica)
-    knees = knee_table(df)
+    knees, stages = knee_table(df), stage_rows(df)
     out_dir = (results[0] if len(results) == 1 else Path("results")) / "knee"
-    files = write_knee(df, knees, out_dir)
+    files = write_knee(df, knees, out_dir, stages)
     con = Console(width=max(160, Console().width))
-    sim = " — SIMULATED server" if df["simulated"].any() else ""
-    stages = stage_rows(df)
-    if stages:
-        import pandas as pd
-
-        st = Table(title=f"Staged loads, per stage{sim} (the stages share one queue: no knee)", title_justify="left")
-        for c in ("sweep", "cell", "stage", "from s", "for s", "req/s asked", "sent (expected)", "realised req/s", "ok/measured",
-                  "TTFT p50", "TTFT p99", "E2E p50", "E2E p99"):
-            st.add_column(c)
-        for r in stages:
-            st.add_row(r["sweep"], r["cell"], str(r["stage"]), fmt(r["start_s"]), fmt(r["duration_s"]), r["qps"],
-                       f"{r['sent']} ({fmt(r['expected'])})", fmt(r["realised_qps"], 2), f"{r['ok']}/{r['measured']}",
-                       fmt(r["ttft_p50"]), fmt(r["ttft_p99"]), fmt(r["e2e_p50"]), fmt(r["e2e_p99"]))
-        con.print(st)
-        pd.DataFrame(stages).to_csv(out_dir / "stages.csv", index=False)
-        files.append(out_dir / "stages.csv")
-    if knees.empty:  # staged points only
-        con.print(f"[dim]written: {', '.join(str(f) for f in files)}[/]")
-        return
-    t = Table(title=f"SLO knee per cell{sim}", title_justify="left")
-    for c in ("sweep", "cell", "knee", "bracket", "binding SLO", "req/s", "conc.", "out tok/s", "total tok/s", "tok/s/user",
-              "TTFT p99", "ITL p99", "attainment (95% CI)"):
-        t.add_column(c)
-    for r in knees.itertuples():
-        unit = "req/s" if r.mode == "qps" else "conc"
-        if not r.feasible:
-            t.add_row(r.sweep, r.cell, "[red]none[/]", "", "", "", "", "", "", "", "", "", r.note)
-            continue
-        t.add_row(r.sweep, r.cell, f"{fmt(r.knee, 2)} {unit}", r.bracket, str(r.binding_slo), fmt(r.knee_qps, 2), fmt(r.knee_concurrency, 1),
-                  fmt(r.output_tps), fmt(r.total_tps), fmt(r.interactivity), fmt(r.ttft_p99), fmt(r.itl_p99),
-                  f"{fmt(100 * r.attainment)}% [{fmt(100 * r.attainment_lo)}, {fmt(100 * r.attainment_hi)}]")
-    con.print(t)
-    for r in knees.itertuples():
-        if r.feasible and getattr(r, "bottleneck", None):
-            con.print(f"binds: {r.sweep} / {r.cell}: [bold]{r.bottleneck}[/] — {r.bottleneck_evidence}; would move it: {r.bottleneck_remedy}",
-                      highlight=False)
-        if r.feasible and r.note:
-            con.print(f"[yellow]note:[/] {r.sweep} / {r.cell}: {r.note}")
-    if plots:
+    print_knees(con, df, knees, stages)
+    if plots and not knees.empty:
         from bench.report.plots import plot_all
 
-        slo_lines = {}
-        for lst in df["_slos"]:
-            for s in lst:
-                slo_lines[s.name] = s.threshold_ms
-        files += plot_all(df, knees, out_dir, slo_lines)
+        files += plot_all(df, knees, out_dir, {s.name: s.threshold_ms for lst in df["_slos"] for s in lst})
     con.print(f"[dim]written: {', '.join(str(f) for f in files)}[/]")
 
 

@@ -919,6 +919,19 @@ class SweepSpec(BaseModel):
         self.probe_rule()  # validate now, naming the field
         return self
 
+    def with_overrides(self, url: list[str] | None = None, workers: str | None = None, ray: str | None = None) -> SweepSpec:
+        """The spec with `trilemma sweep`'s command-line overrides: --url (several: replicas; replaces sim/launch),
+        --workers, --ray."""
+        spec = self
+        if url:
+            tgt = spec.target.model_dump(exclude={"sim", "launch", "url", "endpoints"}) | {"url": url if len(url) > 1 else url[0]}
+            spec = spec.model_copy(update={"target": type(spec.target).model_validate(tgt)})
+        if workers is not None:
+            spec = spec.model_copy(update={"workers": parse_workers(workers, "--workers")})
+        if ray:
+            spec = spec.model_copy(update={"ray": ray})
+        return spec
+
     def probe_rule(self) -> ProbeRule | None:
         """The probe rule of a time-based sweep (None for `requests:` sweeps: a fixed count per point)."""
         if (self.requests is not None and self.duration_s is None) or self.load.stages is not None:

@@ -334,7 +334,8 @@ def stage_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def write_knee(df_points: pd.DataFrame, knees: pd.DataFrame, out_dir: Path) -> list[Path]:
+def write_knee(df_points: pd.DataFrame, knees: pd.DataFrame, out_dir: Path, stages: list[dict[str, Any]] | None = None) -> list[Path]:
+    """knee.csv/.parquet, points.csv and, for staged points, stages.csv (stage_rows) under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pts = df_points.drop(columns=[c for c in df_points.columns if c.startswith("_")])
     pts = pts.assign(slos=pts["slos"].map(", ".join))
@@ -342,6 +343,9 @@ def write_knee(df_points: pd.DataFrame, knees: pd.DataFrame, out_dir: Path) -> l
     knees.to_csv(paths[0], index=False)
     knees.to_parquet(paths[1], index=False)
     pts.to_csv(paths[2], index=False)
+    if stages:
+        paths.append(out_dir / "stages.csv")
+        pd.DataFrame(stages).to_csv(paths[-1], index=False)
     return paths
 
 

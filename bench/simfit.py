@@ -244,3 +244,22 @@ def print_predicted_knee(cell: tuple[int, int], slos: list[SLO], knee: float | N
             Console().print(f"[yellow]warning:[/] the probes ran a decode batch of at most {probe_batch:.1f}; the predicted knee runs "
                             f"{at['mean_batch']:.1f}: the per-sequence step cost is extrapolated {at['mean_batch'] / max(probe_batch, 1.0):.1f}x "
                             "beyond what was measured. Add probes at higher rates (up to where the batch fills) and fit again.")
+
+
+def parse_predict(predict: str | None, slos: list[Any]) -> tuple[int, int] | None:
+    """`sim fit --predict ISL/OSL` (with --slo) as (isl, osl); None without --predict. Bad input: SpecError, one line."""
+    from bench.config import SpecError
+
+    if predict is None:
+        return None
+    try:
+        isl_s, osl_s = predict.split("/")
+        cell = (int(isl_s), int(osl_s))
+    except ValueError:
+        raise SpecError(f"--predict '{predict}': write ISL/OSL in tokens, e.g. --predict 256/64") from None
+    if not slos:
+        raise SpecError("--predict needs --slo, e.g. --slo ttft_p99=500ms,itl_p99=50ms")
+    if cell[0] < 1 or cell[1] < 2:
+        raise SpecError(f"--predict {predict}: give at least 1 prompt token and 2 output tokens (TPOT needs two), e.g. 256/64")
+    return cell
+

@@ -183,3 +183,107 @@ def print_compare(res: dict, title: str, cm, c: Console) -> None:
             msg += (f"; {len(und)} undecided ({', '.join(rules)}) — not a pass for those: "
                     + "; ".join(sorted({f"{r['metric']}: {r['why']}" for r in und})[:6]))
         c.print(msg)
+
+
+def print_knees(c: Console, df, knees, stages: list[dict]) -> None:
+    """`trilemma knee`: the per-stage table of staged points, the knee table, and what binds each knee."""
+    from bench.knee import fmt
+
+    sim = " — SIMULATED server" if df["simulated"].any() else ""
+    if stages:
+        st = Table(title=f"Staged loads, per stage{sim} (the stages share one queue: no knee)", title_justify="left")
+        for col in ("sweep", "cell", "stage", "from s", "for s", "req/s asked", "sent (expected)", "realised req/s", "ok/measured",
+                    "TTFT p50", "TTFT p99", "E2E p50", "E2E p99"):
+            st.add_column(col)
+        for r in stages:
+            st.add_row(r["sweep"], r["cell"], str(r["stage"]), fmt(r["start_s"]), fmt(r["duration_s"]), r["qps"],
+                       f"{r['sent']} ({fmt(r['expected'])})", fmt(r["realised_qps"], 2), f"{r['ok']}/{r['measured']}",
+                       fmt(r["ttft_p50"]), fmt(r["ttft_p99"]), fmt(r["e2e_p50"]), fmt(r["e2e_p99"]))
+        c.print(st)
+    if knees.empty:  # staged points only
+        return
+    t = Table(title=f"SLO knee per cell{sim}", title_justify="left")
+    for col in ("sweep", "cell", "knee", "bracket", "binding SLO", "req/s", "conc.", "out tok/s", "total tok/s", "tok/s/user",
+                "TTFT p99", "ITL p99", "attainment (95% CI)"):
+        t.add_column(col)
+    for r in knees.itertuples():
+        unit = "req/s" if r.mode == "qps" else "conc"
+        if not r.feasible:
+            t.add_row(r.sweep, r.cell, "[red]none[/]", "", "", "", "", "", "", "", "", "", r.note)
+            continue
+        t.add_row(r.sweep, r.cell, f"{fmt(r.knee, 2)} {unit}", r.bracket, str(r.binding_slo), fmt(r.knee_qps, 2), fmt(r.knee_concurrency, 1),
+                  fmt(r.output_tps), fmt(r.total_tps), fmt(r.interactivity), fmt(r.ttft_p99), fmt(r.itl_p99),
+                  f"{fmt(100 * r.attainment)}% [{fmt(100 * r.attainment_lo)}, {fmt(100 * r.attainment_hi)}]")
+    c.print(t)
+    for r in knees.itertuples():
+        if r.feasible and getattr(r, "bottleneck", None):
+            c.print(f"binds: {r.sweep} / {r.cell}: [bold]{r.bottleneck}[/] — {r.bottleneck_evidence}; would move it: {r.bottleneck_remedy}",
+                    highlight=False)
+        if r.feasible and r.note:
+            c.print(f"[yellow]note:[/] {r.sweep} / {r.cell}: {r.note}")
+
+
+class SweepProgress:
+    """`trilemma sweep`'s running commentary: each point as it starts, is reused, is measured and judged."""
+
+    def __init__(self, c: Console):
+        import time
+
+        self.c, self.t0, self.n = c, time.time(), 0
+
+    def __call__(self, kind: str, key: dict | None = None, role: str | None = None, summary=None, verdict: str | None = None,
+                 why: str | None = None) -> None:
+        import time
+
+        el = time.time() - self.t0
+        if kind == "start" and key is not None:
+            self.n += 1
+            what = ("stages " + ",".join(f"{st['qps']:g}:{st['duration_s']:g}" for st in key["stages"]) if "stages" in key
+                    else f"{key['mode']}={key['value']:g}")
+            self.c.print(f"[dim]{el:6.0f}s[/] point {self.n}: {key['cell']['name'] or ''} {what} ({role}) ...")
+        elif kind == "skip" and key is not None:
+            self.c.print(f"[dim]{el:6.0f}s   already measured: {key['mode']}={key['value']:g} ({role}) — skipped[/]")
+        elif kind == "note":
+            self.c.print(f"[dim]{el:6.0f}s   {why}[/]")
+        elif kind == "done":
+            pr = summary.probe
+            self.c.print(f"[dim]{el:6.0f}s   {summary.n_measured} requests measured over {summary.window_s or 0:.1f} s "
+                         f"after {pr.warmup_s or 0:.1f} s warmup; stopped: {pr.stopped or '?'}"
+                         f"{' — ' + pr.why if pr.why else ''}[/]")
+        elif kind == "verdict" and key is not None:
+            col = {"PASS": "green", "FAIL": "red"}.get(verdict or "", "yellow")
+            label = "UNDECIDED" if verdict == "INCONCLUSIVE" else verdict
+            self.c.print(f"[dim]{el:6.0f}s[/]   [{col}]{label}[/] {key['mode']}={key['value']:.3g}: {why}")
+
+
+
+def print_calibration(c: Console, rows: list[dict], safe: float | None, title: str) -> None:
+    """`trilemma calibrate`: one ladder's bias table and the safe rate it found."""
+    t = Table(title=title, title_justify="left")
+    for col in ("offered/s", "achieved/s", "TTFT bias p50", "p99", "ITL bias p50", "p99", "send lag p50", "p99", "client CPU",
+                "multi-tok chunks", "exact"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(f"{r['offered_qps']:g}", f"{r['achieved_qps']:.1f}", f"{r['ttft_bias_p50']:.3f} ms", f"{r['ttft_bias_p99']:.3f}",
+                  f"{r['itl_bias_p50']:.3f} ms", f"{r['itl_bias_p99']:.3f}", f"{r['send_lag_p50']:.3f} ms", f"{r['send_lag_p99']:.3f}",
+                  f"{r['client_cpu_pct']:.0f}%", f"{r['multi_token_chunks']:.0f}", "yes" if r["tokens_exact"] else "NO")
+    c.print(t)
+    c.print(f"safe operating range of this client: up to [bold]{safe:g} req/s[/] (TTFT bias p50 < 1 ms)" if safe
+            else "[red]even the lowest rate shows > 1 ms bias: this client machine is too loaded for latency measurements[/]")
+
+
+def print_scaling(c: Console, table: list[dict], top: float) -> None:
+    """`trilemma calibrate --workers 1,2,4`: the safe rate per client-process count (calibrate.scaling_table)."""
+    t = Table(title=f"client scaling (safe rate: TTFT bias p50 < 1 ms with exact tokens; ladder tops at {top:g} req/s, "
+                    f"where a safe rate is only a lower bound)", title_justify="left")
+    for col in ("workers", "safe req/s", "safe chunks/s", "efficiency vs 1"):
+        t.add_column(col, justify="right")
+    for r in table:
+        ge = "≥ " if r["capped"] else ""
+        t.add_row(str(r["workers"]), f"{ge}{r['safe_qps']:g}" if r["safe_qps"] else "none",
+                  f"{ge}{r['safe_chunks_per_s']:,.0f}" if r["safe_chunks_per_s"] else "-",
+                  ("≥ " if r["efficiency_is_lower_bound"] else "") + f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-")
+    c.print(t)
+    if table[0]["workers"] == 1 and table[0]["capped"]:
+        c.print(f"one process is still safe at the ladder's top ({top:g} req/s): raise --rates until it is not, "
+                "or no efficiency can be measured")
