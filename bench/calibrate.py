@@ -52,6 +52,7 @@ def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, durat
     from bench.config import RunSpec
     from bench.records import read_records
     from bench.runner import execute_run
+    from bench.workload import PromptCache
 
     procs = []
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -68,13 +69,13 @@ def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, durat
     target = dict(url=urls[0], endpoints=urls if len(urls) > 1 else [])
     rows = []
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, PromptCache() as prompts:
             for i, rate in enumerate(rates):
                 spec = RunSpec(target=target, workload=dict(isl=isl, osl=osl),
                                load=dict(qps=rate, duration_s=duration_s, warmup=1.0), seed=seed + i,
                                scrape_metrics=False, gpu_telemetry="off", workers=workers)
                 ru0, rc0, w0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-                doc = execute_run(spec, Path(tmp) / f"r{i}")
+                doc = execute_run(spec, Path(tmp) / f"r{i}", prompts=prompts)
                 ru1, rc1, w1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
                 cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
                 if workers > 1:  # the worker processes (reaped children); the simulator is still running, so not among them

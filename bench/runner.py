@@ -27,7 +27,7 @@ from bench.summary import IdleCheck, ServerStats
 from bench.warn import warning
 from bench.wire import ServerInfo
 from bench.workers import HANDOFF_NS, LoopStalls, Spreader, WorkerPool, new_event_loop, sleep_until
-from bench.workload import PromptBuilder, Workload, make_tokenizer
+from bench.workload import PromptBuilder, PromptCache, Workload, make_tokenizer
 
 if TYPE_CHECKING:
     from bench.raypool import RayPool
@@ -39,18 +39,6 @@ LEAD_NS = 100_000_000  # t0 is 100 ms after scheduling starts, so the first send
 # at twice a server's capacity holds ~27 k). A request past the cap waits at the client, in schedule order, and
 # its latencies still count from its scheduled send, so the cap never flatters a result; the run says how many waited.
 DEFAULT_MAX_IN_FLIGHT = 4096
-
-
-_BUILDERS: dict[tuple, tuple] = {}
-
-
-def clear_builders() -> None:
-    """Close the cached tokenizers' connections (a library caller running many points in one process)."""
-    for tok, _, _ in _BUILDERS.values():
-        http = getattr(tok, "http", None)
-        if http is not None:
-            http.close()
-    _BUILDERS.clear()
 
 
 class RunFailed(Exception):
@@ -291,11 +279,12 @@ def one_line(e: BaseException) -> str:
 
 
 async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progress: Callable[[Progress], None] | None = None,
-                    telemetry=None, extra: dict | None = None) -> dict:
+                    telemetry=None, extra: dict | None = None, prompts: PromptCache | None = None) -> dict:
     """Discover the target, build the workload, drive it, save. Returns the run.json document.
 
     Status rule: `complete` only when the point was measured as planned; any exception leaves `failed`
-    with its reason (one line, secrets redacted) and raises RunFailed; Ctrl-C leaves `interrupted`."""
+    with its reason (one line, secrets redacted) and raises RunFailed; Ctrl-C leaves `interrupted`.
+    `prompts`: the caller's cache of tokenizers and prompt pieces, shared by its points (None: this run's own)."""
     from bench import results
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +292,10 @@ async def run_async(spec: RunSpec, run_dir: Path, api_key: str | None, on_progre
     doc.update(extra or {})
     results.write_run_doc(run_dir, doc)
     try:
-        return await _run_point(spec, run_dir, doc, api_key, on_progress, telemetry)
+        if prompts is not None:
+            return await _run_point(spec, run_dir, doc, api_key, on_progress, telemetry, prompts)
+        with PromptCache() as own:
+            return await _run_point(spec, run_dir, doc, api_key, on_progress, telemetry, own)
     except asyncio.CancelledError:
         if doc["status"] == "running":
             doc.update(status="interrupted", error="interrupted (Ctrl-C or signal) before the load started", ended_at=time.time())
@@ -353,7 +345,7 @@ def model_picker(mix: dict[str, float], seed: int) -> Callable[[WorkItem], str]:
     return pick
 
 
-async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | None, on_progress, telemetry) -> dict:
+async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | None, on_progress, telemetry, prompts: PromptCache) -> dict:
     from bench import results
     from bench.metrics import per_endpoint, per_model, per_stage, summarize_run
 
@@ -402,10 +394,10 @@ async def _run_point(spec: RunSpec, run_dir: Path, doc: dict, api_key: str | Non
         doc["target"]["prefix_cache_reset"] = cache_reset
     # workload
     key = (tgt.url, model, tgt.api, tgt.tokenizer, info.server_version)
-    if key not in _BUILDERS:  # a sweep's points share one server: find the prompt pieces once
+    if key not in prompts.entries:  # a sweep's points share one server: find the prompt pieces once
         tok, tok_kind = await asyncio.to_thread(make_tokenizer, tgt.tokenizer, tgt.url, model, headers)
-        _BUILDERS[key] = (tok, tok_kind, await asyncio.to_thread(PromptBuilder, tok, tgt.api))
-    tok, tok_kind, builder = _BUILDERS[key]
+        prompts.entries[key] = (tok, tok_kind, await asyncio.to_thread(PromptBuilder, tok, tgt.api))
+    tok, tok_kind, builder = prompts.entries[key]
     wspec = spec.workload
     if wspec.max_model_len is None:
         mx = info.max_model_len or getattr(tok, "max_model_len", None)
@@ -634,12 +626,12 @@ def _prefix_cache_check(summary: dict, spec: RunSpec, cache_reset: str) -> None:
 
 
 def execute_run(spec: RunSpec, run_dir: Path, api_key: str | None = None, on_progress=None, telemetry=None,
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, prompts: PromptCache | None = None) -> dict:
     """Synchronous wrapper with clean Ctrl-C: the first SIGINT stops sending and saves what was measured."""
     import signal
 
     loop = new_event_loop()
-    main = loop.create_task(run_async(spec, run_dir, api_key, on_progress, telemetry, extra))
+    main = loop.create_task(run_async(spec, run_dir, api_key, on_progress, telemetry, extra, prompts))
 
     def _stop(*_):
         main.cancel()

@@ -27,6 +27,7 @@ from bench.config import AutoSearch, ProbeRule, RunSpec, SpecError, SweepSpec, p
 from bench.launch import LaunchedServer, LaunchError, config_hash, config_label
 from bench.summary import PointSummary, RunDoc, as_summary
 from bench.verdict import FAIL, INCONCLUSIVE, INVALID, PASS, knee_rule, leans_fail, verdict
+from bench.workload import PromptCache
 
 
 # ------------------------------------------------------------------ adaptive search
@@ -226,6 +227,7 @@ class SweepRunner:
         bench.sim.launch.start_sim): the simulator is a sibling of the measurement stack, not part of it."""
         self.spec, self.api_key, self.on_event = spec, api_key, on_event or (lambda *a, **k: None)
         self.start_sim = start_sim
+        self.prompts = PromptCache()  # the tokenizer and prompt pieces, found once for the sweep's points
         self.dir = Path(out_root) / spec.name
         self.points_dir = self.dir / "points"
         self.measured = 0
@@ -338,7 +340,7 @@ class SweepRunner:
 
         rs = make_run_spec(self.spec, self.url, key, self.lifetime_hint.get(key["cell"]["name"] or str(key["cell"])))
         tel = telemetry_for(rs, self.spec.gpus, self.api_key)
-        doc = RunDoc.model_validate(execute_run(rs, pdir, self.api_key, None, tel, extra={
+        doc = RunDoc.model_validate(execute_run(rs, pdir, self.api_key, None, tel, prompts=self.prompts, extra={
             "point": {**key, "hash": h, "role": role, "cell_label": self._cell_label(key)},
             **({"launch": self.server.record()} if self.server is not None else {})}))
         if self.server is not None and not self.server.alive():  # the launched server died during the point
@@ -443,6 +445,7 @@ class SweepRunner:
             status, error = "failed", one_line(e)
             raise
         finally:
+            self.prompts.close()
             self._stop_server()
             if self.sim_proc is not None:
                 import subprocess

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -176,6 +177,28 @@ class PromptBuilder:
 
 
 # ------------------------------------------------------------------ synthetic workload
+class PromptCache:
+    """The tokenizer and prompt pieces found for a target — (url, model, api, tokenizer, server version) — kept across
+    the points that share it (a sweep's, a calibration ladder's): finding them costs a few hundred /tokenize calls. The
+    caller that makes one closes it (its server tokenizers hold a connection)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[Any, ...], tuple[Tokenizer, str, PromptBuilder]] = {}
+
+    def close(self) -> None:
+        for tok, _, _ in self.entries.values():
+            http = getattr(tok, "http", None)
+            if http is not None:
+                http.close()
+        self.entries.clear()
+
+    def __enter__(self) -> PromptCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Workload:
     """Deterministic item generator: item(i) depends only on (seed, i).
 

@@ -79,26 +79,26 @@ def test_a_request_longer_than_the_probe_is_not_failed(sim_factory, tmp_path):
     assert s["latency_ms"]["e2e"]["p50"] > 3000  # it outlived the 3 s window and was drained, not cut
 
 
-def _run_in_process(url: str, out: Path, qps: float, seed: int) -> dict:
+def _run_in_process(url: str, out: Path, qps: float, seed: int, prompts) -> dict:
     from bench.runner import execute_run
 
     spec = RunSpec(target={"url": url}, workload={"isl": 64, "osl": 8}, seed=seed, scrape_metrics=False, gpu_telemetry="off",
                    load={"qps": qps, "duration_s": 3, "warmup": 1.0})
-    return execute_run(spec, out / f"seed{seed}")["summary"]
+    return execute_run(spec, out / f"seed{seed}", prompts=prompts)["summary"]
 
 
 def test_saturation_test_has_no_false_positive_below_capacity_over_ten_seeds(sim_factory, tmp_path):
     """5%, 50% and 80% of the simulator's analytic capacity (ISL 64 / OSL 8: lifetimes ~0.3 s, a 3 s window
     is ~10 of them), 10 seeds each: never saturated. Control: 1.6× capacity is saturated in every seed."""
-    from bench.runner import clear_builders
+    from bench.workload import PromptCache
 
     sim = sim_factory("--profile", "tiny-test")
     cap = load_profile("tiny-test").analytic_capacity(64, 8)["qps"]
     fired = {}
-    for frac in (0.05, 0.5, 0.8):
-        fired[frac] = [s["steady_state"]["reason"] for seed in range(10)
-                       if (s := _run_in_process(sim.url, tmp_path / str(frac), frac * cap, seed))["saturation"]["saturated"]]
+    with PromptCache() as prompts:
+        for frac in (0.05, 0.5, 0.8):
+            fired[frac] = [s["steady_state"]["reason"] for seed in range(10)
+                           if (s := _run_in_process(sim.url, tmp_path / str(frac), frac * cap, seed, prompts))["saturation"]["saturated"]]
+        over = [_run_in_process(sim.url, tmp_path / "over", 1.6 * cap, seed, prompts)["saturation"]["saturated"] for seed in range(3)]
     assert not any(fired.values()), fired
-    over = [_run_in_process(sim.url, tmp_path / "over", 1.6 * cap, seed)["saturation"]["saturated"] for seed in range(3)]
-    clear_builders()
     assert all(over)
