@@ -50,9 +50,9 @@ def calibrate(rates=(25, 50, 100, 200, 400), isl: int = 64, osl: int = 32, durat
     worker processes reach the target is not what limits: each simulator is one process (one core's worth of
     event loop), and each gets a core of its own where the machine has more cores than simulators."""
     from bench.config import RunSpec
+    from bench.prompts import PromptCache
     from bench.records import read_records
     from bench.runner import execute_run
-    from bench.workload import PromptCache
 
     procs = []
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []

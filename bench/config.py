@@ -22,7 +22,7 @@ class SpecError(ValueError):
 # ---------------------------------------------------------------- lengths
 class LengthDist(BaseModel):
     """A token-length distribution: `128`, `uniform:LO:HI`, `normal:MEAN:SD`, `lognormal:MEAN:SD`,
-    or `trace:NAME` (joint ISL/OSL pairs sampled from a shipped trace; see workload.py)."""
+    or `trace:NAME` (joint ISL/OSL pairs sampled from a shipped trace; see datasets.py)."""
 
     model_config = ConfigDict(frozen=True)
     kind: Literal["fixed", "uniform", "normal", "lognormal", "trace"] = "fixed"

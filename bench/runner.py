@@ -22,12 +22,13 @@ from bench import client as cl
 from bench.config import RunSpec, SpecError
 from bench.datasets import WorkItem
 from bench.probe import ProbeMonitor
+from bench.prompts import PromptBuilder, PromptCache, make_tokenizer
 from bench.records import IncrementalWriter, RequestRecord
 from bench.summary import IdleCheck, ServerStats
 from bench.warn import warning
 from bench.wire import ServerInfo
 from bench.workers import HANDOFF_NS, LoopStalls, Spreader, WorkerPool, new_event_loop, sleep_until
-from bench.workload import PromptBuilder, PromptCache, Workload, make_tokenizer
+from bench.workload import Workload
 
 if TYPE_CHECKING:
     from bench.raypool import RayPool

@@ -25,9 +25,9 @@ from pathlib import Path
 from bench.client import redact_url
 from bench.config import AutoSearch, ProbeRule, RunSpec, SpecError, SweepSpec, parse_amount
 from bench.launch import LaunchedServer, LaunchError, config_hash, config_label
+from bench.prompts import PromptCache
 from bench.summary import PointSummary, RunDoc, as_summary
 from bench.verdict import FAIL, INCONCLUSIVE, INVALID, PASS, knee_rule, leans_fail, verdict
-from bench.workload import PromptCache
 
 
 # ------------------------------------------------------------------ adaptive search

@@ -90,7 +90,7 @@ def _run_in_process(url: str, out: Path, qps: float, seed: int, prompts) -> dict
 def test_saturation_test_has_no_false_positive_below_capacity_over_ten_seeds(sim_factory, tmp_path):
     """5%, 50% and 80% of the simulator's analytic capacity (ISL 64 / OSL 8: lifetimes ~0.3 s, a 3 s window
     is ~10 of them), 10 seeds each: never saturated. Control: 1.6× capacity is saturated in every seed."""
-    from bench.workload import PromptCache
+    from bench.prompts import PromptCache
 
     sim = sim_factory("--profile", "tiny-test")
     cap = load_profile("tiny-test").analytic_capacity(64, 8)["qps"]

@@ -5,7 +5,8 @@ import pytest
 
 from bench import datasets
 from bench.config import SpecError, WorkloadSpec
-from bench.workload import PromptBuilder, WordTokenizer, Workload
+from bench.prompts import PromptBuilder, WordTokenizer
+from bench.workload import Workload
 
 
 @pytest.fixture
@@ -83,7 +84,8 @@ def test_mooncake_prompts_do_not_depend_on_the_hash_seed():
     import subprocess
     import sys
 
-    code = ("import hashlib; from bench.config import WorkloadSpec; from bench.workload import PromptBuilder, WordTokenizer, Workload\n"
+    code = ("import hashlib; from bench.config import WorkloadSpec; from bench.prompts import PromptBuilder, WordTokenizer\n"
+            "from bench.workload import Workload\n"
             "for ds in ('mooncake', 'mooncake:scrambled'):\n"
             "    wl = Workload(WorkloadSpec(dataset=ds, window_s=(0, 5), max_model_len=8192), PromptBuilder(WordTokenizer()), seed=7)\n"
             "    print(hashlib.sha256(''.join(wl.item(i).prompt for i in range(6)).encode()).hexdigest())")

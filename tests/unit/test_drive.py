@@ -14,8 +14,9 @@ import pytest
 from bench import client as cl
 from bench import metrics, runner, schedule
 from bench.config import RunSpec, WorkloadSpec
+from bench.prompts import PromptBuilder, WordTokenizer
 from bench.records import IncrementalWriter, read_records
-from bench.workload import PromptBuilder, WordTokenizer, Workload
+from bench.workload import Workload
 
 TTFT_S, GAP_S, TOKENS = 0.02, 0.004, 4
 

@@ -109,7 +109,7 @@ def _tokenizer_dir(tmp_path, template_in: str):
 
 @pytest.mark.parametrize("where", ["config", "jinja"])
 def test_local_tokenizer_finds_the_chat_template_where_transformers_saves_it(tmp_path, where):
-    from bench.workload import LocalTokenizer
+    from bench.prompts import LocalTokenizer
 
     tok = LocalTokenizer(str(_tokenizer_dir(tmp_path, where)))
     # "<s> user : hello world" -> 5 tokens
@@ -117,7 +117,7 @@ def test_local_tokenizer_finds_the_chat_template_where_transformers_saves_it(tmp
 
 
 def test_local_tokenizer_without_any_template_says_so(tmp_path):
-    from bench.workload import LocalTokenizer
+    from bench.prompts import LocalTokenizer
 
     d = _tokenizer_dir(tmp_path, "jinja")
     (d / "chat_template.jinja").unlink()

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.config import SpecError, WorkloadSpec
-from bench.workload import PromptBuilder, WordTokenizer, Workload
+from bench.prompts import PromptBuilder, WordTokenizer
+from bench.workload import Workload
 
 QA = [{"question": "what is the capital of france", "answer": "paris"},
       {"question": "name three primary colours please", "answer": "red yellow blue"}]
