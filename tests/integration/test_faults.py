@@ -326,8 +326,8 @@ def test_a_rerun_reuses_only_points_of_this_target_spec_and_server_version(sim_f
     from bench.knee import load_points
 
     a, b = sim_factory("--profile", "tiny-test"), sim_factory("--profile", "tiny-test")
-    spec = {"name": "s", "target": {"url": a.url}, "cells": [{"isl": 16, "osl": 4}], "load": {"qps": [2, 4]},
-            "requests": 12, "warmup": "2r", "gpu_telemetry": "off", "slos": {"ttft_p90": "500ms"}}
+    spec = {"name": "s", "target": {"url": a.url}, "cells": [{"isl": 16, "osl": 4}], "load": {"qps": [10, 20]},
+            "requests": 12, "warmup": "2r", "gpu_telemetry": "off", "slos": {"ttft_p50": "500ms"}}  # p50: decided by 10 samples
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     sweep = lambda *extra: trilemma("sweep", path, "--out", tmp_path, "--no-plots", *extra)  # noqa: E731
@@ -345,7 +345,7 @@ def test_a_rerun_reuses_only_points_of_this_target_spec_and_server_version(sim_f
     df = load_points([tmp_path / "s"])
     assert len(df) == 2 and set(df["run_dir"].map(lambda r: Path(r).name)) <= set(second)  # one row per load (an extended point replaces its first try)
     # an edited SLO: the earlier spec's four points stay on disk, the knee reads the new two only
-    spec["slos"] = {"ttft_p90": "400ms"}
+    spec["slos"] = {"ttft_p50": "400ms"}
     path.write_text(yaml.safe_dump(spec))
     sweep()
     third = sw()["points"]

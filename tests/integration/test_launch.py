@@ -135,19 +135,23 @@ def test_a_server_that_dies_mid_sweep_is_restarted_and_the_point_measured_again(
 
 
 def test_no_server_is_left_after_ctrl_c_or_kill_9(tmp_path):
-    """Ctrl-C: trilemma stops the server it started. kill -9 of trilemma: its watchdog does."""
+    """Ctrl-C: trilemma stops the server it started. kill -9 of trilemma: its watchdog does. The launched command
+    leaves a child of its own behind it (as vLLM's API server does with its engine core process): the whole
+    process group must go, not only the process trilemma started."""
     for how in ("SIGINT", "SIGKILL"):
         m = marker()
         (tmp_path / how).mkdir()
-        f = spec_file(tmp_path / how, m, requests=2000)
+        f = spec_file(tmp_path / how, m, requests=2000,
+                      target={"launch": {"cmd": f"sh -c 'sleep 600 & exec {SIM} --seed {m} --slowdown {{slowdown}}'", "params": {"slowdown": [1.0]}}})
         proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f), "--out", str(tmp_path / how), "--no-plots"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: bool(list((tmp_path / how / "launched" / "points").glob("*/requests.parts/*.parquet"))), 60,
                  "the first point to measure")
-        assert server_pids(m)
+        pgid = json.loads((tmp_path / how / "launched" / "sweep.json").read_text())["servers"][0]["pid"]
+        assert server_pids(m) and len(group_members(pgid)) >= 2  # the server and its child
         proc.send_signal(getattr(signal, how))
         proc.wait(60)
-        wait_for(lambda: not server_pids(m), 30, f"the server to go after {how}")
+        wait_for(lambda: not group_members(pgid), 30, f"the server's process group to go after {how}")
         if how == "SIGINT":
             assert proc.returncode == 130 and json.loads((tmp_path / how / "launched" / "sweep.json").read_text())["status"] == "interrupted"
 
@@ -194,9 +198,10 @@ def test_vllm_serve_configs_launched_by_trilemma_give_knees_in_the_expected_dire
     env = {k: x for k, x in vllm_rig.server_env().items() if os.environ.get(k) != x}
     f = tmp_path / "vllm.yaml"
     f.write_text(yaml.safe_dump({
-        "name": "seqs", "cells": [{"name": "c", "isl": 64, "osl": 192}], "load": {"qps": [1, 4]}, "requests": 40, "warmup": "4r",
+        "name": "seqs", "cells": [{"name": "c", "isl": 64, "osl": 192}], "load": {"qps": [2, 4]}, "requests": 40, "warmup": "4r",
         # one sequence at a time serves one 192-token answer after another (~0.45 s each on this rig, ~2.2 req/s; 64/64 ran
-        # at ~6.5 req/s), so 4 req/s overloads it ~1.8x, and still does on a machine 50% faster. Sixteen batch the same ~770
+        # at ~6.5 req/s), so 4 req/s overloads it ~1.8x, and still does on a machine 50% faster; 2 req/s keeps it ~90% busy
+        # (whether it passes there or not, its knee is below sixteen's, which passes both). Sixteen batch the same ~770
         # tokens/s at a few sequences a step. The long answer keeps requests per second low: at 12 req/s of 64/64 (the same
         # tokens/s, three times the requests) one CI machine's sixteen-sequence server reached a TTFT p50 of 0.8 s.
         # p50: a p90 at 80 samples stayed undecided far below its threshold once (0 of 80 over, CI 0-10.1%: the 16-sequence
@@ -226,25 +231,3 @@ def test_vllm_serve_configs_launched_by_trilemma_give_knees_in_the_expected_dire
     one, many = knees.loc["c (max_num_seqs=1)"], knees.loc["c (max_num_seqs=16)"]
     table = pts[["cell", "load", "verdict", "why", "ttft_p50"]].to_string()
     assert many["feasible"] and (not one["feasible"] or one["knee"] < many["knee"]), table
-    # Ctrl-C of trilemma while a launched vLLM serves: trilemma ends the server's whole process group; kill -9:
-    # its watchdog does
-    for how in ("SIGINT", "SIGKILL"):
-        f2 = tmp_path / f"{how}.yaml"
-        spec = yaml.safe_load(f.read_text())
-        spec.update(name=how.lower(), requests=2000)
-        spec["target"]["launch"]["params"] = {"max_num_seqs": 4}
-        f2.write_text(yaml.safe_dump(spec))
-        proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(f2), "--out", str(tmp_path), "--no-plots"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sj = tmp_path / how.lower() / "sweep.json"
-
-        def serving() -> bool:
-            return sj.is_file() and any(s.get("status") == "running" for s in json.loads(sj.read_text()).get("servers", []))
-
-        wait_for(serving, 300, "the launched vLLM to serve")
-        pid = json.loads(sj.read_text())["servers"][0]["pid"]
-        assert len(group_members(pid)) >= 1
-        time.sleep(3)
-        proc.send_signal(getattr(signal, how))
-        proc.wait(60)
-        wait_for(lambda: not group_members(pid), 60, f"vLLM's process group to end after {how}")
