@@ -187,11 +187,15 @@ def _conform(t: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=SCHEMA)
 
 
+# compacted row groups gather parts (one a second) up to this much Arrow data: each row group's metadata stays in
+# the writer until it closes (~30 KB a group here), so one group a second grew a long run's compaction with its length
+_ROW_GROUP_BYTES = 4 << 20
+
+
 def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
-    """requests.parquet (if any) and the part files streamed, one row group at a time, into a new
-    requests.parquet — memory bounded by one part, however long the run. Rows are in completion order;
+    """requests.parquet (if any) and the part files streamed into a new requests.parquet, in row groups of
+    ~_ROW_GROUP_BYTES — memory bounded by one row group, however long the run. Rows are in completion order;
     `index` is the send order."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
@@ -200,6 +204,12 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
     files = _files(run_dir)
     tmp = out.with_suffix(".tmp")
     w = pq.ParquetWriter(tmp, SCHEMA)
+    held: list[pa.Table] = []
+
+    def write() -> None:
+        w.write_table(pa.concat_tables(held))
+        held.clear()
+
     try:
         for f in files:
             # no pre-buffering, no reader threads: each leaves freed decode buffers behind in this process
@@ -207,9 +217,14 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
             pf = pq.ParquetFile(f, pre_buffer=False)
             for g in range(pf.num_row_groups):
                 tb = _conform(pf.read_row_group(g, use_threads=False))
-                if warm_until_ns is not None:
-                    tb = tb.set_column(SCHEMA.get_field_index("warmup"), "warmup", pc.less(tb.column("intended_ns"), warm_until_ns))
-                w.write_table(tb)
+                if warm_until_ns is not None:  # numpy, not pyarrow.compute: its kernels cost ~30 MB when first loaded
+                    warm = tb.column("intended_ns").to_numpy() < warm_until_ns
+                    tb = tb.set_column(SCHEMA.get_field_index("warmup"), "warmup", pa.array(warm))
+                held.append(tb)
+                if sum(t.nbytes for t in held) >= _ROW_GROUP_BYTES:
+                    write()
+        if held:
+            write()
     finally:
         w.close()
     os.replace(tmp, out)

@@ -96,3 +96,29 @@ def test_columns_hold_what_the_records_hold(tmp_path):
     sub = cols.where(cols.ok & (cols.index % 2 == 0))
     assert sub.row.tolist() == [i for i, r in enumerate(back) if r.ok and r.index % 2 == 0]
     assert sub.where(sub.index % 4 == 0).index.tolist() == [r.index for r in back if r.ok and r.index % 4 == 0]
+
+
+def test_compaction_gathers_parts_into_few_row_groups_and_flags_warmup_by_send_time(tmp_path, monkeypatch):
+    """A live run writes one part a second; the compacted file gathers them into row groups of ~_ROW_GROUP_BYTES
+    (one group per part kept every group's metadata in the writer: a long run's compaction grew with its length),
+    every row kept in order, and warmup flagged against the warmup's final end."""
+    import pyarrow.parquet as pq
+
+    from bench import records
+
+    recs = synth_records(600, 20.0, osl=48, seed=5)
+    w = IncrementalWriter(tmp_path)
+    for i, r in enumerate(recs):
+        w.add(r)
+        if i % 10 == 9:
+            w.flush()  # 60 parts
+    per_part = pq.read_table(next((tmp_path / "requests.parts").glob("*.parquet"))).nbytes
+    monkeypatch.setattr(records, "_ROW_GROUP_BYTES", 8 * per_part)  # ~8 parts a group
+    cut = recs[100].intended_ns
+    w.close(warm_until_ns=cut)
+    meta = pq.ParquetFile(tmp_path / "requests.parquet").metadata
+    assert meta.num_rows == 600 and 5 <= meta.num_row_groups <= 10, meta.num_row_groups
+    back = read_records(tmp_path)
+    assert [r.index for r in back] == [r.index for r in recs]
+    assert [r.warmup for r in back] == [r.intended_ns < cut for r in recs]
+    assert not (tmp_path / "requests.parts").exists()
