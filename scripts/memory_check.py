@@ -23,11 +23,12 @@ rest wait at the client.
 Measured on the 2-core development box (60 s → 9,058 requests; 300 s → 45,021, all ok):
 - 2026-12-06 (later), compaction in ~4 MB row groups (one group a part kept each group's metadata in the writer
   until it closed: compacting 45 k synthetic requests alone peaked 205 MB against 184 MB for 9 k; gathered: 192 /
-  191 MB): 60 s runs 350.7, 318.8, 317.4 MB; 300 s runs 337.4, 332.7 MB. Medians 318.8 / 335.1 MB (1.05x), the
-  longer run inside the shorter one's spread (317-351 MB between three runs of the same command). RSS sampled
-  every 0.25 s shows where the peak is: sending holds flat (265-271 MB from 90 s to the end of sending at ~480 s of
-  the 300 s run), and the peak is the end phase (compaction, summary): +60-75 MB over that plateau at both lengths.
-  Before this change, the same day: 326.2 / 371.0 MB, and 296.4 / 322.2 MB in a second pair (the spread again).
+  191 MB), nine runs: 60 s 350.7, 318.8, 317.4, 352.6, 342.8 MB (median 342.8); 300 s 337.4, 332.7, 332.8,
+  328.3 MB (median 332.8, 0.97x; max 337.4 against the shorter runs' 352.6): the 5x longer run does not peak
+  higher. RSS sampled every 0.25 s shows where the peak is: sending holds flat (265-271 MB from 90 s to the end of
+  sending at ~480 s of the 300 s run), and the peak is the end phase (compaction, summary): +60-75 MB over that
+  plateau at both lengths. What still grows with the run is the summary's ~200 bytes a request (+7 MB for 36 k
+  more), inside the spread. Before this change, the same day: 326.2 / 371.0 MB, and 296.4 / 322.2 MB.
 - 2026-12-06, columnar summary and scrapes released at once: 320 MB and 332 MB (1.04x). The summary alone
   (`summary` mode): 197 bytes held a request, its peak under the imports' at both sizes (187 / 197 MB).
 - 2026-12-06, the same below the server's capacity (`--qps 60`, delivered 60 req/s, not saturated): 3,524
