@@ -188,7 +188,7 @@ def _conform(t: pa.Table) -> pa.Table:
 
 
 # compacted row groups gather parts (one a second) up to this much Arrow data: each row group's metadata stays in
-# the writer until it closes (~30 KB a group here), so one group a second grew a long run's compaction with its length
+# the writer until it closes (~50 KB a group, measured), so one group a second grew a long run's compaction with its length
 _ROW_GROUP_BYTES = 4 << 20
 
 
@@ -205,10 +205,7 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
     tmp = out.with_suffix(".tmp")
     w = pq.ParquetWriter(tmp, SCHEMA)
     held: list[pa.Table] = []
-
-    def write() -> None:
-        w.write_table(pa.concat_tables(held))
-        held.clear()
+    held_bytes = 0
 
     try:
         for f in files:
@@ -221,10 +218,12 @@ def compact(run_dir: Path, warm_until_ns: int | None = None) -> Path:
                     warm = tb.column("intended_ns").to_numpy() < warm_until_ns
                     tb = tb.set_column(SCHEMA.get_field_index("warmup"), "warmup", pa.array(warm))
                 held.append(tb)
-                if sum(t.nbytes for t in held) >= _ROW_GROUP_BYTES:
-                    write()
+                held_bytes += tb.nbytes
+                if held_bytes >= _ROW_GROUP_BYTES:
+                    w.write_table(pa.concat_tables(held))
+                    held, held_bytes = [], 0
         if held:
-            write()
+            w.write_table(pa.concat_tables(held))
     finally:
         w.close()
     os.replace(tmp, out)
